@@ -1,0 +1,112 @@
+"""Run-config base class and the contract every experiment family implements.
+
+A plan (JSON) expands into one config dataclass instance per run (see `common/plan.py`). Each experiment
+family subclasses `RunConfig` with its own typed fields and defaults, and provides a `run` function:
+
+    run(config: MyConfig, ctx: RunContext) -> dict          # returns the run's summary (JSON-able)
+
+The runner (`common/runner.py`) owns the run directory, seeding, status, `summary.json` and logging; the
+experiment only computes and logs metrics through `ctx.logger.log(step, **scalars)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+# Fields found in plans written for the reference implementation. They are accepted so those plans still
+# validate, have no effect here, and are reported once per plan (see `common/plan.py`).
+LEGACY_IGNORED_FIELDS = frozenset(
+    {
+        "gpu_ids", "trainer_checkpoint", "validate_every", "disable_console_log", "save_logs",
+        "train_batch_log_interval", "epoch_log_interval", "save_every_num_val", "use_tensorboard",
+        "wandb_resume_path", "wandb_entity_name", "wandb_track_model", "wandb_exclude_files",
+        "score_metric_name", "score_largest", "return_best_score", "save_checkpoints",
+        "num_checkpoints", "save_checkpoints_by_score", "early_stop", "early_stop_min_delta",
+        "early_stop_patience", "early_stop_cooldown", "early_stop_restore_best_weights",
+        "stop_on_zero_train_loss", "stop_on_perfect_train_acc", "stop_on_perfect_train_acc_patience",
+        "plot_metric_groups", "wandb_project_name", "train_batch_size", "load_dataset_to_gpu",
+    }
+)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Fields shared by every experiment family.
+
+    Attributes:
+        experiment_name: Run name; may use `{field}` templates filled from the same config. After
+            templating, '.' and ',' become '-', and '[', ']' and spaces are removed. Default "run".
+        outputs_dir: Parent directory; the run writes to `<outputs_dir>/<experiment_name>`. Default "outputs".
+        random_seed: Seed for python/numpy/torch. -1 derives it deterministically from the run name
+            (recorded in config.json). Default -1.
+        device: "auto" (the GPU the runner assigns, else CPU), "cpu", or "cuda:N". Default "auto".
+        use_wandb: Also log metrics to Weights & Biases (honours WANDB_MODE=offline). Default False.
+        wandb_project: W&B project name. Default "likelihood-displacement".
+        save_metric_plots: Plot every logged metric curve to `<run dir>/plots/` at the end. Default True.
+        num_gpus: GPUs one run needs (used by the parallel and Ray executors). Default 0 = CPU-only run
+            unless the runner assigns a GPU from `gpu_ids_pool`.
+        num_cpus: CPUs one run needs (Ray executor). Default 1.
+    """
+
+    experiment_name: str = "run"
+    outputs_dir: str = "outputs"
+    random_seed: int = -1
+    device: str = "auto"
+    use_wandb: bool = False
+    wandb_project: str = "likelihood-displacement"
+    save_metric_plots: bool = True
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+
+    def validate(self) -> list[str]:
+        """Cross-field checks. Returns a list of problems (empty if valid); subclasses extend it."""
+        problems = []
+        if self.random_seed < -1:
+            problems.append(f"random_seed must be >= 0 or -1 (derive from name), got {self.random_seed}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            problems.append(f"device must be 'auto', 'cpu' or 'cuda:N', got {self.device!r}")
+        return problems
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as a plain JSON-able dict (field order preserved)."""
+    return dataclasses.asdict(config)
+
+
+class MetricsSink(Protocol):
+    """What an experiment logs through (implemented by `common.metrics_logger.MetricsLogger`)."""
+
+    def log(self, step: int, **scalars: float) -> None: ...
+
+
+@dataclass
+class RunContext:
+    """Everything the runner hands to an experiment's `run` function.
+
+    Attributes:
+        run_dir: The run's own directory (exists, empty apart from config/status/log files).
+        device: Torch device to compute on.
+        logger: Metrics sink; `logger.log(step, **scalars)` appends one line to metrics.jsonl (flushed).
+        seed: The seed actually used (already applied to python/numpy/torch).
+        run_dirs_by_name: Directory of every run of the plan, by experiment_name (for chained runs).
+    """
+
+    run_dir: Path
+    device: torch.device
+    logger: MetricsSink
+    seed: int
+    run_dirs_by_name: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExperimentFamily:
+    """An experiment family as the plan runner sees it: a config schema and a run function."""
+
+    name: str
+    config_cls: type[RunConfig]
+    run: Callable[[Any, RunContext], dict]

