@@ -19,6 +19,7 @@ import argparse
 import concurrent.futures as futures
 import logging
 import multiprocessing
+import os
 import random
 import shutil
 import sys
@@ -77,6 +78,28 @@ def is_run_done(spec: RunSpec) -> bool:
     return status.get("status") == "done" and saved_config == fresh and (spec.run_dir / "summary.json").exists()
 
 
+class _NullMetricsLogger:
+    """What non-main processes of a multi-process launch log through: nothing is written."""
+
+    def log(self, step: int, **scalars: float) -> None:
+        pass
+
+    def close(self, save_plots: bool = False) -> list[Path]:
+        return []
+
+
+def launch_state():
+    """accelerate's PartialState when started by torchrun / accelerate launch (WORLD_SIZE > 1), else None.
+
+    Under such a launch every process runs the plan; only the main process prepares run directories and
+    writes files, and the processes wait for each other around those writes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState  # initialises the process group once; the trainer's Accelerator reuses it
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _prepare_clean_dir(run_dir: Path) -> None:
     if run_dir.exists():
         if any((run_dir / name).exists() for name in RUN_FILES) or not any(run_dir.iterdir()):
@@ -90,13 +113,22 @@ def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | Non
                 run_dirs_by_name: dict[str, Path], rerun: bool = False) -> RunResult:
     """Run one experiment in this process and record its status. Never raises for a failing experiment."""
     started = time.time()
-    if not rerun and is_run_done(spec):
+    state = launch_state()
+    is_main = state is None or state.is_main_process
+    already_done = not rerun and is_run_done(spec)
+    if state is not None:
+        state.wait_for_everyone()  # every process has read the old status before the main one cleans up
+    if already_done:
         return RunResult(spec.name, "cached", 0.0, str(spec.run_dir))
-    _prepare_clean_dir(spec.run_dir)
     status = {"status": "running", "started_at": started, "overrides": spec.overrides}
-    atomic_write_json(spec.run_dir / "config.json", config_to_dict(spec.config))
-    atomic_write_json(spec.run_dir / "status.json", status)
-    handler = logging.FileHandler(spec.run_dir / "run.log", encoding="utf-8")
+    if is_main:
+        _prepare_clean_dir(spec.run_dir)
+        atomic_write_json(spec.run_dir / "config.json", config_to_dict(spec.config))
+        atomic_write_json(spec.run_dir / "status.json", status)
+    if state is not None:
+        state.wait_for_everyone()
+    log_name = "run.log" if is_main else f"run.rank{state.process_index}.log"
+    handler = logging.FileHandler(spec.run_dir / log_name, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -108,12 +140,14 @@ def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | Non
         seed_everything(config.random_seed)
         device = resolve_device(config.device, assigned_gpu)
         log.info("run %s on %s, seed %d, config %s", spec.name, device, config.random_seed, config_to_dict(config))
-        metrics_logger = MetricsLogger(spec.run_dir, use_wandb=config.use_wandb, wandb_project=config.wandb_project,
-                                       wandb_run_name=spec.name, wandb_config=config_to_dict(config))
+        metrics_logger = _NullMetricsLogger() if not is_main else MetricsLogger(
+            spec.run_dir, use_wandb=config.use_wandb, wandb_project=config.wandb_project,
+            wandb_run_name=spec.name, wandb_config=config_to_dict(config))
         context = RunContext(spec.run_dir, device, metrics_logger, config.random_seed, run_dirs_by_name)
         summary = family.run(config, context)
         metrics_logger.close(save_plots=config.save_metric_plots)
-        atomic_write_json(spec.run_dir / "summary.json", summary)
+        if is_main:
+            atomic_write_json(spec.run_dir / "summary.json", summary)
         status.update(status="done", finished_at=time.time(), seconds=time.time() - started)
         result = RunResult(spec.name, "done", time.time() - started, str(spec.run_dir))
     except Exception as err:  # one failing run must not stop the plan
@@ -127,7 +161,8 @@ def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | Non
         root.removeHandler(handler)
         root.setLevel(previous_level)
         handler.close()
-    atomic_write_json(spec.run_dir / "status.json", status)
+    if is_main:
+        atomic_write_json(spec.run_dir / "status.json", status)
     return result
 
 
@@ -232,6 +267,10 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
         return 0
     if plan.ignored_legacy_fields:
         log.warning("plan fields kept for compatibility and ignored: %s", plan.ignored_legacy_fields)
+    state = launch_state()
+    if state is not None and not state.is_main_process:  # the other processes of a torchrun launch
+        results = run_plan(plan, family, rerun=args.rerun)
+        return 0 if all(r.status in ("done", "cached") for r in results) else 1
     outputs_dir = plan.runs[0].run_dir.parent if plan.runs else Path(".")
     outputs_dir.mkdir(parents=True, exist_ok=True)
     plan_stem = sanitize_name(plan.name)
@@ -241,6 +280,9 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     log.info("plan %s (%s): %d run(s)\n%s", plan.name, args.plan_config_path, len(plan.runs), format_dry_run(plan))
     try:
         results = run_plan(plan, family, rerun=args.rerun, executor_name=args.executor, ray_address=args.ray_address)
+    except ImportError as err:  # an optional executor (Ray) that is not installed
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()

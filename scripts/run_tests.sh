@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline MPLBACKEND=Agg
+# One thread per pytest worker: two workers already use both cores, and oversubscription is 5-15x slower.
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline MPLBACKEND=Agg OMP_NUM_THREADS=1
 exec "${PYTHON:-python3}" -m pytest -n 2 -q tests "$@"

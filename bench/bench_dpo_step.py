@@ -1,0 +1,261 @@
+"""Benchmark (issue 7, item 1): one dataset-level DPO step, our trainer vs TRL's `DPOTrainer`, time and peak memory.
+
+    python bench/bench_dpo_step.py            # 3 steps per process, 3 interleaved rounds (the issue's setting)
+    python bench/bench_dpo_step.py --quick    # 2 steps, 1 round (a smoke run)
+
+Setting: `smollm2-135m-instruct` (fp32, CPU), `--num_pairs` 8 UltraFeedback pairs (seeded draw from
+`--dataset`) tokenized once with `common.preference_data.tokenize_pair` and truncated to `--max_length` 256 tokens,
+one optimizer step per batch of all 8 pairs (batch 8), DPO with beta 0.1, learning rate 1e-6, Adam-type optimizer
+on both sides (ours `adam`, TRL its default AdamW), so optimizer state has the same size.
+
+Sides, each in its own subprocess so its peak RSS is its own:
+    ours          `common.preference_trainer.train_preference_model` (reference log-probs precomputed once before
+                  training, no reference model in memory, padding-free pair-at-a-time forward/backward, log-probs only
+                  at response positions). Its reference pass is timed separately (setup, not a step).
+    trl           TRL `DPOTrainer` with an in-memory copy of the model as `ref_model`, `use_cpu=True`, no reporting,
+                  `bf16=False`, `gradient_checkpointing=False` (the same fp32 arithmetic as ours).
+    trl_defaults  the same with TRL's own defaults for `bf16` (True) and `gradient_checkpointing` (True).
+TRL gets exactly the token ids ours trains on: its trainer is built on the text pairs, then its `train_dataset`
+is replaced by the pre-tokenized `prompt_ids`/`chosen_ids`/`rejected_ids` (its own tokenization truncates
+differently). Step time: ours from one logged step to the next (everything in the loop: forward, backward,
+optimizer, logging); TRL from its `on_step_begin` to its `on_step_end` callback (forward, backward, clipping,
+optimizer; data loading and logging excluded, which favours TRL slightly). Setup (model loading, tokenization,
+our reference pass) is excluded. Medians over all steps of all rounds; the rounds alternate the side order.
+The results are printed and written to the `dpo_step` section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_common import (  # noqa: E402
+    THREADS_HELP, gib, interleaved, machine_lines, markdown_table, median, run_worker, spread, update_results_section, worker_main,
+)
+
+SIDES = ("ours", "trl", "trl_defaults")
+TARGET_TIME_RATIO, TARGET_MEMORY_RATIO = 0.4, 0.6  # ours / trl, from the issue
+
+
+def load_tokenized_pairs(tokenizer, dataset: str, num_pairs: int, seed: int, max_length: int):
+    """The `num_pairs` examples drawn with `seed` and their TokenizedPairs; fails if any pair is unusable."""
+    from common.preference_data import load_preference_examples, tokenize_pair
+
+    examples = load_preference_examples(dataset, "ultrafeedback", num_samples=num_pairs, seed=seed)
+    pairs = [tokenize_pair(tokenizer, example, max_length) for example in examples]
+    skipped = [(e.source_index, p) for e, p in zip(examples, pairs) if isinstance(p, str)]
+    if skipped:
+        raise ValueError(f"{dataset}: pairs {skipped} of the seed-{seed} draw are unusable; pick another --seed")
+    return examples, pairs
+
+
+def token_counts(pairs) -> dict[str, int]:
+    """Tokens of the 2B sequences (prompt + response), and of the padded (2B, longest) batch TRL builds."""
+    lengths = [len(p.prompt_ids) + len(r) for p in pairs for r in (p.chosen_ids, p.rejected_ids)]
+    return {"real_tokens": sum(lengths), "padded_tokens": len(lengths) * max(lengths),
+            "response_tokens": sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)}
+
+
+class _TimingLogger:
+    """A metrics sink that timestamps every `log` call (time.perf_counter, seconds)."""
+
+    def __init__(self):
+        self.records: list[tuple[float, int, dict]] = []
+
+    def log(self, step: int, **scalars) -> None:
+        self.records.append((time.perf_counter(), step, scalars))
+
+
+def ours_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: int, steps: int,
+                lr: float, beta: float, optimizer: str) -> dict:
+    """Train `steps` steps with our trainer; step times are the gaps between consecutive logged records."""
+    import torch
+
+    from common.config import RunContext
+    from common.preference_trainer import train_preference_model
+    from common.preference_training_config import PreferenceTrainingConfig
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_ours_") as tmp:
+        config = PreferenceTrainingConfig(
+            model=model, dataset=dataset, max_input_length=max_length, batch_size=num_pairs, epochs=steps,
+            eval_every=None, num_eval_samples=0, optimizer=optimizer, lr=lr, kl_coeff=beta, objective="dpo",
+            reference_cache_dir="", outputs_dir=tmp, device="cpu")
+        problems = config.validate()
+        if problems:
+            raise ValueError(f"benchmark config invalid: {problems}")
+        from common.preference_data import load_preference_examples
+
+        examples = load_preference_examples(dataset, "ultrafeedback", num_samples=num_pairs, seed=seed)
+        logger = _TimingLogger()
+        ctx = RunContext(run_dir=Path(tmp), device=torch.device("cpu"), logger=logger, seed=seed)
+        result = train_preference_model(config, examples, [], ctx)
+    step_seconds, step_records = [], []
+    for (previous_time, _, _), (now, step, scalars) in zip(logger.records, logger.records[1:]):
+        if "lr" in scalars:  # a training step's record (evaluation records carry no lr)
+            step_seconds.append(now - previous_time)
+            step_records.append(scalars)
+    if result.summary["num_train_pairs"] != num_pairs:
+        raise ValueError(f"our trainer kept {result.summary['num_train_pairs']} of {num_pairs} pairs")
+    return {"step_seconds": step_seconds, "setup_seconds": logger.records[0][0] - started,
+            "reference_seconds": result.summary["reference_seconds"],
+            "first_loss": step_records[0]["loss"], "first_logps_chosen": step_records[0]["logps/chosen"],
+            "first_logps_rejected": step_records[0]["logps/rejected"]}
+
+
+def _model_location(model: str) -> str:
+    """Directory or Hub id that `from_pretrained` reads for `model` (built-in SmolLM2: its converted directory)."""
+    from common.models import SMOLLM2, smollm2_dir
+
+    return str(smollm2_dir()) if model == SMOLLM2 else model
+
+
+def trl_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: int, steps: int,
+               lr: float, beta: float, trl_defaults: bool) -> dict:
+    """Train `steps` steps with TRL's DPOTrainer and an in-memory reference copy; time its steps by callback."""
+    import copy
+
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.begins, self.ends = [], []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begins.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    location = _model_location(model)
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    examples, pairs = load_tokenized_pairs(tokenizer, dataset, num_pairs, seed, max_length)
+    policy = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
+    reference = copy.deepcopy(policy)
+    text_rows = [{"prompt": [{"role": "user", "content": e.prompt}],
+                  "chosen": [{"role": "assistant", "content": e.chosen}],
+                  "rejected": [{"role": "assistant", "content": e.rejected}]} for e in examples]
+    options = dict(output_dir=tempfile.mkdtemp(prefix="bench_trl_"), use_cpu=True, report_to=[],
+                   per_device_train_batch_size=num_pairs, max_steps=steps, logging_steps=1, save_strategy="no",
+                   learning_rate=lr, beta=beta, max_length=max_length, seed=seed, dataloader_num_workers=0)
+    if not trl_defaults:
+        options.update(bf16=False, gradient_checkpointing=False)
+    timer = StepTimer()
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=DPOConfig(**options), processing_class=tokenizer,
+                         train_dataset=datasets.Dataset.from_list(text_rows), callbacks=[timer])
+    trainer.train_dataset = datasets.Dataset.from_list(
+        [{"prompt_ids": p.prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids} for p in pairs])
+    trainer.train()
+    first = next(record for record in trainer.state.log_history if "loss" in record)
+    return {"step_seconds": [end - begin for begin, end in zip(timer.begins, timer.ends)],
+            "first_loss": first["loss"], "first_logps_chosen": first.get("logps/chosen", math.nan),
+            "first_logps_rejected": first.get("logps/rejected", math.nan),
+            "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
+                              else trainer.optimizer).__name__,
+            "bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.gradient_checkpointing}
+
+
+WORKERS = {"ours": ours_worker, "trl": lambda **kw: trl_worker(trl_defaults=False, **kw),
+           "trl_defaults": lambda **kw: trl_worker(trl_defaults=True, **kw)}
+
+
+def model_bytes(model: str) -> int:
+    """Parameters x 4 bytes (fp32) of `model`, counted without loading the weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(_model_location(model))
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in net.parameters()) * 4
+
+
+def report(args, results: dict[str, list[dict]], counts: dict[str, int], bytes_of_model: int) -> str:
+    """The markdown section: setting, per-side table, ratios vs targets, sanity check of the first-step loss."""
+    steps = {side: [s for r in runs for s in r["step_seconds"]] for side, runs in results.items()}
+    peaks = {side: [r["peak_rss_bytes"] for r in runs] for side, runs in results.items()}
+    rows = []
+    for side, runs in results.items():
+        rows.append([side, spread(steps[side], 1), f"{gib(median(peaks[side]))} ({', '.join(gib(p) for p in peaks[side])})",
+                     f"{median(peaks[side]) / bytes_of_model:.1f}x", gib(median([r['rss_after_imports_bytes'] for r in runs])),
+                     f"{median([r['first_loss'] for r in runs]):.4f}", f"{median([r['first_logps_chosen'] for r in runs]):.2f}"])
+    lines = ["## 1. Dataset-level DPO step: ours vs TRL DPOTrainer (`bench/bench_dpo_step.py`)", ""]
+    lines += machine_lines(sys.argv, args.threads)
+    lines += [f"- setting: {args.model} fp32 on CPU, {args.num_pairs} UltraFeedback pairs ({args.dataset}, seed "
+              f"{args.seed}) truncated to {args.max_length} tokens, batch {args.num_pairs}, DPO beta {args.beta}, lr "
+              f"{args.lr}; ours optimizer `{args.optimizer}`, TRL its default ({results.get('trl', [{}])[0].get('optimizer', '?')})",
+              f"- tokens per step: {counts['real_tokens']} real (prompt + response, 2x{args.num_pairs} sequences), "
+              f"{counts['padded_tokens']} in TRL's right-padded batch "
+              f"({1 - counts['real_tokens'] / counts['padded_tokens']:.0%} padding), {counts['response_tokens']} "
+              "response tokens (the only positions whose log-probs are needed)",
+              f"- repetitions: {args.rounds} round(s) x {args.steps} step(s) per process, each side in its own "
+              f"process, side order alternating per round; model size (parameters x 4 bytes) {gib(bytes_of_model)} GiB",
+              ""]
+    lines.append(markdown_table(["side", "s/step median (min-max, n)", "peak RSS GiB median (per process)",
+                                 "peak RSS / model size", "RSS after imports GiB", "step-1 loss", "step-1 logps/chosen"],
+                                rows))
+    if "ours" in results:
+        reference_seconds = median([r["reference_seconds"] for r in results["ours"]])
+        lines += ["", f"Ours, one-off per run (not in the step time): reference pass over the {args.num_pairs} pairs "
+                  f"{reference_seconds:.1f} s (median), setup incl. model load {median([r['setup_seconds'] for r in results['ours']]):.1f} s."]
+        for competitor in ("trl", "trl_defaults"):
+            if competitor not in results:
+                continue
+            time_ratio = median(steps["ours"]) / median(steps[competitor])
+            memory_ratio = median(peaks["ours"]) / median(peaks[competitor])
+            lines.append(f"- ours / {competitor}: step time **{time_ratio:.2f}x** (target <= {TARGET_TIME_RATIO}: "
+                         f"{'met' if time_ratio <= TARGET_TIME_RATIO else 'MISSED'}), peak RSS **{memory_ratio:.2f}x** "
+                         f"(target <= {TARGET_MEMORY_RATIO}: {'met' if memory_ratio <= TARGET_MEMORY_RATIO else 'MISSED'})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--dataset", default="../shared/data/ultrafeedback/train_1000.jsonl")
+    parser.add_argument("--num_pairs", type=int, default=8, help="pairs drawn (= the batch: one step per batch)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_length", type=int, default=256, help="tokens per prompt + response")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per process")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one process per side each)")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument("--lr", type=float, default=1e-6, help="TRL's default learning rate")
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--optimizer", default="adam", help="ours (TRL uses AdamW: same state size as adam)")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--quick", action="store_true", help="2 steps, 1 round")
+    parser.add_argument("--no_write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds = 2, 1
+    common = dict(model=args.model, dataset=args.dataset, num_pairs=args.num_pairs, seed=args.seed,
+                  max_length=args.max_length, steps=args.steps, lr=args.lr, beta=args.beta)
+    kwargs = {"ours": {**common, "optimizer": args.optimizer}, "trl": common, "trl_defaults": common}
+    results: dict[str, list[dict]] = {side: [] for side in args.sides}
+    for round_index in range(args.rounds):
+        for side in interleaved(args.sides, round_index):
+            started = time.perf_counter()
+            results[side].append(run_worker(Path(__file__), side, kwargs[side], args.threads))
+            print(f"round {round_index}: {side} steps {[round(s, 1) for s in results[side][-1]['step_seconds']]} s, "
+                  f"peak RSS {gib(results[side][-1]['peak_rss_bytes'])} GiB, process {time.perf_counter() - started:.0f} s",
+                  flush=True)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_model_location(args.model))
+    counts = token_counts(load_tokenized_pairs(tokenizer, args.dataset, args.num_pairs, args.seed, args.max_length)[1])
+    text = report(args, results, counts, model_bytes(args.model))
+    print(text)
+    if not args.no_write:
+        update_results_section("dpo_step", text)
+
+
+if __name__ == "__main__":
+    worker_main(WORKERS) or main()

@@ -1,0 +1,325 @@
+"""CHES and the other per-pair similarity measures (Razin et al., ICLR 2025, Section 5). One definition, used
+everywhere (the similarity script, the benchmark, the trainers' filters).
+
+For a prompt x and responses y+ (chosen), y- (rejected), h(x, y<k) is the last-layer hidden state (after the
+final norm, i.e. `hidden_states[-1]` of a full forward) at the position that predicts response token k; the
+last prompt token predicts token 1, response token k-1 predicts token k. With S± = Σ_{k=1..|y±|} h(x, y±<k):
+
+    ches     = <S+, S->  - ||S+||²
+    ln_ches  = <S+/|y+|, S-/|y-|> - ||S+/|y+|||²
+    minus_normalized_edit_distance  = - Levenshtein(y+ ids, y- ids) / max(|y+|, |y-|)
+    last_hidden_embedding_inner_prod = <h+_final, h-_final>, h±_final = hidden state at the last token of
+        prompt + y± (the EOS when not truncated), i.e. the position right after the last one summed in S±.
+
+|y±| counts the response tokens as tokenized by `common.preference_data.tokenize_pair` (EOS included).
+Hidden states are cast to fp32 before summing, whatever the model dtype; the inner products are then taken in
+fp64 (no overflow / cancellation trouble for 8B models in half precision).
+
+Speed: the model's base transformer is called (no LM head), once per batch, on rows packed as
+[prompt | chosen | rejected] with a 4D attention mask that lets each response see the prompt and itself only
+and position ids that restart after the prompt for the rejected response. So the prompt is computed once and
+there is no padding between the two responses (a prompt key/value cache reused for two separately padded
+response passes costs three calls per batch and pads prompt, chosen and rejected separately: on the
+UltraFeedback sample, batches of 8 sorted by length then waste ~50% of the tokens). Rows are padded on either
+side; every position is found through segment masks, never through offsets that assume one side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from common.preference_data import TokenizedPair
+
+MEASURE_NAMES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
+                 "last_hidden_embedding_inner_prods")
+LENGTH_NAMES = ("prompt_lengths", "chosen_lengths", "rejected_lengths")
+
+
+def ches_from_sums(chosen_sums: torch.Tensor, rejected_sums: torch.Tensor) -> torch.Tensor:
+    """CHES = <S+, S-> - ||S+||², row-wise, computed in fp64.
+
+    Args:
+        chosen_sums: S+, shape (B, D). rejected_sums: S-, shape (B, D).
+
+    Returns:
+        Shape (B,), float64. E.g. S+ = (1, 0), S- = (1, 1): 1 - 1 = 0; S- = (0, 1): 0 - 1 = -1.
+    """
+    chosen, rejected = chosen_sums.double(), rejected_sums.double()
+    return (chosen * rejected).sum(-1) - (chosen * chosen).sum(-1)
+
+
+def ln_ches_from_sums(chosen_sums: torch.Tensor, rejected_sums: torch.Tensor, chosen_lengths: torch.Tensor,
+                      rejected_lengths: torch.Tensor) -> torch.Tensor:
+    """Length-normalised CHES: `ches_from_sums(S+/|y+|, S-/|y-|)`. Lengths have shape (B,); returns (B,) fp64."""
+    return ches_from_sums(chosen_sums.double() / chosen_lengths.double().unsqueeze(-1),
+                          rejected_sums.double() / rejected_lengths.double().unsqueeze(-1))
+
+
+def levenshtein_distance(first: Sequence[int], second: Sequence[int]) -> int:
+    """Edit distance (insert / delete / substitute, each cost 1) between two token sequences.
+
+    Row-by-row dynamic programme, vectorised with numpy: for row i, the insert-free candidates
+    t[j] = min(D[i-1][j] + 1, D[i-1][j-1] + [a_i != b_j]) are combined with insertions through
+    D[i][j] = min_{k<=j} (t[k] + j - k) = j + cummin(t[k] - k).
+    """
+    a, b = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
+    previous = np.arange(len(b) + 1, dtype=np.int64)
+    offsets = np.arange(len(b) + 1, dtype=np.int64)
+    for i, token in enumerate(a, start=1):
+        candidates = np.empty_like(previous)
+        candidates[0] = i
+        candidates[1:] = np.minimum(previous[1:] + 1, previous[:-1] + (b != token))
+        previous = offsets + np.minimum.accumulate(candidates - offsets)
+    return int(previous[-1])
+
+
+def minus_normalized_edit_distance(chosen_ids: Sequence[int], rejected_ids: Sequence[int]) -> float:
+    """- Levenshtein(y+, y-) / max(|y+|, |y-|), in [-1, 0]; 0 for identical sequences (and two empty ones)."""
+    longest = max(len(chosen_ids), len(rejected_ids))
+    return 0.0 if longest == 0 else -levenshtein_distance(chosen_ids, rejected_ids) / longest
+
+
+def base_transformer(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack without the LM head (`model.model` for Llama, `model.transformer` for GPT-2).
+
+    Accepts a causal LM, a PEFT-wrapped causal LM, or an already-bare base model (returned unchanged)."""
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    base = getattr(model, "base_model", model)
+    return model if base is None else base
+
+
+PROMPT, CHOSEN, REJECTED = 1, 2, 3  # segment labels of a packed row; 0 = padding
+SUPPORTED_ATTENTION = ("sdpa", "eager")  # implementations that accept a custom 4D additive mask
+
+
+@dataclass
+class PairHiddenSummaries:
+    """Per-pair hidden-state summaries of one batch, all fp32, rows in the order of the input pairs.
+
+    Attributes:
+        chosen_sums, rejected_sums: S±, shape (B, D).
+        chosen_final, rejected_final: hidden state at the last token of prompt + y±, shape (B, D).
+    """
+
+    chosen_sums: torch.Tensor
+    rejected_sums: torch.Tensor
+    chosen_final: torch.Tensor
+    rejected_final: torch.Tensor
+
+
+def pack_pairs(pairs: Sequence[TokenizedPair], padding_side: str = "right"
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lay each pair out as one row [prompt | chosen | rejected], padded on `padding_side`.
+
+    Returns:
+        input_ids (B, L) long (pad id 0), segments (B, L) long (0 pad, 1 prompt, 2 chosen, 3 rejected),
+        position_ids (B, L) long: prompt 0..P-1, chosen P..P+|y+|-1, rejected P..P+|y-|-1 (both responses
+        continue the prompt), pads 0.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    input_ids, segments, positions = (torch.zeros(len(pairs), width, dtype=torch.long) for _ in range(3))
+    for row, pair in enumerate(pairs):
+        parts = ((PROMPT, pair.prompt_ids, 0), (CHOSEN, pair.chosen_ids, len(pair.prompt_ids)),
+                 (REJECTED, pair.rejected_ids, len(pair.prompt_ids)))
+        column = 0 if padding_side == "right" else width - sum(len(ids) for _, ids, _ in parts)
+        for segment, ids, first_position in parts:
+            span = slice(column, column + len(ids))
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            segments[row, span] = segment
+            positions[row, span] = torch.arange(first_position, first_position + len(ids))
+            column += len(ids)
+    return input_ids, segments, positions
+
+
+def packed_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive 4D mask (B, 1, L, L) for packed rows: 0 where query q may attend key k, dtype-min elsewhere.
+
+    q attends k iff k is not after q (column order), k is a real token, and k is in the prompt or in q's own
+    segment: so each response sees the prompt and its own earlier tokens, never the other response. Padding
+    positions attend only themselves (never fully masked rows, so no NaN from an empty softmax).
+    """
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    query, key = segments.unsqueeze(2), segments.unsqueeze(1)  # (B, L, 1), (B, 1, L)
+    allowed = causal & (query != 0) & (key != 0) & ((key == PROMPT) | (key == query))
+    allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def _last_position(mask: torch.Tensor) -> torch.Tensor:
+    """Column of the last True in each row of a (B, L) bool mask. Shape (B,)."""
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    return (mask.long() * columns).argmax(-1)
+
+
+@torch.no_grad()
+def summarize_pair_hidden_states(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *,
+                                 padding_side: str = "right") -> PairHiddenSummaries:
+    """One forward of the base transformer over packed rows [prompt | chosen | rejected] (see `pack_pairs`,
+    `packed_attention_mask`): the prompt is computed once, both responses attend to it as if each followed it
+    alone, and there is no padding between the two responses.
+
+    Summed positions for y (length n): the last prompt token, then response tokens 1..n-1 (all found through
+    the segment masks, whichever side the padding is on); response token n is the "final" position.
+    """
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    if attention not in SUPPORTED_ATTENTION:
+        raise ValueError(f"CHES needs a custom 4D attention mask; the model uses attn_implementation "
+                         f"{attention!r}. Load it with attn_implementation in {SUPPORTED_ATTENTION}")
+    decoder = base_transformer(model)
+    parameter = next(model.parameters())
+    input_ids, segments, positions = (t.to(parameter.device) for t in pack_pairs(pairs, padding_side))
+    mask = packed_attention_mask(segments, getattr(model, "dtype", parameter.dtype))
+    hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                     use_cache=False).last_hidden_state.float()  # (B, L, D)
+    rows = torch.arange(len(pairs), device=hidden.device)
+    prompt_last = hidden[rows, _last_position(segments == PROMPT)]  # predicts response token 1, (B, D)
+    results = []
+    for segment in (CHOSEN, REJECTED):
+        in_response = segments == segment
+        last = _last_position(in_response)
+        predicting = in_response.clone()
+        predicting[rows, last] = False  # the last response token predicts nothing inside the response
+        sums = prompt_last + (hidden * predicting.unsqueeze(-1).float()).sum(dim=1)
+        results.append((sums, hidden[rows, last]))
+    (chosen_sums, chosen_final), (rejected_sums, rejected_final) = results
+    return PairHiddenSummaries(chosen_sums, rejected_sums, chosen_final, rejected_final)
+
+
+@torch.no_grad()
+def reference_pair_summaries(model: torch.nn.Module, pair: TokenizedPair) -> PairHiddenSummaries:
+    """Slow reference (what most code does): for each response a full forward of the causal LM over
+    prompt + response with `output_hidden_states=True`, batch 1, no padding, positions by index arithmetic.
+    Used by the benchmark, the tests and the script's self-check; same positions as
+    `summarize_pair_hidden_states`."""
+    device = next(model.parameters()).device
+    start = len(pair.prompt_ids) - 1  # the last prompt token predicts response token 1
+    sums, finals = [], []
+    for response in (pair.chosen_ids, pair.rejected_ids):
+        input_ids = torch.tensor([pair.prompt_ids + response], device=device)
+        hidden = model(input_ids=input_ids, output_hidden_states=True).hidden_states[-1][0].float()  # (L, D)
+        sums.append(hidden[start:start + len(response)].sum(0, keepdim=True))
+        finals.append(hidden[-1:])
+    return PairHiddenSummaries(sums[0], sums[1], finals[0], finals[1])
+
+
+def relative_difference(summaries: PairHiddenSummaries, reference: PairHiddenSummaries) -> float:
+    """Largest ||a - b|| / ||b|| over the four summaries (per row), e.g. packed vs `reference_pair_summaries`."""
+    worst = 0.0
+    for name in ("chosen_sums", "rejected_sums", "chosen_final", "rejected_final"):
+        a, b = getattr(summaries, name).double().cpu(), getattr(reference, name).double().cpu()
+        worst = max(worst, ((a - b).norm(dim=-1) / b.norm(dim=-1).clamp(min=1e-12)).max().item())
+    return worst
+
+
+def measures_from_summaries(summaries: PairHiddenSummaries, pairs: Sequence[TokenizedPair]
+                            ) -> dict[str, list[float]]:
+    """All MEASURE_NAMES for a batch (lists of length B, same order as `pairs`)."""
+    chosen_lengths = torch.tensor([len(p.chosen_ids) for p in pairs])
+    rejected_lengths = torch.tensor([len(p.rejected_ids) for p in pairs])
+    chosen_sums, rejected_sums = summaries.chosen_sums.cpu(), summaries.rejected_sums.cpu()
+    final_products = (summaries.chosen_final.double() * summaries.rejected_final.double()).sum(-1).cpu()
+    return {
+        "ches_scores": ches_from_sums(chosen_sums, rejected_sums).tolist(),
+        "ln_ches_scores": ln_ches_from_sums(chosen_sums, rejected_sums, chosen_lengths, rejected_lengths).tolist(),
+        "minus_normalized_edit_distances": [minus_normalized_edit_distance(p.chosen_ids, p.rejected_ids)
+                                            for p in pairs],
+        "last_hidden_embedding_inner_prods": final_products.tolist(),
+    }
+
+
+def length_sorted_batches(pairs: Sequence[TokenizedPair], batch_size: int) -> list[list[int]]:
+    """Positions into `pairs` grouped into batches of similar length, longest first (memory errors show early).
+
+    Length = packed row length, prompt + chosen + rejected. Ties keep the input order (stable sort)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def iterate_pair_measures(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch_size: int = 8,
+                          padding_side: str = "right") -> Iterator[tuple[list[int], dict[str, list[float]]]]:
+    """Yield (positions into `pairs`, measures of those pairs) batch by batch, in length-sorted order."""
+    for batch_positions in length_sorted_batches(pairs, batch_size):
+        batch = [pairs[i] for i in batch_positions]
+        summaries = summarize_pair_hidden_states(model, batch, padding_side=padding_side)
+        yield batch_positions, measures_from_summaries(summaries, batch)
+
+
+def compute_pair_measures(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch_size: int = 8,
+                          padding_side: str = "right") -> dict[str, list[float]]:
+    """All MEASURE_NAMES for every pair, in the order of `pairs` (batches are length-sorted internally)."""
+    results = {name: [math.nan] * len(pairs) for name in MEASURE_NAMES}
+    for positions, measures in iterate_pair_measures(model, pairs, batch_size=batch_size, padding_side=padding_side):
+        for name in MEASURE_NAMES:
+            for position, value in zip(positions, measures[name]):
+                results[name][position] = value
+    return results
+
+
+def _valid_sorted_positions(scores: Sequence[float], k: int) -> list[int]:
+    values = np.asarray(scores, dtype=np.float64)
+    valid = np.flatnonzero(~np.isnan(values))
+    if not 1 <= k <= len(valid):
+        raise ValueError(f"k must be in [1, {len(valid)}] (non-NaN scores out of {len(values)}), got {k}")
+    return valid[np.argsort(values[valid], kind="stable")].tolist()
+
+
+def select_lowest_k(scores: Sequence[float], k: int) -> list[int]:
+    """Positions of the k lowest non-NaN scores, returned in increasing position order.
+
+    Ties are broken by position (earlier first). NaN scores (skipped examples) are never selected."""
+    return sorted(_valid_sorted_positions(scores, k)[:k])
+
+
+def select_quantile_window(scores: Sequence[float], k: int, quantile: float) -> list[int]:
+    """Positions of k consecutive scores (in sorted order) centred on the `quantile` of the non-NaN scores.
+
+    With the n valid scores sorted ascending (ties by position), the centre is rank c = round(q * (n - 1));
+    the window starts at c - k // 2, shifted to stay inside [0, n - k]. So q = 0 gives the lowest k, q = 1 the
+    highest k. Returned in increasing position order.
+    """
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    ranked = _valid_sorted_positions(scores, k)
+    centre = round(quantile * (len(ranked) - 1))
+    start = min(max(centre - k // 2, 0), len(ranked) - k)
+    return sorted(ranked[start:start + k])
+
+
+def load_similarity_results(path: str | Path, *, allow_partial: bool = False) -> dict:
+    """Read a file written by `compute_preference_similarity_per_example.py`.
+
+    Returns:
+        dict with `sample_indices` (N,) long (rows of the source data), every MEASURE_NAMES entry (N,) float64
+        (NaN for skipped rows), every LENGTH_NAMES entry (N,) long (-1 for skipped rows), `skip_reasons`
+        (list of N str, "" when computed), `computed` (N,) bool, and `settings` (dict; `complete` tells whether
+        the run finished).
+
+    Raises:
+        ValueError: missing field, fields of different lengths, or a partial file without `allow_partial`.
+    """
+    results = torch.load(path, weights_only=True, map_location="cpu")
+    expected = ("settings", "sample_indices", "skip_reasons", "computed") + MEASURE_NAMES + LENGTH_NAMES
+    missing = [key for key in expected if key not in results]
+    if missing:
+        raise ValueError(f"{path}: missing fields {missing}; expected {list(expected)}")
+    lengths = {key: len(results[key]) for key in expected if key != "settings"}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{path}: fields are not in lockstep, lengths {lengths}")
+    if not allow_partial and not results["settings"].get("complete", False):
+        raise ValueError(f"{path}: partial file (run interrupted; rerun the script with the same arguments "
+                         "to finish it), or pass allow_partial=True")
+    return results

@@ -1,0 +1,120 @@
+"""Which pairs a dataset-level run trains and evaluates on (similarity filtering, held-out split).
+
+Training pool:
+  - with `similarity_results_path`: the rows listed in the file's `sample_indices` (the pairs the CHES script
+    scored); the subset is the `preference_num_samples` pairs in a window around `quantile` of the
+    `pref_similarity_measure` scores (`ches.ches.select_quantile_window`; `quantile=None` = the lowest k,
+    `ches.ches.select_lowest_k`). Rows with a NaN score (skipped by the script) are never chosen.
+  - without: `num_train_samples` rows of `dataset` drawn with `data_seed` (all rows if None).
+Held-out split: `num_eval_samples` rows of `eval_dataset` drawn with `data_seed`, or, if `eval_dataset` is None,
+rows of `dataset` outside the pool (and outside the similarity file's rows).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.preference_data import PreferenceExample, load_preference_examples
+from common.preference_training_config import PreferenceTrainingConfig
+
+
+@dataclass
+class SelectedExamples:
+    """Training and held-out examples plus a JSON-able description of the selection (for summary.json)."""
+
+    train: list[PreferenceExample]
+    eval: list[PreferenceExample]
+    info: dict = field(default_factory=dict)
+
+
+def _same_dataset(recorded: str, configured: str) -> bool:
+    if Path(recorded).exists() and Path(configured).exists():
+        return Path(recorded).resolve() == Path(configured).resolve()
+    return recorded == configured
+
+
+def _check_settings(config: PreferenceTrainingConfig, settings: dict) -> None:
+    """The similarity file must describe the same data (dataset, format, truncation) as the run."""
+    path = config.similarity_results_path
+    checks = [("dataset", config.dataset, _same_dataset),
+              ("dataset_format", config.dataset_format, lambda a, b: a == b),
+              ("max_input_length", config.max_input_length, lambda a, b: a == b)]
+    if not Path(config.dataset).exists():  # a Hub id: the split matters too
+        checks.append(("split", config.dataset_split, lambda a, b: a == b))
+    for key, expected, same in checks:
+        if key in settings and not same(settings[key], expected):
+            raise ValueError(f"similarity_results_path {path}: computed with {key}={settings[key]!r}, but the run "
+                             f"has {key}={expected!r}; rerun compute_preference_similarity_per_example.py with "
+                             f"the run's settings or change the run config")
+
+
+def select_similarity_rows(config: PreferenceTrainingConfig) -> tuple[list[int], list[int], dict]:
+    """(training rows, pool rows, info) from the similarity results file (see the module docstring)."""
+    from ches.ches import load_similarity_results, select_lowest_k, select_quantile_window
+
+    results = load_similarity_results(config.similarity_results_path)
+    _check_settings(config, results.get("settings", {}))
+    rows = [int(i) for i in results["sample_indices"].tolist()]
+    if config.num_train_samples is not None and config.num_train_samples != len(rows):
+        raise ValueError(f"num_train_samples={config.num_train_samples} but {config.similarity_results_path} "
+                         f"scores {len(rows)} pairs; set num_train_samples to {len(rows)} or null")
+    scores = [float(s) for s in results[config.pref_similarity_measure].tolist()]
+    valid = [s for s in scores if not math.isnan(s)]
+    k = config.preference_num_samples or len(valid)
+    if config.quantile is None:
+        positions = select_lowest_k(scores, k)
+    else:
+        positions = select_quantile_window(scores, k, config.quantile)
+    selected = [scores[p] for p in positions]
+    info = {
+        "selection/measure": config.pref_similarity_measure,
+        "selection/quantile": config.quantile,
+        "selection/num_scored": len(rows),
+        "selection/num_valid_scores": len(valid),
+        "selection/num_selected": len(positions),
+        "selection/score_min": min(selected),
+        "selection/score_max": max(selected),
+        "selection/score_mean": sum(selected) / len(selected),
+        "selection/pool_score_mean": sum(valid) / len(valid),
+    }
+    return [rows[p] for p in positions], rows, info
+
+
+def _draw(rows: list[int], count: int, seed: int, what: str) -> list[int]:
+    if count > len(rows):
+        raise ValueError(f"{what}: need {count} rows but only {len(rows)} are available; lower the count or "
+                         f"set eval_dataset to a separate held-out file")
+    return sorted(random.Random(seed).sample(rows, count))
+
+
+def select_examples(config: PreferenceTrainingConfig) -> SelectedExamples:
+    """Load `dataset` (and `eval_dataset`) and pick the training subset and held-out pairs of a run."""
+    examples = load_preference_examples(config.dataset, config.dataset_format, split=config.dataset_split)
+    by_row = {example.source_index: example for example in examples}
+    if config.similarity_results_path:
+        train_rows, pool_rows, info = select_similarity_rows(config)
+        missing = [row for row in pool_rows if row not in by_row]
+        if missing:
+            raise ValueError(f"{config.similarity_results_path}: rows {missing[:5]} are not in {config.dataset} "
+                             f"({len(examples)} rows); was the file computed on another data set?")
+    else:
+        all_rows = sorted(by_row)
+        count = config.num_train_samples or len(all_rows)
+        train_rows = _draw(all_rows, count, config.data_seed, "num_train_samples")
+        pool_rows, info = train_rows, {"selection/measure": None, "selection/num_selected": len(train_rows)}
+    if config.num_eval_samples == 0:
+        eval_examples = []
+    elif config.eval_dataset:
+        eval_examples = load_preference_examples(config.eval_dataset, config.dataset_format,
+                                                 split=config.eval_dataset_split,
+                                                 num_samples=config.num_eval_samples, seed=config.data_seed)
+    else:
+        used = set(pool_rows)
+        eval_rows = _draw([row for row in sorted(by_row) if row not in used], config.num_eval_samples,
+                          config.data_seed, "num_eval_samples (held-out rows of dataset outside the training pool)")
+        eval_examples = [by_row[row] for row in eval_rows]
+    info["selection/train_rows"] = list(train_rows)
+    return SelectedExamples([by_row[row] for row in train_rows], eval_examples, info)

@@ -1,0 +1,147 @@
+"""Run config of the persona single-token experiments (Razin et al. 2025, Sec. 3). Field names follow the
+reference implementation's plans; every field is documented in docs/persona.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.losses import LossConfig
+from common.optim import OPTIMIZERS
+from persona_experiments.data import ANSWERS, DEFAULT_PERSONA_DATASET, output_token_problems
+
+
+@dataclass(kw_only=True)
+class PersonaConfig(LossConfig):
+    """One single-token preference-training run on persona prompts.
+
+    Data:
+        dataset: Persona jsonl: local path (relative paths are tried against the working directory, then the
+            project root) or Hub file `<org>/<repo>/<path>`. Default "../shared/data/persona/ends-justify-means.jsonl".
+        num_train_samples: Number of training prompts, -1 = all (after the answer filter). Default 1.
+        answer_matching_behavior_to_use: Keep only prompts whose answer_matching_behavior is "Yes" or "No";
+            "" keeps both. Default "".
+        train_samples_random_seed: Seed selecting the prompts and drawing each prompt's (y+, y-) pair;
+            -1 = the run's random_seed. Default -1.
+        batch_size: Prompts per optimizer step, -1 = all (full batch). Default -1.
+        output_tokens_matching_yes: Candidate outputs for prompts whose answer_matching_behavior is Yes (y+ is
+            drawn from this list, y- from the other). Each must encode to exactly one token: checked when the plan
+            is validated if the tokenizer is available offline (built-in or local model), else when the run
+            starts. Default ["Yes"].
+        output_tokens_matching_no: Same for No. Default ["No"].
+
+    Model:
+        model: Built-in name (smollm2-135m-instruct, tiny-gpt2, tiny-llama), Hub id or local directory.
+            Default "smollm2-135m-instruct".
+        load_model_checkpoint: Directory to load the weights from (e.g. "{run:sft_run}/model"); "" = `model`'s own.
+        is_lora_checkpoint: The checkpoint is a LoRA adapter on top of `model`. Default False.
+        use_lora: Train a fresh LoRA adapter instead of all weights. Default False.
+        lora_rank: LoRA rank r. Default 8.
+        dtype: "float32", "bfloat16" or "float16" for the weights. Default "float32".
+
+    Loss (from LossConfig): objective ("cross_entropy" = SFT on y+, "dpo", "ipo", ... see docs/losses.md),
+        kl_coeff (beta; tau for IPO), sft_coeff and per-loss hyper-parameters.
+
+    Optimisation:
+        optimizer: "rmsprop" (the paper's), "adam" or "sgd", torch defaults otherwise. Default "rmsprop".
+        lr: Learning rate. Default 1e-7 (the paper's DPO value).
+        epochs: Passes over the training prompts (one step per epoch with full batch). Default 101.
+        gradient_accumulation: Micro-batches per step; the update is identical to one pass over the batch
+            (each micro-batch's summed loss is divided by the batch size). Default 1.
+
+    Logging and outputs:
+        log_top_token_logit_change_interval: Every this many steps (and at the end), record the top tokens by
+            probability / log-prob increase since init and the rank of y+ among them; None = only at the end.
+            Default 10.
+        num_top_tokens: k of the top-token lists. Default 10.
+        track_logits_for_tokens: Extra tokens (each one vocabulary token) whose logit and log-prob are logged at
+            every tracked step. Default [].
+        save_finegrained_token_metrics: Also save the full next-token log-prob vectors (N, V) at every top-token
+            point into tensors.safetensors. Default False.
+        save_model: Write the trained model (HF directory, or the LoRA adapter) to `<run dir>/model`. Default False.
+    """
+
+    # data
+    dataset: str = DEFAULT_PERSONA_DATASET
+    num_train_samples: int = 1
+    answer_matching_behavior_to_use: str = ""
+    train_samples_random_seed: int = -1
+    batch_size: int = -1
+    output_tokens_matching_yes: list[str] = field(default_factory=lambda: ["Yes"])
+    output_tokens_matching_no: list[str] = field(default_factory=lambda: ["No"])
+    # model
+    model: str = "smollm2-135m-instruct"
+    load_model_checkpoint: str = ""
+    is_lora_checkpoint: bool = False
+    use_lora: bool = False
+    lora_rank: int = 8
+    dtype: str = "float32"
+    # optimisation (loss fields come from LossConfig)
+    optimizer: str = "rmsprop"
+    lr: float = 1e-7
+    epochs: int = 101
+    gradient_accumulation: int = 1
+    # logging and outputs
+    log_top_token_logit_change_interval: int | None = 10
+    num_top_tokens: int = 10
+    track_logits_for_tokens: list[str] = field(default_factory=list)
+    save_finegrained_token_metrics: bool = False
+    save_model: bool = False
+
+    def validate(self) -> list[str]:
+        """Base and loss checks plus the persona fields' ranges and cross-field rules."""
+        problems = super().validate()
+        if self.num_train_samples != -1 and self.num_train_samples < 1:
+            problems.append(f"num_train_samples must be >= 1 or -1 (all), got {self.num_train_samples}")
+        if self.answer_matching_behavior_to_use not in (*ANSWERS, ""):
+            problems.append(f"answer_matching_behavior_to_use must be 'Yes', 'No' or '' (both), "
+                            f"got {self.answer_matching_behavior_to_use!r}")
+        if self.train_samples_random_seed < -1:
+            problems.append(f"train_samples_random_seed must be >= 0 or -1 (the run's seed), "
+                            f"got {self.train_samples_random_seed}")
+        if self.batch_size != -1 and self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1 or -1 (full batch), got {self.batch_size}")
+        if self.batch_size != -1 and self.num_train_samples != -1 and self.batch_size > self.num_train_samples:
+            problems.append(f"batch_size {self.batch_size} exceeds num_train_samples {self.num_train_samples}; "
+                            "use -1 for full batch")
+        for name in ("output_tokens_matching_yes", "output_tokens_matching_no"):
+            if not getattr(self, name):
+                problems.append(f"{name} must list at least one output token, got []")
+        shared = sorted(set(self.output_tokens_matching_yes) & set(self.output_tokens_matching_no))
+        if shared:
+            problems.append(f"output tokens {shared} appear in both output_tokens_matching_yes and "
+                            "output_tokens_matching_no (y+ and y- must differ)")
+        if not self.model:
+            problems.append("model must name a model (built-in name, Hub id or directory), got ''")
+        if self.is_lora_checkpoint and not self.load_model_checkpoint:
+            problems.append("is_lora_checkpoint is true but load_model_checkpoint is empty")
+        if self.lora_rank < 1:
+            problems.append(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            problems.append(f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.gradient_accumulation < 1:
+            problems.append(f"gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
+        effective_batch = self.batch_size if self.batch_size != -1 else self.num_train_samples
+        if effective_batch >= 1 and self.gradient_accumulation > effective_batch:
+            problems.append(f"gradient_accumulation {self.gradient_accumulation} exceeds the batch size "
+                            f"{effective_batch} (each micro-batch needs >= 1 prompt)")
+        if self.log_top_token_logit_change_interval is not None and self.log_top_token_logit_change_interval < 1:
+            problems.append(f"log_top_token_logit_change_interval must be >= 1 or null (only at the end), "
+                            f"got {self.log_top_token_logit_change_interval}")
+        if self.num_top_tokens < 1:
+            problems.append(f"num_top_tokens must be >= 1, got {self.num_top_tokens}")
+        if self.model:  # each output token must be one vocabulary token (checked here when the tokenizer is local)
+            problems += output_token_problems(self.model, {
+                "output_tokens_matching_yes": self.output_tokens_matching_yes,
+                "output_tokens_matching_no": self.output_tokens_matching_no,
+                "track_logits_for_tokens": self.track_logits_for_tokens})
+        return problems
+
+    def resolved_train_samples_seed(self) -> int:
+        """train_samples_random_seed, or random_seed when it is -1."""
+        return self.train_samples_random_seed if self.train_samples_random_seed != -1 else self.random_seed

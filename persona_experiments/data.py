@@ -1,0 +1,227 @@
+"""Persona data: load the Anthropic persona jsonl, pick training prompts, map output tokens to ids, build a batch.
+
+    examples = load_persona_examples("../shared/data/persona/ends-justify-means.jsonl")
+    chosen = select_examples(examples, num_train_samples=1, answer_matching_behavior_to_use="Yes", seed=9773)
+    batch = build_persona_batch(tokenizer, chosen, ["Yes"], ["No"], seed=9773)
+
+The dataset is a local jsonl file (relative paths are tried against the working directory, then the project
+root) or a file in a Hub dataset repo written `<org>/<repo>/<path in repo>`, e.g.
+`Anthropic/model-written-evals/persona/ends-justify-means.jsonl` (downloaded with `huggingface_hub`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from common.preference_data import format_prompt
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PERSONA_DATASET = "../shared/data/persona/ends-justify-means.jsonl"
+ANSWERS = ("Yes", "No")
+
+
+class OutputTokenError(ValueError):
+    """An output token of the config is not exactly one vocabulary token."""
+
+
+@dataclass
+class PersonaExample:
+    """One persona statement.
+
+    Attributes:
+        index: 0-based row in the dataset file.
+        question: The prompt text ("Is the following statement something you would say?\\n...").
+        answer_matching_behavior: "Yes" or "No" (leading space of the file stripped).
+    """
+
+    index: int
+    question: str
+    answer_matching_behavior: str
+
+
+@dataclass
+class PersonaBatch:
+    """Tokenized training prompts and their output tokens (all tensors on the CPU).
+
+    Attributes:
+        input_ids: (N, L) prompt ids, right-padded with the pad (or EOS) id.
+        attention_mask: (N, L) 1 on prompt tokens, 0 on padding.
+        last_index: (N,) position of each prompt's last token (where the next-token distribution is read).
+        preferred_ids / dispreferred_ids: (N,) y+ and y- token ids.
+        example_ids: Dataset rows of the N prompts.
+        prompts: The formatted prompt texts.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    last_index: Tensor
+    preferred_ids: Tensor
+    dispreferred_ids: Tensor
+    example_ids: list[int]
+    prompts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.example_ids)
+
+    def subset(self, rows: Tensor) -> "PersonaBatch":
+        """The examples at positions `rows` (a (M,) int64 tensor), padding trimmed to their longest prompt."""
+        width = int(self.last_index[rows].max()) + 1
+        return PersonaBatch(self.input_ids[rows, :width], self.attention_mask[rows, :width], self.last_index[rows],
+                            self.preferred_ids[rows], self.dispreferred_ids[rows],
+                            [self.example_ids[i] for i in rows.tolist()], [self.prompts[i] for i in rows.tolist()])
+
+
+def resolve_dataset_file(dataset: str) -> Path:
+    """Local path (as given, then relative to the project root) or a file downloaded from a Hub dataset repo."""
+    for candidate in (Path(dataset), PROJECT_ROOT / dataset):
+        if candidate.is_file():
+            return candidate
+    parts = dataset.split("/")
+    if Path(dataset).is_absolute() or dataset.startswith(".") or len(parts) < 3:
+        raise FileNotFoundError(f"dataset: file not found: {dataset!r} (tried it relative to the working "
+                                f"directory and to the project root {PROJECT_ROOT}); a Hub file is written "
+                                "<org>/<repo>/<path>, e.g. Anthropic/model-written-evals/persona/ends-justify-means.jsonl")
+    from huggingface_hub import hf_hub_download  # only for Hub files
+
+    return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:]), repo_type="dataset"))
+
+
+def load_persona_examples(dataset: str) -> list[PersonaExample]:
+    """Read every row of a persona jsonl (`question`, `answer_matching_behavior` " Yes"/" No")."""
+    path = resolve_dataset_file(dataset)
+    examples = []
+    with path.open(encoding="utf-8") as f:
+        for row_number, line in enumerate(line for line in f if line.strip()):
+            row = json.loads(line)
+            where = f"{path}, row {row_number}"
+            if "question" not in row or "answer_matching_behavior" not in row:
+                raise ValueError(f"{where}: expected columns `question` and `answer_matching_behavior`, "
+                                 f"got {sorted(row)}")
+            answer = str(row["answer_matching_behavior"]).strip()
+            if answer not in ANSWERS:
+                raise ValueError(f"{where}: answer_matching_behavior must be ' Yes' or ' No', got {answer!r}")
+            examples.append(PersonaExample(row_number, row["question"], answer))
+    if not examples:
+        raise ValueError(f"dataset {path} has no rows")
+    return examples
+
+
+def select_examples(examples: list[PersonaExample], num_train_samples: int, answer_matching_behavior_to_use: str,
+                    seed: int) -> list[PersonaExample]:
+    """Keep the rows whose answer is `answer_matching_behavior_to_use` ("" = any), then draw `num_train_samples`
+    of them uniformly without replacement with `random.Random(seed)` (-1 = all), in file order."""
+    pool = [e for e in examples if not answer_matching_behavior_to_use
+            or e.answer_matching_behavior == answer_matching_behavior_to_use]
+    if num_train_samples == -1:
+        return pool
+    if not 1 <= num_train_samples <= len(pool):
+        raise ValueError(f"num_train_samples must be in [1, {len(pool)}] (rows with answer "
+                         f"{answer_matching_behavior_to_use or 'Yes or No'}) or -1 for all, got {num_train_samples}")
+    return sorted(random.Random(seed).sample(pool, num_train_samples), key=lambda e: e.index)
+
+
+def _close_vocabulary_entries(tokenizer, token: str, limit: int = 8) -> list[str]:
+    """Single-token spellings near `token`: with/without a leading space, lower/capitalised, and the raw vocabulary
+    entries that contain it (e.g. 'ĠYes'). Each is shown as repr(text) -> raw entry."""
+    stripped = token.strip()
+    variants = dict.fromkeys([stripped, " " + stripped, stripped.lower(), " " + stripped.lower(),
+                              stripped.capitalize(), " " + stripped.capitalize()])
+    found = []
+    for text in variants:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            found.append(f"{text!r} -> {tokenizer.convert_ids_to_tokens(ids[0])!r}")
+    if stripped and len(found) < limit:
+        raw = [entry for entry in tokenizer.get_vocab() if stripped in entry and len(entry) <= len(stripped) + 2]
+        found.extend(f"raw entry {entry!r}" for entry in sorted(raw)[: limit - len(found)])
+    return found
+
+
+def output_token_id(tokenizer, token: str, field: str) -> int:
+    """The id of `token` (text that must encode to exactly one vocabulary token, without special tokens).
+
+    Raises:
+        OutputTokenError: naming the field and token, its tokenization, and close single-token entries.
+    """
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) == 1:
+        return int(ids[0])
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    close = _close_vocabulary_entries(tokenizer, token)
+    raise OutputTokenError(f"{field}: output token {token!r} is not one vocabulary token (it encodes to "
+                           f"{len(ids)} tokens {pieces}); close single-token entries: "
+                           f"{', '.join(close) if close else 'none found'}")
+
+
+@functools.lru_cache(maxsize=8)
+def _offline_tokenizer(model: str):
+    """`model`'s tokenizer if it loads without the network (built-in or local directory), else None."""
+    from common import models  # imported lazily: loads transformers/peft
+
+    try:
+        kind, location = models._resolve(model)  # TODO: switch to a public models.load_tokenizer once it exists
+        return None if kind == "hub" else models._read_tokenizer(model, kind, location, False)
+    except Exception:  # noqa: BLE001 - the run itself reports loading errors
+        return None
+
+
+def output_token_problems(model: str, token_lists: dict[str, list[str]]) -> list[str]:
+    """Plan-time check that every token of `token_lists` (field name -> tokens) is one vocabulary token of `model`.
+
+    Runs only when the tokenizer loads offline (built-in models, local directories); Hub models are checked when
+    the run starts. Returns one problem string (the OutputTokenError message) per bad token.
+    """
+    tokenizer = _offline_tokenizer(model)
+    if tokenizer is None:
+        return []
+    problems = []
+    for field, tokens in token_lists.items():
+        for token in tokens:
+            try:
+                output_token_id(tokenizer, token, field)
+            except OutputTokenError as error:
+                problems.append(str(error))
+    return problems
+
+
+def build_persona_batch(tokenizer, examples: list[PersonaExample], output_tokens_matching_yes: list[str],
+                        output_tokens_matching_no: list[str], seed: int) -> PersonaBatch:
+    """Format and tokenize the prompts and draw each example's (y+, y-) pair.
+
+    The preferred token of a prompt whose answer_matching_behavior is Yes is drawn uniformly from
+    `output_tokens_matching_yes` and the dispreferred from `output_tokens_matching_no` (swapped for No), with
+    `random.Random(seed)` in example order. Prompt text: `format_prompt` (chat template with one user turn and the
+    generation prompt if the tokenizer has one, else question + "\\n"); special tokens are added by the tokenizer
+    only for plain text.
+    """
+    yes_ids = [output_token_id(tokenizer, t, "output_tokens_matching_yes") for t in output_tokens_matching_yes]
+    no_ids = [output_token_id(tokenizer, t, "output_tokens_matching_no") for t in output_tokens_matching_no]
+    rng = random.Random(seed)
+    uses_template = bool(getattr(tokenizer, "chat_template", None))
+    prompts, encoded, preferred, dispreferred = [], [], [], []
+    for example in examples:
+        text = format_prompt(tokenizer, example.question)
+        ids = tokenizer(text, add_special_tokens=not uses_template)["input_ids"]
+        if not ids:
+            raise ValueError(f"prompt of dataset row {example.index} has no tokens")
+        matching, other = (yes_ids, no_ids) if example.answer_matching_behavior == "Yes" else (no_ids, yes_ids)
+        preferred.append(rng.choice(matching))
+        dispreferred.append(rng.choice(other))
+        prompts.append(text)
+        encoded.append(ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return PersonaBatch(input_ids, attention_mask, torch.tensor([len(ids) - 1 for ids in encoded]),
+                        torch.tensor(preferred), torch.tensor(dispreferred), [e.index for e in examples], prompts)

@@ -1,0 +1,216 @@
+"""Aggregate persona runs: read each run's config.json / summary.json / metrics.jsonl (no model, no torch).
+
+Runs are found as directories under the experiments directory that hold a `status.json`; a run counts when its
+status is "done" and `summary.json` exists (others are skipped with a note). Runs are grouped into *settings*
+(model, objective, initial weights = base or checkpoint, y+ / y- tokens, kl_coeff, lr), so SFT and DPO runs of
+one plan, or several token pairs, are reported separately. Per setting:
+    runs, runs excluded because the loss ever increased between consecutive tracked steps (kept with
+    keep_unstable), runs in which the preferred probability fell (final < initial, mean over the run's prompts),
+    mean ± std (population) over runs of the initial / minimum / final preferred probability and of the largest
+    decrease, the tokens whose probability increased most (in how many runs' final top-k lists they appear, and
+    their mean increase), the unembedding geometry of the pair (means at start and end), and gradient-
+    entanglement means when the runs computed them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.io_utils import read_json, read_jsonl
+
+PROB_STATS = ("initial_preferred_prob_mean", "min_preferred_prob_mean", "final_preferred_prob_mean",
+              "largest_preferred_prob_decrease_mean", "initial_dispreferred_prob_mean",
+              "final_dispreferred_prob_mean", "preferred_logprob_change_mean")
+GEOMETRY_STATS = ("preferred_norm", "dispreferred_norm", "inner_product", "cosine", "projection_coef",
+                  "orthogonal_norm", "inner_minus_preferred_sq")
+ENTANGLEMENT_STATS = ("grad_entanglement/cosine", "grad_entanglement/ratio",
+                      "grad_entanglement/chosen_decrease_predicted", "grad_entanglement/chosen_decrease_accuracy")
+
+
+class ResultsError(ValueError):
+    """The experiments directory cannot be summarised (missing, or holds no runs)."""
+
+
+@dataclass
+class RunRecord:
+    """One finished run: its directory, config, summary and (optionally loaded) metrics."""
+
+    run_dir: Path
+    config: dict
+    summary: dict
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def find_runs(experiments_dir: Path) -> tuple[list[RunRecord], list[str]]:
+    """Finished runs under `experiments_dir` (recursively) and notes about the skipped ones.
+
+    Raises:
+        ResultsError: the directory does not exist, or holds no run directory (no status.json anywhere).
+    """
+    experiments_dir = Path(experiments_dir)
+    if not experiments_dir.is_dir():
+        raise ResultsError(f"--experiments_dir {experiments_dir}: not a directory")
+    status_files = sorted(experiments_dir.rglob("status.json"))
+    if not status_files:
+        raise ResultsError(f"--experiments_dir {experiments_dir}: no run directories found (a run directory holds "
+                           "status.json, config.json and summary.json); pass the plan's outputs_dir")
+    runs, notes = [], []
+    for status_file in status_files:
+        run_dir = status_file.parent
+        try:
+            status = read_json(status_file).get("status")
+            if status != "done" or not (run_dir / "summary.json").exists():
+                notes.append(f"skipping incomplete run {run_dir} (status: {status})")
+                continue
+            runs.append(RunRecord(run_dir, read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")))
+        except (FileNotFoundError, ValueError) as error:
+            notes.append(f"skipping unreadable run {run_dir}: {error}")
+    return runs, notes
+
+
+def setting_of(run: RunRecord) -> str:
+    """Group label: model, objective, base/checkpoint init, 'y+ vs y-', beta and lr."""
+    config, summary = run.config, run.summary
+    init = "ckpt" if config.get("load_model_checkpoint") else "base"
+    preferred = "|".join(sorted(set(summary.get("preferred_token_texts", ["?"])), key=str))
+    dispreferred = "|".join(sorted(set(summary.get("dispreferred_token_texts", ["?"])), key=str))
+    return (f"{config.get('model')} {config.get('objective')} ({init}) {preferred!r} vs {dispreferred!r} "
+            f"beta={config.get('kl_coeff')} lr={config.get('lr')}")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std of the finite values ((nan, nan) if none). Example: [1, 3] -> (2, 1)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return math.nan, math.nan
+    mean = sum(finite) / len(finite)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite))
+
+
+def aggregate_top_tokens(runs: list[RunRecord], ordering: str = "by_prob_increase", limit: int = 5) -> list[dict]:
+    """Tokens in the runs' final top-k lists: count of (run, prompt) lists containing them and mean increase,
+    sorted by count then mean increase (descending). Example: lists [a +0.2, b +0.1] and [a +0.4] ->
+    a: count 2, mean 0.3; b: count 1, mean 0.1."""
+    increases: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        for example in run.summary.get("final_top_tokens", []):
+            for entry in example.get(ordering, []):
+                increases[entry["token"]].append(float(entry["increase"]))
+    rows = [{"token": token, "count": len(values), "mean_increase": sum(values) / len(values)}
+            for token, values in increases.items()]
+    rows.sort(key=lambda row: (-row["count"], -row["mean_increase"]))
+    return rows[:limit]
+
+
+def summarize_setting(runs: list[RunRecord], keep_unstable: bool) -> dict:
+    """Statistics of one setting (see module docstring); `runs` are all finished runs of the setting."""
+    unstable = [run.name for run in runs if run.summary.get("loss_ever_increased")]
+    used = runs if keep_unstable else [run for run in runs if not run.summary.get("loss_ever_increased")]
+    out: dict = {"num_runs": len(runs), "num_unstable": len(unstable), "unstable_runs": unstable,
+                 "num_used": len(used), "runs": [run.name for run in used]}
+    fell = [run for run in used if run.summary.get("final_preferred_prob_mean", math.nan)
+            < run.summary.get("initial_preferred_prob_mean", math.nan)]
+    out["num_preferred_fell"] = len(fell)
+    for key in PROB_STATS:
+        out[key] = dict(zip(("mean", "std"), mean_std([run.summary.get(key) for run in used])))
+    out["top_tokens_by_prob_increase"] = aggregate_top_tokens(used, "by_prob_increase")
+    out["top_tokens_by_logprob_increase"] = aggregate_top_tokens(used, "by_logprob_increase")
+    out["geometry"] = {f"{when}/{key}": mean_std([run.summary.get(f"geometry/{when}/{key}") for run in used])[0]
+                       for when in ("start", "end") for key in GEOMETRY_STATS}
+    entanglement = {key: mean_std([run.summary.get(key) for run in used])[0] for key in ENTANGLEMENT_STATS
+                    if any(key in run.summary for run in used)}
+    if entanglement:
+        out["grad_entanglement"] = entanglement
+    return out
+
+
+def summarize_runs(runs: list[RunRecord], keep_unstable: bool) -> dict[str, dict]:
+    """Setting label -> `summarize_setting` result, settings in order of first appearance."""
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        groups[setting_of(run)].append(run)
+    return {label: summarize_setting(group, keep_unstable) for label, group in groups.items()}
+
+
+def _pm(stat: dict) -> str:
+    """'mean ± std' with 4 significant digits, '-' if undefined."""
+    if stat["mean"] is None or math.isnan(stat["mean"]):
+        return "-"
+    return f"{stat['mean']:.4g} ± {stat['std']:.2g}"
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """Plain-text report: one block per setting with counts, probabilities, top tokens, geometry."""
+    lines = []
+    for label, stats in results.items():
+        lines.append(f"== {label}")
+        lines.append(f"   runs {stats['num_runs']}, excluded (loss increased) {stats['num_unstable']}, "
+                     f"used {stats['num_used']}, preferred prob fell in {stats['num_preferred_fell']}")
+        lines.append(f"   {'preferred prob':<24}{'initial':>22}{'minimum':>22}{'final':>22}")
+        lines.append(f"   {'':<24}{_pm(stats['initial_preferred_prob_mean']):>22}"
+                     f"{_pm(stats['min_preferred_prob_mean']):>22}{_pm(stats['final_preferred_prob_mean']):>22}")
+        lines.append(f"   largest decrease {_pm(stats['largest_preferred_prob_decrease_mean'])}   preferred log-prob "
+                     f"change {_pm(stats['preferred_logprob_change_mean'])}   dispreferred prob "
+                     f"{_pm(stats['initial_dispreferred_prob_mean'])} -> {_pm(stats['final_dispreferred_prob_mean'])}")
+        tokens = ", ".join(f"{row['token']!r} ({row['count']}x, +{row['mean_increase']:.3g})"
+                           for row in stats["top_tokens_by_prob_increase"])
+        lines.append(f"   most increased tokens (prob): {tokens or '-'}")
+        geometry = stats["geometry"]
+        lines.append("   geometry start: " + ", ".join(
+            f"{key} {geometry[f'start/{key}']:.3f}" for key in ("preferred_norm", "dispreferred_norm",
+                                                               "inner_product", "cosine", "projection_coef",
+                                                               "orthogonal_norm")))
+        if "grad_entanglement" in stats:
+            lines.append("   gradient entanglement: " + ", ".join(
+                f"{key.split('/')[-1]} {value:.3f}" for key, value in stats["grad_entanglement"].items()))
+    return "\n".join(lines)
+
+
+def load_trajectory(run: RunRecord) -> tuple[list[int], list[float], list[float]]:
+    """(steps, preferred prob, dispreferred prob) of a run's tracked steps, from metrics.jsonl."""
+    steps, preferred, dispreferred = [], [], []
+    metrics_path = run.run_dir / "metrics.jsonl"
+    if not metrics_path.exists():
+        return steps, preferred, dispreferred
+    for record in read_jsonl(metrics_path):
+        if "displacement/preferred_prob_mean" in record:
+            steps.append(record["step"])
+            preferred.append(record["displacement/preferred_prob_mean"])
+            dispreferred.append(record["displacement/dispreferred_prob_mean"])
+    return steps, preferred, dispreferred
+
+
+def plot_trajectories(runs: list[RunRecord], results: dict[str, dict], path: Path) -> Path:
+    """One panel per setting: preferred (solid) and dispreferred (dashed) probability of every used run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_name = {run.name: run for run in runs}
+    columns = min(len(results), 3)
+    rows = -(-len(results) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.6 * rows), squeeze=False)
+    for axis, (label, stats) in zip(axes.flat, results.items()):
+        for index, name in enumerate(stats["runs"]):
+            steps, preferred, dispreferred = load_trajectory(by_name[name])
+            color = f"C{index % 10}"
+            axis.plot(steps, preferred, color=color, label="preferred" if index == 0 else None)
+            axis.plot(steps, dispreferred, color=color, linestyle="--", label="dispreferred" if index == 0 else None)
+        axis.set_title(label, fontsize=7)
+        axis.set_xlabel("step")
+        axis.set_ylabel("probability")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(results):]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path

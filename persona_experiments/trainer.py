@@ -1,0 +1,246 @@
+"""Single-token preference training on persona prompts (Razin et al. 2025, Sec. 3) with displacement tracking.
+
+    python persona_single_example_experiment_plan_runner.py --plan_config_path PLAN.json
+
+One run: load the model, pick the training prompts and their (y+, y-) tokens, compute the reference log-probs
+once (no second model), then train with the configured objective, recording at every tracked step (see
+`recording.py`) and writing into the run directory:
+    metrics.jsonl          per step: loss (true batch mean), rewards/*, logps/*, logits/*, displacement/*,
+                           hidden/*, tokens/* (at top-token points), tracked/*, grad_entanglement/*, lr, time/*
+    top_tokens.jsonl       top-k tokens by probability / log-prob increase since init, per example
+    tensors.safetensors    trajectories, per-example results, geometry, top tokens (safetensors.torch.load_file)
+    model/                 the trained model, if save_model
+and returning the summary (summary.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from common import grad_entanglement as ge
+from common.config import ExperimentFamily, RunContext
+from common.losses import PreferenceLogps, compute_preference_loss
+from common.models import load_model_and_tokenizer, save_model
+from common.optim import build_optimizer
+from common.sequence_logprobs import unwrap_model
+from persona_experiments.config import PersonaConfig
+from persona_experiments.data import (PersonaBatch, build_persona_batch, load_persona_examples, output_token_id,
+                                      select_examples)
+from persona_experiments.forward import last_position_forward, unembedding_matrix
+from persona_experiments.geometry import unembedding_pair_geometry
+from persona_experiments.recording import PersonaRecorder, PointValues
+
+log = logging.getLogger("ld.persona")
+TENSORS_FILE = "tensors.safetensors"
+
+
+@dataclass
+class StepOutput:
+    """Result of one forward (and, when training, backward) pass over a batch split into micro-batches."""
+
+    values: PointValues          # detached, rows in the order of the batch
+    chosen_rewards: Tensor       # (B,)
+    rejected_rewards: Tensor     # (B,)
+    entanglement: list[dict]     # gradient-entanglement stats (empty unless due)
+
+
+def _loss_on(config: PersonaConfig, out, batch: PersonaBatch, reference: tuple[Tensor, Tensor] | None):
+    """Per-example summed log-probs of y+ / y- at the last position and the configured loss on them."""
+    preferred = out.logprobs.gather(1, batch.preferred_ids.to(out.logprobs.device).view(-1, 1)).squeeze(1)
+    dispreferred = out.logprobs.gather(1, batch.dispreferred_ids.to(out.logprobs.device).view(-1, 1)).squeeze(1)
+    ones = torch.ones_like(preferred, dtype=torch.long)
+    # reference None = this is the reference pass: the reference log-probs are the pass's own.
+    ref_chosen, ref_rejected = reference if reference is not None else (preferred.detach(), dispreferred.detach())
+    logps = PreferenceLogps(preferred, dispreferred, ref_chosen, ref_rejected, ones, ones)
+    return logps, compute_preference_loss(config, logps)
+
+
+def run_batch(model, config: PersonaConfig, batch: PersonaBatch, reference: tuple[Tensor, Tensor] | None,
+              device: torch.device, num_micro_batches: int, train: bool, entanglement_params=None) -> StepOutput:
+    """Forward `batch` in `num_micro_batches` micro-batches; with `train`, accumulate gradients of the batch-mean loss.
+
+    `reference` holds the (B,) reference log-probs of y+ and y-; None marks the reference pass itself (the
+    initial model's own log-probs serve as reference, so e.g. the DPO loss is ln 2).
+
+    Each micro-batch contributes sum(losses) / B to the backward pass, so the accumulated gradient equals that of
+    mean(losses) over the whole batch of B prompts (identical update for any split). With `entanglement_params`,
+    gradient-entanglement statistics are computed on the first micro-batch (up to grad_entanglement_max_examples
+    examples) before its backward.
+    """
+    size = len(batch)
+    parts, entanglement = [], []
+    for micro_index, rows in enumerate(torch.arange(size).tensor_split(num_micro_batches)):
+        micro = batch.subset(rows)
+        ref = tuple(r[rows.to(r.device)] for r in reference) if reference is not None else None
+        with torch.set_grad_enabled(train):
+            out = last_position_forward(model, micro.input_ids.to(device), micro.attention_mask.to(device),
+                                        micro.last_index)
+            logps, loss_out = _loss_on(config, out, micro, ref)
+            if entanglement_params is not None and micro_index == 0:
+                count = min(config.grad_entanglement_max_examples, len(micro))
+                entanglement = ge.gradient_entanglement(
+                    entanglement_params, [(logps.policy_chosen[i], logps.policy_rejected[i]) for i in range(count)])
+            if train:
+                (loss_out.losses.sum() / size).backward()
+        parts.append((logps.policy_chosen.detach(), logps.policy_rejected.detach(), loss_out.losses.detach(),
+                      out.hidden.detach(), out.logits.detach(), out.logprobs.detach(),
+                      loss_out.chosen_rewards, loss_out.rejected_rewards))
+    cat = [torch.cat(items) for items in zip(*parts)]
+    return StepOutput(PointValues(*cat[:6]), cat[6], cat[7], entanglement)
+
+
+def _step_scalars(step_out: StepOutput, optimizer) -> dict[str, float]:
+    """Batch-level scalars: true mean loss (no accumulation scaling), rewards, log-probs, learning rate."""
+    values = step_out.values
+    margins = step_out.chosen_rewards - step_out.rejected_rewards
+    return {
+        "loss": float(values.losses.mean()),
+        "rewards/chosen": float(step_out.chosen_rewards.mean()),
+        "rewards/rejected": float(step_out.rejected_rewards.mean()),
+        "rewards/margins": float(margins.mean()),
+        "rewards/accuracies": float((margins > 0).float().mean()),
+        "logps/chosen": float(values.preferred_logps.mean()),
+        "logps/rejected": float(values.dispreferred_logps.mean()),
+        "lr": optimizer.param_groups[0]["lr"],
+    }
+
+
+def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
+    """Train one persona single-token run (see module docstring); returns the summary dict."""
+    started = time.perf_counter()
+    device = ctx.device
+    # 1. Model (the loader keeps pristine weights cached in-process) and data.
+    model, tokenizer = load_model_and_tokenizer(
+        config.model, checkpoint=config.load_model_checkpoint or None, is_lora_checkpoint=config.is_lora_checkpoint,
+        use_lora=config.use_lora, lora_rank=config.lora_rank, dtype=config.dtype, device=device)
+    model.eval()  # no dropout: the reference pass and the policy at step 0 must agree (DPO loss = ln 2)
+    samples_seed = config.resolved_train_samples_seed()
+    examples = select_examples(load_persona_examples(config.dataset), config.num_train_samples,
+                               config.answer_matching_behavior_to_use, samples_seed)
+    batch = build_persona_batch(tokenizer, examples, config.output_tokens_matching_yes,
+                                config.output_tokens_matching_no, samples_seed)
+    tracked_ids = [output_token_id(tokenizer, t, "track_logits_for_tokens") for t in config.track_logits_for_tokens]
+    num_examples = len(batch)
+    batch_size = num_examples if config.batch_size == -1 else min(config.batch_size, num_examples)
+    if config.gradient_accumulation > batch_size:
+        raise ValueError(f"gradient_accumulation {config.gradient_accumulation} exceeds the batch size {batch_size} "
+                         f"({num_examples} training prompts)")
+    full_batch = batch_size == num_examples
+    steps_per_epoch = -(-num_examples // batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    log.info("persona run: %d prompt(s) (rows %s), y+ %s, y- %s, %d step(s)", num_examples, batch.example_ids[:10],
+             tokenizer.convert_ids_to_tokens(batch.preferred_ids.tolist()[:10]),
+             tokenizer.convert_ids_to_tokens(batch.dispreferred_ids.tolist()[:10]), total_steps)
+
+    # 2. Reference pass with the initial weights: reference log-probs, initial distribution, hidden states, geometry.
+    initial = run_batch(model, config, batch, None, device, config.gradient_accumulation, train=False).values
+    reference = (initial.preferred_logps, initial.dispreferred_logps)
+    geometry_start = unembedding_pair_geometry(unembedding_matrix(model), batch.preferred_ids, batch.dispreferred_ids)
+    recorder = PersonaRecorder(initial, batch.preferred_ids, batch.dispreferred_ids, batch.example_ids, tracked_ids,
+                               list(config.track_logits_for_tokens), tokenizer, ctx.run_dir,
+                               config.log_top_token_logit_change_interval, config.num_top_tokens,
+                               config.save_finegrained_token_metrics)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
+    entanglement_params = (ge.select_parameters(unwrap_model(model), config.grad_entanglement_params)
+                           if config.grad_entanglement_interval is not None else None)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    setup_seconds = time.perf_counter() - started
+
+    # 3. Training loop. Tracked points: every step with full batch (values from the step's own forward, i.e.
+    #    before its update), else the start of each epoch (an extra no-grad pass); plus one after training.
+    step_seconds, tracker_seconds, entanglement_steps, entanglement_scores = [], [], [], []
+    pending_entanglement: list[dict] = []
+    step = 0
+    with tqdm(total=total_steps, desc=f"persona {ctx.run_dir.name}", leave=False) as progress:
+        for epoch in range(config.epochs):
+            order = torch.arange(num_examples) if full_batch else torch.randperm(num_examples, generator=generator)
+            if not full_batch:
+                tick = time.perf_counter()
+                point = run_batch(model, config, batch, reference, device, config.gradient_accumulation, False)
+                epoch_scalars = recorder.record(step, point.values)
+                tracker_seconds.append(time.perf_counter() - tick)
+            for batch_index, rows in enumerate(order.split(batch_size)):
+                tick = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                due = entanglement_params is not None and ge.is_due(config.grad_entanglement_interval, step)
+                out = run_batch(model, config, batch.subset(rows), tuple(r[rows] for r in reference), device,
+                                config.gradient_accumulation, True, entanglement_params if due else None)
+                optimizer.step()
+                step_seconds.append(time.perf_counter() - tick)
+                tick = time.perf_counter()
+                scalars = _step_scalars(out, optimizer)
+                if full_batch:
+                    scalars.update(recorder.record(step, out.values))
+                    if pending_entanglement:  # score the previous step's first-order predictions
+                        entanglement_scores.append(_score(pending_entanglement, out.values))
+                        scalars.update({f"grad_entanglement/{k}": v for k, v in entanglement_scores[-1].items()})
+                elif batch_index == 0:
+                    scalars.update(epoch_scalars)
+                pending_entanglement = out.entanglement if full_batch else []
+                if out.entanglement:
+                    entanglement_steps.append(out.entanglement)
+                    scalars.update(ge.summarize_entanglement(out.entanglement))
+                tracker_seconds.append(time.perf_counter() - tick)
+                scalars["time/step_seconds"] = step_seconds[-1]
+                ctx.logger.log(step, **scalars)
+                step += 1
+                progress.update(1)
+
+    # 4. Final point (after the last update), geometry at the end, outputs.
+    final = run_batch(model, config, batch, reference, device, config.gradient_accumulation, train=False)
+    scalars = {"loss": float(final.values.losses.mean()), **recorder.record(step, final.values, is_final=True)}
+    if pending_entanglement:
+        entanglement_scores.append(_score(pending_entanglement, final.values))
+        scalars.update({f"grad_entanglement/{k}": v for k, v in entanglement_scores[-1].items()})
+    ctx.logger.log(step, **scalars)
+    geometry_end = unembedding_pair_geometry(unembedding_matrix(model), batch.preferred_ids, batch.dispreferred_ids)
+    recorder.tracker.save_tensors(ctx.run_dir / TENSORS_FILE, extra=recorder.tensors(geometry_start, geometry_end))
+    if config.save_model:
+        save_model(model, tokenizer, ctx.run_dir / "model")
+
+    summary = recorder.summary(geometry_start, geometry_end)
+    summary.update(_entanglement_summary(entanglement_steps, entanglement_scores))
+    summary.update({
+        "num_train_samples": num_examples,
+        "num_steps": total_steps,
+        "example_ids": batch.example_ids,
+        "preferred_tokens": tokenizer.convert_ids_to_tokens(batch.preferred_ids.tolist()),
+        "dispreferred_tokens": tokenizer.convert_ids_to_tokens(batch.dispreferred_ids.tolist()),
+        "preferred_token_texts": [tokenizer.decode([i]) for i in batch.preferred_ids.tolist()],
+        "dispreferred_token_texts": [tokenizer.decode([i]) for i in batch.dispreferred_ids.tolist()],
+        "loss_ever_increased": bool(summary.get("mean_loss_ever_increased", False)),
+        "setup_seconds": setup_seconds,
+        "seconds_per_step_mean": sum(step_seconds) / len(step_seconds),
+        "tracker_seconds_per_step_mean": sum(tracker_seconds) / max(len(step_seconds), 1),
+        "total_seconds": time.perf_counter() - started,
+        "tensors_file": TENSORS_FILE,
+    })
+    return summary
+
+
+def _score(stats: list[dict], values: PointValues) -> dict[str, float]:
+    """First-order predictions of the previous step vs the change observed now (first len(stats) examples)."""
+    count = len(stats)
+    return ge.score_predictions(stats, values.preferred_logps[:count].tolist(),
+                                values.dispreferred_logps[:count].tolist())
+
+
+def _entanglement_summary(steps: list[list[dict]], scores: list[dict[str, float]]) -> dict[str, float]:
+    """Means over all diagnosed steps and examples of the entanglement statistics and prediction accuracies."""
+    if not steps:
+        return {}
+    out = ge.summarize_entanglement([s for step in steps for s in step])
+    for key in ("chosen_decrease_accuracy", "both_decrease_accuracy", "chosen_decrease_observed"):
+        if scores:
+            out[f"grad_entanglement/{key}"] = sum(s[key] for s in scores) / len(scores)
+    out["grad_entanglement/num_steps"] = len(steps)
+    return out
+
+
+FAMILY = ExperimentFamily(name="persona_single_example", config_cls=PersonaConfig, run=run_persona_experiment)

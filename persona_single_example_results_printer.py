@@ -1,0 +1,54 @@
+"""Summarise persona single-token runs: a table per setting, results.json and a PNG of probability trajectories.
+
+Usage: python persona_single_example_results_printer.py --experiments_dir OUTPUTS_DIR [--keep_unstable]
+                                                         [--output_dir DIR]
+
+Reads only JSON/JSONL files (config.json, status.json, summary.json, metrics.jsonl) of the runs under
+OUTPUTS_DIR; see persona_experiments/results.py for the statistics and docs/persona.md for the output files.
+Exit code 0 on success, 2 if OUTPUTS_DIR is missing or holds no runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from common.io_utils import atomic_write_json
+from persona_experiments.results import ResultsError, find_runs, format_table, plot_trajectories, summarize_runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Summarise persona single-token experiment runs.")
+    parser.add_argument("--experiments_dir", required=True, type=Path, help="the plan's outputs_dir")
+    parser.add_argument("--keep_unstable", action="store_true",
+                        help="include runs whose loss increased between consecutive tracked steps")
+    parser.add_argument("--output_dir", type=Path, default=None,
+                        help="where results.json and trajectories.png go (default: --experiments_dir)")
+    args = parser.parse_args(argv)
+    try:
+        runs, notes = find_runs(args.experiments_dir)
+    except ResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}")
+    if not runs:
+        print(f"error: no finished run under {args.experiments_dir} ({len(notes)} incomplete)", file=sys.stderr)
+        return 2
+    results = summarize_runs(runs, args.keep_unstable)
+    print(f"{len(runs)} finished run(s) in {len(results)} setting(s) under {args.experiments_dir}"
+          + ("" if args.keep_unstable else " (runs whose loss increased are excluded; --keep_unstable keeps them)"))
+    print(format_table(results))
+    output_dir = args.output_dir or args.experiments_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output_dir / "results.json", {"experiments_dir": str(args.experiments_dir),
+                                                    "keep_unstable": args.keep_unstable, "notes": notes,
+                                                    "settings": results})
+    png = plot_trajectories(runs, results, output_dir / "trajectories.png")
+    print(f"wrote {output_dir / 'results.json'} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

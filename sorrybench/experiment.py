@@ -1,0 +1,183 @@
+"""SORRY-Bench unintentional-unalignment runs (Razin et al. 2025, Sec. 6): DPO/IPO on (refusal, other response)
+pairs, then the refusal rate of the trained model on the train and test prompts.
+
+    python sorrybench_experiment_plan_runner.py --plan_config_path sorrybench/experiments_plans/smollm2_cpu.json
+
+Variants are plain config choices: plain DPO/IPO; +SFT (`sft_coeff` > 0); gold preferences (`dataset` from a data
+set created with --gold_refusals_path); CHES-filtered (`similarity_results_path` + `pref_similarity_measure`
+"ln_ches_scores" + `preference_num_samples`: the k pairs with the lowest length-normalised CHES).
+Outputs per run, besides the trainer's (`eval_metrics.jsonl`, `displacement_*.safetensors`, ...):
+`refusal_eval/{generations,judgments}.jsonl`, `refusal_eval/refusal_rates.json` (and `refusal_eval_initial/`
+with `refusal_eval_before_training`), and in summary.json `refusal_rate/{train,test,train_subset,overall}` with
+`refusal_counts/...` next to `eval_metrics/<split>/preferred_logprobs_change_mean`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.config import ExperimentFamily, RunContext
+from common.io_utils import atomic_write_json, read_jsonl
+from common.models import load_model_and_tokenizer
+from common.preference_data import load_preference_examples
+from common.preference_selection import select_examples
+from common.preference_trainer import train_preference_model
+from common.preference_training_config import DTYPES, PreferenceTrainingConfig
+from sorrybench.generation import GenerationSettings
+from sorrybench.judges import JUDGE_NAMES, build_judge
+from sorrybench.refusal_rate import compute_refusal_rates, evaluate_refusal_rate, load_split_prompts
+
+
+@dataclass(kw_only=True)
+class SorryBenchConfig(PreferenceTrainingConfig):
+    """Dataset-level preference training on SORRY-Bench pairs plus refusal-rate evaluation.
+
+    All `PreferenceTrainingConfig` fields apply (model, loss, optimizer, similarity filtering, ...); the defaults
+    that differ: `dataset_format` "sorrybench_prefs", `dataset`/`eval_dataset` the train/test files of the
+    default CPU data set `outputs/sorrybench/smollm2_prefs` (their prompts are the train/test splits of the refusal
+    evaluation; `eval_dataset` is required), `lr` 5e-6 (the paper's SORRY-Bench value).
+
+    Parameters of the held-out log-prob evaluation:
+        eval_all_test_pairs (`bool`, defaults to `True`): Evaluate log-prob changes on every pair of
+            `eval_dataset` (test.jsonl); `num_eval_samples` is then ignored. `False`: the trainer's seeded draw of
+            `num_eval_samples` pairs.
+
+    Parameters of the refusal-rate evaluation (after training; on every prompt of `dataset` and `eval_dataset`):
+        refusal_eval (`bool`, defaults to `True`): Measure refusal rates after training.
+        refusal_eval_before_training (`bool`, defaults to `False`): Also measure the initial model (written to
+            `refusal_eval_initial/`, summary keys `refusal_rate_initial/...`).
+        refusal_judge (`str`, defaults to `"keyword"`): `keyword`, `hf_classifier` or `hf_judge`.
+        refusal_judge_model (`str` or `None`, defaults to `None`): Model of the hf judges (hf_judge: the official
+            SORRY-Bench judge when None).
+        refusal_judge_refusal_label (`str` or `None`, defaults to `None`): hf_classifier: label meaning refusal.
+        refusal_judge_batch_size (`int`, defaults to `8`): Responses per judge forward pass.
+        refusal_judge_dtype (`str`, defaults to `"float32"`): dtype of an hf judge (`bfloat16` for the 7B judge).
+        refusal_num_responses (`int`, defaults to `1`): Responses per prompt.
+        refusal_temperature (`float`, defaults to `0.0`): Sampling temperature; 0 = greedy.
+        refusal_max_new_tokens (`int`, defaults to `256`): Max tokens per response.
+        refusal_generation_batch_size (`int`, defaults to `8`): Prompts per `generate` call.
+    """
+
+    dataset: str = "outputs/sorrybench/smollm2_prefs/train.jsonl"
+    dataset_format: str = "sorrybench_prefs"
+    eval_dataset: str | None = "outputs/sorrybench/smollm2_prefs/test.jsonl"
+    lr: float = 5e-6
+    eval_all_test_pairs: bool = True
+    refusal_eval: bool = True
+    refusal_eval_before_training: bool = False
+    refusal_judge: str = "keyword"
+    refusal_judge_model: str | None = None
+    refusal_judge_refusal_label: str | None = None
+    refusal_judge_batch_size: int = 8
+    refusal_judge_dtype: str = "float32"
+    refusal_num_responses: int = 1
+    refusal_temperature: float = 0.0
+    refusal_max_new_tokens: int = 256
+    refusal_generation_batch_size: int = 8
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        if self.dataset_format != "sorrybench_prefs":
+            problems.append(f"dataset_format must be 'sorrybench_prefs' for SORRY-Bench runs, "
+                            f"got {self.dataset_format!r}")
+        if not self.eval_dataset:
+            problems.append("eval_dataset is empty; set it to the data set's test.jsonl (its prompts are the test "
+                            "split of the refusal evaluation)")
+        if self.refusal_judge not in JUDGE_NAMES:
+            problems.append(f"refusal_judge must be one of {JUDGE_NAMES}, got {self.refusal_judge!r}")
+        try:
+            self.refusal_generation_settings()
+        except ValueError as error:
+            problems.append(f"refusal_* fields: {error}")
+        if self.refusal_judge_dtype not in DTYPES:
+            problems.append(f"refusal_judge_dtype must be one of {DTYPES}, got {self.refusal_judge_dtype!r}")
+        if self.refusal_judge_batch_size < 1:
+            problems.append(f"refusal_judge_batch_size must be >= 1, got {self.refusal_judge_batch_size}")
+        return problems
+
+    def refusal_generation_settings(self) -> GenerationSettings:
+        return GenerationSettings(num_responses=self.refusal_num_responses, temperature=self.refusal_temperature,
+                                  max_new_tokens=self.refusal_max_new_tokens,
+                                  batch_size=self.refusal_generation_batch_size, seed=0)
+
+
+def _refusal_summary(rates: dict, suffix: str = "") -> dict:
+    """Summary keys `refusal_rate<suffix>/<name>` (fraction) and `refusal_counts<suffix>/<name>` ([refusals,
+    responses]) for name in overall, train, test, train_subset (the prompts actually trained on)."""
+    entries = {"overall": rates["overall"], **rates["per_split"]}
+    if "train_subset" in rates:
+        entries["train_subset"] = rates["train_subset"]
+    summary = {}
+    for name, entry in entries.items():
+        summary[f"refusal_rate{suffix}/{name}"] = entry["refusal_rate"]
+        summary[f"refusal_counts{suffix}/{name}"] = [entry["num_refusals"], entry["num_responses"]]
+    return summary
+
+
+def measure_refusal_rates(model, tokenizer, config: SorryBenchConfig, device, output_dir: Path,
+                          train_rows: list[int]) -> dict:
+    """Refusal rates on all train/test prompts, plus on the training subset (`train_rows` of train.jsonl).
+
+    The judge is loaded here and freed afterwards, so a large hf judge never shares the GPU with training.
+    Adds `seconds` (generation + judging wall time) to the returned rates.
+    """
+    started = time.time()
+    judge = build_judge(config.refusal_judge, judge_model=config.refusal_judge_model, device=device,
+                        dtype=config.refusal_judge_dtype, batch_size=config.refusal_judge_batch_size,
+                        refusal_label=config.refusal_judge_refusal_label)
+    prompts = load_split_prompts({"train": config.dataset, "test": config.eval_dataset})
+    rates = evaluate_refusal_rate(model, tokenizer, prompts, judge, output_dir, config.refusal_generation_settings(),
+                                  model_name=config.model, judge_batch_size=config.refusal_judge_batch_size)
+    del judge
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    subset_ids = {f"train/{row}" for row in train_rows}
+    judged = [r for r in read_jsonl(output_dir / "judgments.jsonl") if r["example_id"] in subset_ids]
+    if judged:
+        rates["train_subset"] = compute_refusal_rates(judged)["overall"]
+    rates["seconds"] = time.time() - started
+    atomic_write_json(output_dir / "refusal_rates.json", rates)
+    return rates
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch (or the only process): it alone generates and judges (DDP keeps a
+    full model replica on every rank)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict:
+    """Select the training pairs (all, or CHES-filtered), train, then measure refusal rates; return the summary."""
+    selected = select_examples(dataclasses.replace(config, num_eval_samples=0) if config.eval_all_test_pairs
+                               else config)
+    eval_examples = (load_preference_examples(config.eval_dataset, config.dataset_format)
+                     if config.eval_all_test_pairs else selected.eval)
+    train_rows = [example.source_index for example in selected.train]
+    summary: dict = {**selected.info}
+    if config.refusal_eval_before_training and _is_main_process():
+        model, tokenizer = load_model_and_tokenizer(config.model, checkpoint=config.checkpoint,
+                                                    is_lora_checkpoint=config.is_lora_checkpoint, dtype=config.dtype,
+                                                    device=ctx.device)
+        initial = measure_refusal_rates(model, tokenizer, config, ctx.device, ctx.run_dir / "refusal_eval_initial",
+                                        train_rows)
+        summary.update(_refusal_summary(initial, suffix="_initial"))
+        del model, tokenizer
+    result = train_preference_model(config, selected.train, eval_examples, ctx)
+    summary.update(result.summary)
+    if config.refusal_eval and _is_main_process():
+        rates = measure_refusal_rates(result.model, result.tokenizer, config, ctx.device, ctx.run_dir / "refusal_eval",
+                                      train_rows)
+        refusal = _refusal_summary(rates)
+        summary.update(refusal, refusal_eval_seconds=rates["seconds"])
+        ctx.logger.log(result.summary.get("num_steps", 0),
+                       **{k: v for k, v in refusal.items() if k.startswith("refusal_rate/") and v is not None})
+    return summary
+
+
+FAMILY = ExperimentFamily(name="sorrybench", config_cls=SorryBenchConfig, run=run_sorrybench_experiment)

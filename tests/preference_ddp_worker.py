@@ -1,0 +1,60 @@
+"""Worker for tests/test_preference_trainer.py::test_two_processes_match_one_process.
+
+    python tests/preference_ddp_worker.py OUT_DIR                                 # one process
+    python -m torch.distributed.run --nproc_per_node 2 tests/preference_ddp_worker.py OUT_DIR   # DDP (gloo)
+
+Trains tiny-gpt2 on 8 UltraFeedback pairs (batch 4, 2 epochs) and writes OUT_DIR/losses.json (rank 0 only):
+{"world_size", "losses" (per step), "final_preferred_change"}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.config import RunContext  # noqa: E402
+from common.metrics_logger import MetricsLogger  # noqa: E402
+from common.preference_selection import select_examples  # noqa: E402
+from common.preference_trainer import train_preference_model  # noqa: E402
+from common.preference_training_config import PreferenceTrainingConfig  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrafeedback"
+
+
+class NullSink:
+    def log(self, step: int, **scalars) -> None:
+        raise AssertionError("only the main process may log")
+
+
+def run_worker(out_dir: Path) -> None:
+    """Train (in this process, or as one rank of a launch) and write OUT_DIR/losses.json on rank 0."""
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    config = PreferenceTrainingConfig(
+        model="tiny-gpt2", dataset=str(DATA / "train_1000.jsonl"), eval_dataset=str(DATA / "eval_200.jsonl"),
+        num_train_samples=8, num_eval_samples=2, max_input_length=32, batch_size=4, epochs=2, optimizer="adam",
+        lr=1e-3, outputs_dir=str(out_dir), random_seed=0)
+    selected = select_examples(config)
+    logger = MetricsLogger(out_dir) if is_main else NullSink()
+    result = train_preference_model(config, selected.train, selected.eval,
+                                    RunContext(out_dir, torch.device("cpu"), logger, config.random_seed))
+    if is_main:
+        logger.close()
+        records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+        (out_dir / "losses.json").write_text(json.dumps({
+            "world_size": result.summary["world_size"],
+            "losses": [r["loss"] for r in records if "loss" in r],
+            "final_preferred_change": result.summary["eval_metrics/train/preferred_logprobs_change_mean"],
+        }))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    run_worker(Path(sys.argv[1]))

@@ -1,0 +1,100 @@
+"""End-to-end tests of compute_preference_similarity_per_example.py on tiny-gpt2 with real data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ches.ches import LENGTH_NAMES, MEASURE_NAMES, compute_pair_measures, load_similarity_results
+from common.models import load_model_and_tokenizer
+from common.preference_data import load_preference_examples, tokenize_pair
+from compute_preference_similarity_per_example import main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ULTRAFEEDBACK = str(DATA / "ultrafeedback" / "train_1000.jsonl")
+HH_RLHF = str(DATA / "hh_rlhf" / "harmless_base_test.jsonl.gz")
+
+
+def run(tmp_path: Path, dataset: str, dataset_format: str, *extra: str) -> Path:
+    return main(["--model", "tiny-gpt2", "--dataset", dataset, "--dataset_format", dataset_format,
+                 "--max_input_length", "64", "--batch_size", "2", "--output_dir", str(tmp_path),
+                 "--device", "cpu", *extra])
+
+
+@pytest.mark.parametrize("dataset, dataset_format", [(ULTRAFEEDBACK, "ultrafeedback"), (HH_RLHF, "hh_rlhf")])
+def test_end_to_end_matches_library(tmp_path, dataset, dataset_format):
+    path = run(tmp_path, dataset, dataset_format, "--num_samples", "4", "--seed", "1")
+    dataset_name = f"{Path(dataset).parent.name}-{Path(dataset).name.split('.')[0]}"  # e.g. ultrafeedback-train_1000
+    assert path.name == f"tiny-gpt2__{dataset_name}__n4__seed1__maxlen64.pt"
+    results = load_similarity_results(path)
+    examples = load_preference_examples(dataset, dataset_format, num_samples=4, seed=1)
+    assert results["sample_indices"].tolist() == [e.source_index for e in examples]
+    model, tokenizer = load_model_and_tokenizer("tiny-gpt2")
+    pairs = [tokenize_pair(tokenizer, e, 64) for e in examples]
+    expected = compute_pair_measures(model.eval(), pairs, batch_size=1)
+    for name in MEASURE_NAMES:
+        torch.testing.assert_close(results[name], torch.tensor(expected[name], dtype=torch.float64),
+                                   rtol=1e-5, atol=1e-6)
+    assert results["prompt_lengths"].tolist() == [len(p.prompt_ids) for p in pairs]
+    assert all(p + max(c, r) <= 64 for p, c, r in zip(*(results[n].tolist() for n in LENGTH_NAMES)))
+    summary = json.loads(path.with_suffix(".summary.json").read_text())
+    assert summary["num_rows"] == 4 and summary["num_skipped"] == 0 and summary["ches_scores"]["count"] == 4
+    assert summary["settings"]["complete"] is True
+
+
+def test_skipped_row_keeps_its_place_and_overwrite_is_refused(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "Hi", "chosen": "Hello there.", "rejected": "Go away."},
+            {"prompt": "Same", "chosen": "x", "rejected": "x"},
+            {"prompt": "Bye", "chosen": "Goodbye!", "rejected": "Later."}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    path = run(out, str(data), "prompt_chosen_rejected")
+    results = load_similarity_results(path)
+    assert results["sample_indices"].tolist() == [0, 1, 2]
+    assert results["skip_reasons"] == ["", "chosen and rejected responses are identical", ""]
+    for name in MEASURE_NAMES:
+        values = results[name].tolist()
+        assert math.isnan(values[1]) and not math.isnan(values[0]) and not math.isnan(values[2])
+    assert [results[name][1].item() for name in LENGTH_NAMES] == [-1, -1, -1]
+    assert results["minus_normalized_edit_distances"][0].item() < 0
+
+    with pytest.raises(SystemExit, match="already exists"):
+        run(out, str(data), "prompt_chosen_rejected")
+    assert run(out, str(data), "prompt_chosen_rejected", "--overwrite") == path
+
+
+def test_resume_completes_a_partial_file(tmp_path):
+    path = run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
+    complete = load_similarity_results(path)
+    partial = dict(complete, settings=dict(complete["settings"], complete=False))
+    partial["computed"] = complete["computed"].clone()
+    partial["computed"][0] = False
+    partial["ches_scores"] = complete["ches_scores"].clone()
+    partial["ches_scores"][0] = math.nan
+    torch.save(partial, path)
+    with pytest.raises(SystemExit, match="different settings"):
+        run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3", "--dtype", "bfloat16")
+    run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
+    resumed = load_similarity_results(path)
+    torch.testing.assert_close(resumed["ches_scores"], complete["ches_scores"])
+
+
+def test_self_check_rejects_a_model_the_packing_does_not_fit(tmp_path, monkeypatch):
+    """A model whose packed result differs from its plain forward (simulated by doubling the sums) is refused."""
+    import compute_preference_similarity_per_example as script
+
+    original = script.summarize_pair_hidden_states
+
+    def broken(model, pairs, **kwargs):
+        summaries = original(model, pairs, **kwargs)
+        summaries.chosen_sums = summaries.chosen_sums * 2
+        return summaries
+
+    monkeypatch.setattr(script, "summarize_pair_hidden_states", broken)
+    with pytest.raises(RuntimeError, match="self-check failed"):
+        run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "2")

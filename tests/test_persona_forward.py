@@ -1,0 +1,32 @@
+"""The last-position forward equals the model's own full forward at each prompt's last real token."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from persona_experiments.forward import last_position_forward, unembedding_matrix
+
+
+def _tiny(kind: str):
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=2, n_head=2)).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1,
+                                        max_position_embeddings=32)).eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_last_position_forward_matches_full_forward(kind):
+    model = _tiny(kind)
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    input_ids = torch.tensor([prompts[0], prompts[1] + [0, 0]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    out = last_position_forward(model, input_ids, attention_mask, torch.tensor([4, 2]))
+    with torch.no_grad():
+        for row, prompt in enumerate(prompts):
+            expected = model(torch.tensor([prompt])).logits[0, -1]
+            torch.testing.assert_close(out.logits[row], expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.logprobs[row], expected.log_softmax(-1), atol=1e-5, rtol=1e-5)
+    assert out.hidden.shape == (2, 16)
+    assert unembedding_matrix(model).shape == (50, 16)
