@@ -227,6 +227,17 @@ def _read_tokenizer(name: str, kind: str, location: str, trust_remote_code: bool
         raise _load_failure(name, kind, location, error) from error
 
 
+def load_tokenizer(model: str, *, offline_only: bool = False) -> PreTrainedTokenizerBase | None:
+    """The tokenizer of `model` alone (no weights), e.g. for checks before a plan starts.
+
+    Returns None for a local directory without tokenizer files, and, with `offline_only`, for a Hub id (which
+    would need the network). Raises ModelLoadError like `load_model_and_tokenizer`."""
+    kind, location = _resolve(model)
+    if offline_only and kind == "hub":
+        return None
+    return _read_tokenizer(model, kind, location, False)
+
+
 def _read_model(name: str, kind: str, location: str, dtype: torch.dtype, trust_remote_code: bool,
                 device_map: str | None) -> PreTrainedModel:
     """Read (or build) the weights at `location`, without caching."""

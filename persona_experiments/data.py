@@ -166,8 +166,7 @@ def _offline_tokenizer(model: str):
     from common import models  # imported lazily: loads transformers/peft
 
     try:
-        kind, location = models._resolve(model)  # TODO: switch to a public models.load_tokenizer once it exists
-        return None if kind == "hub" else models._read_tokenizer(model, kind, location, False)
+        return models.load_tokenizer(model, offline_only=True)
     except Exception:  # noqa: BLE001 - the run itself reports loading errors
         return None
 

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
+# One intra-op thread: on a shared 2-core machine, two threads fighting other jobs were 6x slower (docs/persona.md).
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 PY="${PYTHON:-python3}"
 "$PY" persona_single_example_experiment_plan_runner.py \
-    --plan_config_path persona_experiments/experiments_plans/smollm2_demo.json
-"$PY" persona_single_example_results_printer.py --experiments_dir outputs/persona_demo --keep_unstable
+    --plan_config_path persona_experiments/experiments_plans/persona_smollm2_demo.json
+"$PY" persona_single_example_results_printer.py --experiments_dir outputs/persona_demo
