@@ -57,6 +57,8 @@ class PersonaConfig(LossConfig):
             every tracked step. Default [].
         save_finegrained_token_metrics: Also save the full next-token log-prob vectors (N, V) at every top-token
             point into tensors.safetensors. Default False.
+        device_map: "auto" spreads the model's layers over the visible GPUs (models larger than one GPU, e.g.
+            Llama-3-8B; see docs/scaling_out.md). Default None (the whole model on `device`).
         save_model: Write the trained model (HF directory, or the LoRA adapter) to `<run dir>/model`. Default False.
     """
 
@@ -75,6 +77,7 @@ class PersonaConfig(LossConfig):
     use_lora: bool = False
     lora_rank: int = 8
     dtype: str = "float32"
+    device_map: str | None = None
     # optimisation (loss fields come from LossConfig)
     optimizer: str = "rmsprop"
     lr: float = 1e-7
@@ -110,6 +113,9 @@ class PersonaConfig(LossConfig):
         if shared:
             problems.append(f"output tokens {shared} appear in both output_tokens_matching_yes and "
                             "output_tokens_matching_no (y+ and y- must differ)")
+        if self.device_map not in (None, "auto"):
+            problems.append(f"device_map must be null or 'auto' (spread the layers over the visible GPUs), "
+                            f"got {self.device_map!r}")
         if not self.model:
             problems.append("model must name a model (built-in name, Hub id or directory), got ''")
         if self.is_lora_checkpoint and not self.load_model_checkpoint:

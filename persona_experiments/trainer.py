@@ -118,7 +118,10 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
     # 1. Model (the loader keeps pristine weights cached in-process) and data.
     model, tokenizer = load_model_and_tokenizer(
         config.model, checkpoint=config.load_model_checkpoint or None, is_lora_checkpoint=config.is_lora_checkpoint,
-        use_lora=config.use_lora, lora_rank=config.lora_rank, dtype=config.dtype, device=device)
+        use_lora=config.use_lora, lora_rank=config.lora_rank, dtype=config.dtype, device=device,
+        device_map=config.device_map)
+    if config.device_map is not None:  # inputs go where the embedding layer is; accelerate moves the rest
+        device = model.get_input_embeddings().weight.device
     model.eval()  # no dropout: the reference pass and the policy at step 0 must agree (DPO loss = ln 2)
     samples_seed = config.resolved_train_samples_seed()
     examples = select_examples(load_persona_examples(config.dataset), config.num_train_samples,
