@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 import compute_preference_similarity_per_example as similarity_script
 import preference_similarity_results_printer as printer
@@ -21,14 +20,6 @@ from preference_similarity.experiment import FAMILY
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrafeedback"
 MAX_LENGTH = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def write_plan(tmp_path: Path, similarity_path: Path) -> Path:

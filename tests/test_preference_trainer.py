@@ -32,15 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ultrafeedback"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def real_pairs(tokenizer, count: int, max_input_length: int = 40) -> list[TokenizedPair]:
     """`count` UltraFeedback pairs, truncated so prompts and responses are short, plus one 1-token prompt."""
     examples = load_preference_examples(str(DATA / "train_1000.jsonl"), "ultrafeedback", num_samples=count, seed=1)
