@@ -11,9 +11,12 @@ One process measures both, on `smollm2-135m-instruct` (fp32, CPU):
     `persona_single_example_experiment_plan_runner.py` would, timed from start to end (plan wall time);
   * the bare loop "most code" would write, on the same prompts: a plain full forward (logits for the whole
     sequence), log-softmax at the last position, the DPO loss against reference log-probs computed once, backward,
-    RMSprop step. Only these steps are timed (their sum is the "bare" time); the model is loaded with plain
-    `from_pretrained` outside the timing. Half the prompts are run before the plan and half after it, so a change of
-    machine load during the benchmark hits both sides alike.
+    RMSprop step. Only these steps are timed (their sum is the "bare" time); the model is loaded outside the timing.
+    Half the prompts are run before the plan and half after it, so a change of machine load during the benchmark
+    hits both sides alike.
+Times are wall seconds and process CPU seconds (one thread: CPU seconds do not depend on how much of the machine
+other jobs take). Our step times are the gaps between consecutive step logs of a run (a bench-only wrapper around
+`MetricsLogger.log` timestamps them), so they include the tracker and the metrics line.
 Reported: our per-step time (training step + tracker) vs the bare step, the plan's overhead outside its steps
 (model loading, reference pass, setup, writing files and plots) as a share of the plan wall time, and how many
 times the weights were read from disk during the plan (counted at `common.models._read_model`; the in-process
@@ -23,6 +26,7 @@ cache is cleared first). The results are printed and written to the `persona_pla
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -55,7 +59,7 @@ def write_plan(path: Path, outputs_dir: Path, model: str, dataset: str, seeds: l
                 "model": model, "dataset": dataset, "num_train_samples": 1,
                 "answer_matching_behavior_to_use": "Yes", "output_tokens_matching_yes": ["Yes"],
                 "output_tokens_matching_no": ["No"], "objective": "dpo", "kl_coeff": BETA, "lr": LR,
-                "optimizer": "rmsprop", "epochs": steps, "device": "cpu",
+                "optimizer": "rmsprop", "epochs": steps, "device": "cpu", "train_samples_random_seed": seeds[0],
             },
             "options": {"train_samples_random_seed": seeds},
         }],
@@ -72,8 +76,8 @@ def persona_prompt(tokenizer, dataset: str, seed: int):
     return batch.input_ids, batch.attention_mask, int(batch.preferred_ids[0]), int(batch.dispreferred_ids[0])
 
 
-def bare_run_step_seconds(model, tokenizer, dataset: str, seed: int, steps: int) -> list[float]:
-    """Per-step seconds of a plain DPO loop on one prompt (full forward; reference log-probs computed untimed)."""
+def bare_run_step_times(model, tokenizer, dataset: str, seed: int, steps: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each step of a plain DPO loop on one prompt (full forward; reference untimed)."""
     import torch
     import torch.nn.functional as F
 
@@ -81,9 +85,9 @@ def bare_run_step_seconds(model, tokenizer, dataset: str, seed: int, steps: int)
     with torch.no_grad():
         reference = model(input_ids=input_ids, attention_mask=attention_mask).logits[0, -1].float().log_softmax(-1)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=LR)
-    seconds = []
+    times = []
     for _ in range(steps):
-        tick = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (1, L, V): every position
         logprobs = logits[0, -1].float().log_softmax(-1)
         margin = (logprobs[chosen] - reference[chosen]) - (logprobs[rejected] - reference[rejected])
@@ -91,93 +95,124 @@ def bare_run_step_seconds(model, tokenizer, dataset: str, seed: int, steps: int)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        seconds.append(time.perf_counter() - tick)
-    return seconds
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
 
 
-def run_plan_counting_reads(plan_path: Path) -> tuple[float, int, int]:
-    """(wall seconds, exit code, weight reads from disk) of `runner.main` on the plan, in this process."""
+@contextlib.contextmanager
+def instrumented_plan_process():
+    """Count weight reads from disk (`common.models._read_model`, cache cleared first) and timestamp every
+    `MetricsLogger.log` call (wall, CPU) per metrics file, for the duration of the block."""
+    import common.metrics_logger as metrics_logger
     import common.models as models
+
+    models.clear_model_cache()
+    reads: list[str] = []
+    stamps: dict[str, list[tuple[float, float]]] = {}
+    read_model, log = models._read_model, metrics_logger.MetricsLogger.log
+
+    def counting_read_model(*args, **kwargs):
+        reads.append(str(args[0]))
+        return read_model(*args, **kwargs)
+
+    def timed_log(self, step, **scalars):
+        log(self, step, **scalars)
+        stamps.setdefault(str(self.path), []).append((time.perf_counter(), time.process_time()))
+
+    models._read_model, metrics_logger.MetricsLogger.log = counting_read_model, timed_log
+    try:
+        yield reads, stamps
+    finally:
+        models._read_model, metrics_logger.MetricsLogger.log = read_model, log
+
+
+def run_plan(plan_path: Path) -> dict:
+    """Run the plan with `common.runner.main` in this process; wall/CPU totals, exit code, reads, log stamps."""
     from common.runner import main as runner_main
     from persona_experiments.trainer import FAMILY
 
-    models.clear_model_cache()
-    original, reads = models._read_model, []
-
-    def counting_read_model(*args, **kwargs):
-        reads.append(args[0])
-        return original(*args, **kwargs)
-
-    models._read_model = counting_read_model
-    try:
-        started = time.perf_counter()
+    with instrumented_plan_process() as (reads, stamps):
+        wall, cpu = time.perf_counter(), time.process_time()
         exit_code = runner_main(FAMILY, ["--plan_config_path", str(plan_path), "--rerun"])
-        return time.perf_counter() - started, exit_code, len(reads)
-    finally:
-        models._read_model = original
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"wall": wall, "cpu": cpu, "exit_code": exit_code, "reads": len(reads), "stamps": stamps}
 
 
-def collect_run_times(outputs_dir: Path, seeds: list[int]) -> list[dict]:
-    """Per run: summary timings, runner-measured run seconds, and the per-step seconds from metrics.jsonl."""
+def step_times_from_stamps(stamps: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(wall, CPU) of steps 1..N-1 of one run: gaps between consecutive step logs (step + tracker + logging).
+
+    A run logs once after each of its N steps and once more for the final point; the gap before the first log
+    holds the setup and the gap before the last one the final point, so both are left out."""
+    steps = stamps[:-1]
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(steps, steps[1:])]
+
+
+def collect_runs(outputs_dir: Path, seeds: list[int], stamps: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    """Per run: summary timings, the runner's run seconds, and the per-step (wall, CPU) times from the log stamps."""
     runs = []
     for seed in seeds:
         run_dir = outputs_dir / f"dpo_s{seed}"
         summary = json.loads((run_dir / "summary.json").read_text())
         status = json.loads((run_dir / "status.json").read_text())
-        with (run_dir / "metrics.jsonl").open() as f:
-            step_seconds = [r["time/step_seconds"] for r in map(json.loads, f) if "time/step_seconds" in r]
-        runs.append({"steps": summary["num_steps"], "step_mean": summary["seconds_per_step_mean"],
-                     "tracker_mean": summary["tracker_seconds_per_step_mean"], "setup": summary["setup_seconds"],
+        runs.append({"steps": summary["num_steps"], "setup": summary["setup_seconds"],
                      "run_total": summary["total_seconds"], "runner_seconds": status["seconds"],
-                     "step_seconds": step_seconds})
+                     "step_mean": summary["seconds_per_step_mean"], "tracker_mean": summary["tracker_seconds_per_step_mean"],
+                     "step_times": step_times_from_stamps(stamps[str(run_dir / "metrics.jsonl")])})
     return runs
 
 
-def report(args, plan_wall: float, exit_code: int, reads: int, runs: list[dict], bare: list[float]) -> str:
-    """The markdown section: per-step comparison, overhead breakdown, targets."""
+def report(args, plan: dict, runs: list[dict], bare: list[tuple[float, float]]) -> str:
+    """The markdown section: per-step comparison (wall and CPU), overhead breakdown, targets."""
     total_steps = sum(r["steps"] for r in runs)
-    ours_steps = sum(r["steps"] * r["step_mean"] for r in runs)
-    ours_tracker = sum(r["steps"] * r["tracker_mean"] for r in runs)
+    ours = [t for r in runs for t in r["step_times"]]
+    ours_wall, ours_cpu = [w for w, _ in ours], [c for _, c in ours]
+    bare_wall, bare_cpu = [w for w, _ in bare], [c for _, c in bare]
+    # Time of all training steps incl. tracker: each run's mean measured step x its step count.
+    steps_wall = sum(r["steps"] * sum(w for w, _ in r["step_times"]) / len(r["step_times"]) for r in runs)
+    steps_cpu = sum(r["steps"] * sum(c for _, c in r["step_times"]) / len(r["step_times"]) for r in runs)
+    overhead_wall, overhead_cpu = plan["wall"] - steps_wall, plan["cpu"] - steps_cpu
     setup = sum(r["setup"] for r in runs)
-    in_run_rest = sum(r["run_total"] - r["setup"] for r in runs) - ours_steps - ours_tracker  # final point, outputs
-    runner_rest = sum(r["runner_seconds"] - r["run_total"] for r in runs)  # run dir, config, plots, summary
-    plan_rest = plan_wall - sum(r["runner_seconds"] for r in runs)  # plan validation, plan files, table
-    overhead = plan_wall - ours_steps - ours_tracker
-    bare_sum = sum(bare)
-    our_step_median = median([s for r in runs for s in r["step_seconds"]])
-    step_ratio_mean = (ours_steps + ours_tracker) / total_steps / (bare_sum / len(bare))
-    step_ratio_median = (our_step_median + ours_tracker / total_steps) / median(bare)
+    in_run_rest = sum(r["run_total"] - r["setup"] - r["steps"] * (r["step_mean"] + r["tracker_mean"]) for r in runs)
+    runner_rest = sum(r["runner_seconds"] - r["run_total"] for r in runs)  # run dir, config, metrics close, plots
+    plan_rest = plan["wall"] - sum(r["runner_seconds"] for r in runs)   # plan validation, plan files, table
+    step_ratio_wall, step_ratio_cpu = median(ours_wall) / median(bare_wall), median(ours_cpu) / median(bare_cpu)
     rows = [
-        ["bare step (full forward + backward + RMSprop)", spread(bare, 3), f"{bare_sum / len(bare):.3f}", f"{bare_sum:.1f}"],
-        ["ours: training step", spread([s for r in runs for s in r["step_seconds"]], 3), f"{ours_steps / total_steps:.3f}",
-         f"{ours_steps:.1f}"],
-        ["ours: tracker/recording per step", "", f"{ours_tracker / total_steps:.3f}", f"{ours_tracker:.1f}"],
-        ["ours: plan wall time", "", f"{plan_wall / total_steps:.3f}", f"{plan_wall:.1f}"],
+        ["bare step (full forward + backward + RMSprop)", spread(bare_wall, 3), spread(bare_cpu, 3),
+         f"{sum(bare_wall):.1f}", f"{sum(bare_cpu):.1f}"],
+        ["ours: step incl. tracker and logging", spread(ours_wall, 3), spread(ours_cpu, 3), f"{steps_wall:.1f}",
+         f"{steps_cpu:.1f}"],
+        ["ours: whole plan", "", "", f"{plan['wall']:.1f}", f"{plan['cpu']:.1f}"],
+    ]
+    breakdown = [
+        ["run setup (model copy/read, data, reference pass, recorder)", f"{setup:.1f}", f"{setup / plan['wall']:.1%}"],
+        ["in-run rest (final point, geometry, tensors.safetensors, summary)", f"{in_run_rest:.1f}",
+         f"{in_run_rest / plan['wall']:.1%}"],
+        ["runner per run (run dir, config/status, metrics close, plots)", f"{runner_rest:.1f}",
+         f"{runner_rest / plan['wall']:.1%}"],
+        ["plan level (validation, plan log/status, table)", f"{plan_rest:.1f}", f"{plan_rest / plan['wall']:.1%}"],
     ]
     lines = ["## 3. Persona plan vs bare training steps (`bench/bench_persona_plan.py`)", ""]
     lines += machine_lines(sys.argv, args.threads)
     lines += [f"- setting: {args.num_runs} single-token DPO runs x {args.steps} steps ({total_steps} steps), "
               f"{args.model} fp32 on CPU, one persona prompt per run (paper seeds), beta {BETA}, RMSprop lr {LR}, all "
-              f"other persona fields at their defaults; bare loop over the same prompts and steps in the same process"
+              f"other persona fields at their defaults; the bare loop runs the same prompts and steps in the same "
+              f"process, half before and half after the plan"
               + ("" if (args.num_runs, args.steps) == (10, 100) else " (scaled down from the issue's 10 x 100)"),
-              f"- plan exit code {exit_code}; model weights read from disk during the plan: **{reads}** time(s) "
-              f"(target: once per plan)", ""]
-    lines.append(markdown_table(["what", "per step s, median (min-max, n)", "per step s, mean", "total s"], rows))
-    lines += ["", "Overhead of the plan outside the timed steps and tracker:", "",
-              markdown_table(["part", "s", "share of plan wall time"], [
-                  ["run setup (model copy/read, data, reference pass, recorder)", f"{setup:.1f}", f"{setup / plan_wall:.1%}"],
-                  ["in-run rest (final point, geometry, tensors.safetensors, summary)", f"{in_run_rest:.1f}",
-                   f"{in_run_rest / plan_wall:.1%}"],
-                  ["runner per run (run dir, config/status, metrics close, plots)", f"{runner_rest:.1f}",
-                   f"{runner_rest / plan_wall:.1%}"],
-                  ["plan level (validation, plan log/status, table)", f"{plan_rest:.1f}", f"{plan_rest / plan_wall:.1%}"],
-                  ["**total overhead**", f"{overhead:.1f}", f"**{overhead / plan_wall:.1%}**"]]), ""]
-    lines += [f"- our per-step time incl. tracker / bare step: **{step_ratio_mean:.2f}x** by means, "
-              f"{step_ratio_median:.2f}x by medians (target <= {TARGET_STEP_RATIO}: "
-              f"{'met' if step_ratio_mean <= TARGET_STEP_RATIO else 'MISSED'})",
-              f"- per-plan overhead: **{overhead / plan_wall:.1%}** of the plan wall time (target <= {TARGET_OVERHEAD:.0%}: "
-              f"{'met' if overhead / plan_wall <= TARGET_OVERHEAD else 'MISSED'})",
-              f"- plan wall time / sum of bare steps: **{plan_wall / bare_sum:.2f}x**"]
+              f"- plan exit code {plan['exit_code']}; model weights read from disk during the plan: **{plan['reads']}** "
+              f"time(s) (target: once per plan)",
+              "- our step times are the gaps between consecutive step logs of a run (steps 1..N-1: training step, "
+              "tracker, top-token records, metrics line); totals scale each run's mean to its N steps", ""]
+    lines.append(markdown_table(["what", "wall s/step median (min-max, n)", "CPU s/step median (min-max, n)",
+                                 "total wall s", "total CPU s"], rows))
+    lines += ["", "Where the plan's wall time outside the steps went (from each run's summary and status):", "",
+              markdown_table(["part", "wall s", "share of plan wall time"], breakdown), ""]
+    lines += [f"- our step incl. tracker / bare step (medians): **{step_ratio_wall:.2f}x** wall, **{step_ratio_cpu:.2f}x** "
+              f"CPU (target <= {TARGET_STEP_RATIO}: {'met' if max(step_ratio_wall, step_ratio_cpu) <= TARGET_STEP_RATIO else 'MISSED'})",
+              f"- per-plan overhead (plan time outside the steps): **{overhead_wall / plan['wall']:.1%}** of the wall time, "
+              f"{overhead_cpu / plan['cpu']:.1%} of the CPU time (target <= {TARGET_OVERHEAD:.0%}: "
+              f"{'met' if overhead_wall / plan['wall'] <= TARGET_OVERHEAD else 'MISSED'})",
+              f"- whole plan / sum of bare steps: **{plan['wall'] / sum(bare_wall):.2f}x** wall, "
+              f"{plan['cpu'] / sum(bare_cpu):.2f}x CPU"]
     return "\n".join(lines) + "\n"
 
 
@@ -195,31 +230,29 @@ def main() -> None:
     if args.quick:
         args.num_runs, args.steps = 4, 30
     set_threads(args.threads)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from common.models import SMOLLM2, smollm2_dir
+    from common.models import load_model_and_tokenizer
 
     seeds = prompt_seeds(args.num_runs)
-    location = str(smollm2_dir()) if args.model == SMOLLM2 else args.model
-    tokenizer = AutoTokenizer.from_pretrained(location)
-    bare_model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
+    bare_model, tokenizer = load_model_and_tokenizer(args.model)  # the plan starts with the in-process cache cleared
     bare_model.eval()  # no dropout, as in our runs
-    half = len(seeds) // 2
-    bare: list[float] = []
+    half = (len(seeds) + 1) // 2
+    bare: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench_persona_") as tmp:
         outputs_dir = Path(args.outputs_dir or tmp)
         plan_path = Path(tmp) / "plan.json"
         write_plan(plan_path, outputs_dir, args.model, args.dataset, seeds, args.steps)
         for seed in seeds[:half]:
-            bare += bare_run_step_seconds(bare_model, tokenizer, args.dataset, seed, args.steps)
-        print(f"bare loop, first {half} prompts: median step {median(bare):.3f} s", flush=True)
-        plan_wall, exit_code, reads = run_plan_counting_reads(plan_path)
-        print(f"plan: {plan_wall:.1f} s, exit code {exit_code}, weights read from disk {reads} time(s)", flush=True)
+            bare += bare_run_step_times(bare_model, tokenizer, args.dataset, seed, args.steps)
+        print(f"bare loop, first {half} prompts: median step {median([w for w, _ in bare]):.3f} s", flush=True)
+        plan = run_plan(plan_path)
+        print(f"plan: {plan['wall']:.1f} s, exit code {plan['exit_code']}, weights read from disk {plan['reads']} "
+              "time(s)", flush=True)
+        if plan["exit_code"] != 0:
+            raise SystemExit(f"the benchmark plan failed (runner exit code {plan['exit_code']}); see the log above")
         for seed in seeds[half:]:
-            bare += bare_run_step_seconds(bare_model, tokenizer, args.dataset, seed, args.steps)
-        runs = collect_run_times(outputs_dir, seeds)
-    text = report(args, plan_wall, exit_code, reads, runs, bare)
+            bare += bare_run_step_times(bare_model, tokenizer, args.dataset, seed, args.steps)
+        runs = collect_runs(outputs_dir, seeds, plan["stamps"])
+    text = report(args, plan, runs, bare)
     print(text)
     if not args.no_write:
         update_results_section("persona_plan", text)
