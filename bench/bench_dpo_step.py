@@ -20,13 +20,17 @@ is replaced by the pre-tokenized `prompt_ids`/`chosen_ids`/`rejected_ids` (its o
 differently). Step time: ours from one logged step to the next (everything in the loop: forward, backward,
 optimizer, logging); TRL from its `on_step_begin` to its `on_step_end` callback (forward, backward, clipping,
 optimizer; data loading and logging excluded, which favours TRL slightly). Setup (model loading, tokenization,
-our reference pass) is excluded. Medians over all steps of all rounds; the rounds alternate the side order.
+our reference pass) is excluded. Both wall seconds and process CPU seconds are recorded (with one thread, CPU
+seconds measure the work and do not depend on other jobs on a shared machine). Medians over all steps of all
+rounds; the rounds alternate the side order. `trl_defaults` runs `--defaults_steps` steps in the first
+`--defaults_rounds` rounds only (bf16 autocast is very slow on CPUs without native bf16).
 The results are printed and written to the `dpo_step` section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -200,7 +204,10 @@ def report(args, results: dict[str, list[dict]], counts: dict[str, int], bytes_o
               f"({1 - counts['real_tokens'] / counts['padded_tokens']:.0%} padding), {counts['response_tokens']} "
               "response tokens (the only positions whose log-probs are needed)",
               f"- repetitions: {args.rounds} round(s) x {args.steps} step(s) per process, each side in its own "
-              f"process, side order alternating per round; model size (parameters x 4 bytes) {gib(bytes_of_model)} GiB",
+              f"process, side order alternating per round"
+              + (f" (trl_defaults: {min(args.rounds, args.defaults_rounds)} round(s) x {args.defaults_steps} step(s))"
+                 if "trl_defaults" in results else "")
+              + f"; model size (parameters x 4 bytes) {gib(bytes_of_model)} GiB",
               ""]
     lines.append(markdown_table(["side", "wall s/step median (min-max, n)", "CPU s/step median (min-max, n)", "peak RSS GiB median (per process)",
                                  "peak RSS / model size", "RSS after imports GiB", "step-1 loss", "step-1 logps/chosen"],
@@ -231,6 +238,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per process")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one process per side each)")
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument("--defaults_steps", type=int, default=1,
+                        help="steps of the trl_defaults side (bf16 autocast without native bf16 support is very slow "
+                             "on CPUs without AVX512-BF16/AMX: 23 min per step on the machine of RESULTS.md)")
+    parser.add_argument("--defaults_rounds", type=int, default=1, help="rounds that include the trl_defaults side")
+    parser.add_argument("--raw_path", default=None,
+                        help="also append every process's raw result as a JSON line to this file (kept if the "
+                             "benchmark is interrupted)")
     parser.add_argument("--lr", type=float, default=1e-6, help="TRL's default learning rate")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--optimizer", default="adam", help="ours (TRL uses AdamW: same state size as adam)")
@@ -239,15 +253,22 @@ def main() -> None:
     parser.add_argument("--no_write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.rounds = 2, 1
+        args.steps, args.rounds, args.defaults_steps = 2, 1, 1
     common = dict(model=args.model, dataset=args.dataset, num_pairs=args.num_pairs, seed=args.seed,
                   max_length=args.max_length, steps=args.steps, lr=args.lr, beta=args.beta)
-    kwargs = {"ours": {**common, "optimizer": args.optimizer}, "trl": common, "trl_defaults": common}
+    kwargs = {"ours": {**common, "optimizer": args.optimizer}, "trl": common,
+              "trl_defaults": {**common, "steps": args.defaults_steps}}
     results: dict[str, list[dict]] = {side: [] for side in args.sides}
     for round_index in range(args.rounds):
         for side in interleaved(args.sides, round_index):
+            if side == "trl_defaults" and round_index >= args.defaults_rounds:
+                continue
             started = time.perf_counter()
             results[side].append(run_worker(Path(__file__), side, kwargs[side], args.threads))
+            if args.raw_path:
+                with open(args.raw_path, "a", encoding="utf-8") as raw:
+                    raw.write(json.dumps({"side": side, "round": round_index, "kwargs": kwargs[side],
+                                          **results[side][-1]}) + "\n")
             print(f"round {round_index}: {side} steps {[round(s, 1) for s in results[side][-1]['step_seconds']]} s, "
                   f"peak RSS {gib(results[side][-1]['peak_rss_bytes'])} GiB, process {time.perf_counter() - started:.0f} s",
                   flush=True)

@@ -40,6 +40,10 @@ LOSS_FIELDS = (("β", "kl_coeff"), ("ε", "label_smoothing"), ("γ", "simpo_gamm
                ("ipo_len_norm", "ipo_length_normalized"))
 # summary-key prefix -> kind; the more specific prefix is tried first
 KINDS = {"tracker/train/": "dataset-level, training pairs", "": "persona single-token"}
+REQUIRED_KEYS = {"preferred_logprob_change": "preferred_logprob_change_mean",
+                 "dispreferred_logprob_change": "dispreferred_logprob_change_mean",
+                 "largest_preferred_prob_decrease": "largest_preferred_prob_decrease_mean",
+                 "frac_examples_preferred_fell": "frac_examples_preferred_prob_fell"}
 ENTANGLEMENT_KEYS = {"cosine": "grad_entanglement/cosine", "predicted": "grad_entanglement/chosen_decrease_predicted",
                      "accuracy": "grad_entanglement/chosen_decrease_accuracy"}
 
@@ -104,14 +108,15 @@ def read_run(run_dir: Path) -> RunMetrics | str:
     if prefix is None:
         return (f"skipping {run_dir}: summary.json has neither 'preferred_logprob_change_mean' (persona) nor "
                 f"'tracker/train/preferred_logprob_change_mean' (dataset-level)")
-    return RunMetrics(
-        run_dir=str(run_dir), kind=KINDS[prefix], model=str(config.get("model", "?")),
-        objective=config["objective"], setting=setting_label(config),
-        preferred_logprob_change=float(summary[f"{prefix}preferred_logprob_change_mean"]),
-        dispreferred_logprob_change=float(summary[f"{prefix}dispreferred_logprob_change_mean"]),
-        largest_preferred_prob_decrease=float(summary[f"{prefix}largest_preferred_prob_decrease_mean"]),
-        frac_examples_preferred_fell=float(summary[f"{prefix}frac_examples_preferred_prob_fell"]),
-        **{name: _optional(summary, key) for name, key in ENTANGLEMENT_KEYS.items()})
+    required = {}
+    for name, key in REQUIRED_KEYS.items():
+        value = summary.get(prefix + key)
+        if not isinstance(value, (int, float)):  # missing, or null (a NaN written by a diverged run)
+            return f"skipping {run_dir}: summary.json has {prefix + key} = {value!r}, expected a number"
+        required[name] = float(value)
+    return RunMetrics(run_dir=str(run_dir), kind=KINDS[prefix], model=str(config.get("model", "?")),
+                      objective=config["objective"], setting=setting_label(config), **required,
+                      **{name: _optional(summary, key) for name, key in ENTANGLEMENT_KEYS.items()})
 
 
 def find_runs(experiments_dirs: list[Path]) -> tuple[list[RunMetrics], list[str]]:

@@ -43,8 +43,8 @@ def entanglement(cosine: float, predicted: float, accuracy: float) -> dict:
 
 @pytest.fixture
 def synthetic_runs(tmp_path) -> Path:
-    """Two persona dpo runs, one persona cross_entropy run (no diagnostics), one dataset-level dpo run,
-    one unfinished run and one run of another family (no displacement keys)."""
+    """Two persona dpo runs, one persona cross_entropy run (no diagnostics), one dataset-level dpo run, and three
+    skipped: an unfinished run, a run of another family (no displacement keys), a diverged run (NaN -> null)."""
     root = tmp_path / "runs"
     write_run(root, "dpo_a", {"objective": "dpo"},
               {**tracker_summary(-1.0, -3.0, 0.02, 1.0), **entanglement(0.5, 1.0, 0.5)})
@@ -56,6 +56,8 @@ def synthetic_runs(tmp_path) -> Path:
                "preferred_logprob_change_mean": 99.0})  # tracker/train/ wins over a top-level key
     write_run(root, "crashed", {"objective": "dpo"}, None, status="running")
     write_run(root, "toy", {"objective": "dpo"}, {"final_loss": 0.1})
+    write_run(root, "diverged", {"objective": "dpo"}, {**tracker_summary(-1.0, -3.0, 0.02, 1.0),
+                                                        "preferred_logprob_change_mean": None})
     return root
 
 
@@ -78,7 +80,8 @@ def test_aggregation_matches_hand_computed_values(synthetic_runs):
     mean Δ- = (-3 - 1)/2 = -2; largest decrease (0.02 + 0)/2 = 0.01; examples fell (1 + 0)/2 = 0.5;
     cosine (0.5 + 0.3)/2 = 0.4; predicted (1 + 0)/2 = 0.5; accuracy (0.5 + 1)/2 = 0.75."""
     runs, notes = find_runs([synthetic_runs])
-    assert len(runs) == 4 and len(notes) == 2
+    assert len(runs) == 4 and len(notes) == 3
+    assert any("diverged" in n and "expected a number" in n for n in notes)
     assert any("incomplete" in n and "crashed" in n for n in notes)
     assert any("toy" in n and "neither" in n for n in notes)
     sections = {(s["kind"], s["model"]): s["rows"] for s in aggregate(runs)}
