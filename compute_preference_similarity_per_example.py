@@ -8,9 +8,9 @@ In:  a preference data set (`common.preference_data`), a model (`common.models.l
 Out: `<output_dir>/<model>__<dataset>__n<N|all>__seed<S>__maxlen<L|none>.pt` (torch.save of plain tensors,
      lists and a settings dict; read it with `ches.ches.load_similarity_results`) and `<same name>.summary.json`.
      Every field is in lockstep with `sample_indices`; a skipped pair keeps its row (NaN scores, lengths -1,
-     a non-empty `skip_reasons` entry). The file is rewritten atomically every `--save_every_seconds`, so an
-     interrupted run leaves a partial file (`settings["complete"] == False`) that a rerun with the same
-     arguments resumes. A complete file is never overwritten without `--overwrite`.
+     a non-empty `skip_reasons` entry). The file is rewritten atomically every `--save_every_seconds` and on
+     Ctrl-C / errors, so an interrupted run leaves a partial file (`settings["complete"] == False`) that a
+     rerun with the same arguments resumes. A complete file is never overwritten without `--overwrite`.
 """
 
 from __future__ import annotations
@@ -113,6 +113,18 @@ def _prepare_results(path: Path, settings: dict, sample_indices: list[int], over
     return existing
 
 
+def _record_batch(results: dict, rows: list[int], pairs: list[TokenizedPair], measures: dict[str, list[float]]
+                  ) -> None:
+    """Write one batch's measures and lengths into their rows and mark the rows computed."""
+    for batch_position, (row, pair) in enumerate(zip(rows, pairs)):
+        for name in MEASURE_NAMES:
+            results[name][row] = measures[name][batch_position]
+        lengths = (len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids))
+        for name, length in zip(LENGTH_NAMES, lengths):
+            results[name][row] = length
+        results["computed"][row] = True
+
+
 def summarize(results: dict) -> dict:
     """Counts, skip reasons, and per measure count/mean/std/min/quantiles/max over the non-NaN rows."""
     summary = {"num_rows": len(results["skip_reasons"]),
@@ -180,21 +192,20 @@ def main(argv: list[str] | None = None) -> Path:
     if todo_pairs and not args.no_self_check:
         self_check(model, todo_pairs, args.dtype)
     start = last_save = time.monotonic()
-    with tqdm(total=len(todo_pairs), desc="similarity", unit="pair") as progress:
-        for positions, measures in iterate_pair_measures(model, todo_pairs, batch_size=args.batch_size,
-                                                         padding_side=args.padding_side):
-            for batch_position, position in enumerate(positions):
-                row, pair = todo_rows[position], todo_pairs[position]
-                for name in MEASURE_NAMES:
-                    results[name][row] = measures[name][batch_position]
-                lengths = (len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids))
-                for name, length in zip(LENGTH_NAMES, lengths):
-                    results[name][row] = length
-                results["computed"][row] = True
-            progress.update(len(positions))
-            if time.monotonic() - last_save > args.save_every_seconds:
-                _save(results, path)
-                last_save = time.monotonic()
+    try:
+        with tqdm(total=len(todo_pairs), desc="similarity", unit="pair") as progress:
+            for positions, measures in iterate_pair_measures(model, todo_pairs, batch_size=args.batch_size,
+                                                             padding_side=args.padding_side):
+                _record_batch(results, [todo_rows[p] for p in positions], [todo_pairs[p] for p in positions],
+                              measures)
+                progress.update(len(positions))
+                if time.monotonic() - last_save > args.save_every_seconds:
+                    _save(results, path)
+                    last_save = time.monotonic()
+    except BaseException:  # Ctrl-C or a crash: keep what was computed, resumable by a rerun
+        _save(results, path)
+        logger.warning("interrupted; partial results saved to %s (rerun with the same arguments to resume)", path)
+        raise
     elapsed = time.monotonic() - start
 
     results["settings"]["complete"] = True

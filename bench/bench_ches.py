@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -73,6 +74,7 @@ def main() -> None:
     tokens_ours = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     print(f"{len(pairs)} pairs, {tokens_plain} tokens forwarded by the plain loop, {tokens_ours} by ours")
 
+    load_before = os.getloadavg()
     times: dict[str, list[float]] = {"plain": []} | {f"ours_bs{b}": [] for b in args.batch_sizes}
     outputs: dict[str, dict[str, list[float]]] = {}
     for repetition in range(args.repetitions):
@@ -102,7 +104,9 @@ def main() -> None:
         f"- tokens forwarded: plain loop {tokens_plain}, ours {tokens_ours} "
         f"({tokens_plain / tokens_ours:.2f}x fewer; the plain loop also runs the LM head on every token)",
         f"- repetitions: {args.repetitions}, interleaved (order reversed every other repetition); the machine is "
-        "shared with other jobs, so absolute times are noisy and the ratio is what counts", "",
+        "shared with other jobs, so absolute times are noisy and the ratio is what counts",
+        f"- load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in load_before)}, at end "
+        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs", "",
         "| method | median time (s) | pairs/s | speed-up vs plain (median times) | per-repetition times (s) |",
         "|---|---|---|---|---|",
     ]

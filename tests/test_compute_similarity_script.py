@@ -68,20 +68,34 @@ def test_skipped_row_keeps_its_place_and_overwrite_is_refused(tmp_path):
     assert run(out, str(data), "prompt_chosen_rejected", "--overwrite") == path
 
 
-def test_resume_completes_a_partial_file(tmp_path):
-    path = run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
-    complete = load_similarity_results(path)
-    partial = dict(complete, settings=dict(complete["settings"], complete=False))
-    partial["computed"] = complete["computed"].clone()
-    partial["computed"][0] = False
-    partial["ches_scores"] = complete["ches_scores"].clone()
-    partial["ches_scores"][0] = math.nan
-    torch.save(partial, path)
+def test_interrupted_run_leaves_a_partial_file_that_a_rerun_completes(tmp_path, monkeypatch):
+    """3 pairs in batches of 2: the run is interrupted after the first batch (2 rows done), the partial file
+    is readable, a rerun with other settings is refused, and a rerun with the same settings finishes it."""
+    import compute_preference_similarity_per_example as script
+
+    reference_path = run(tmp_path / "reference", ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
+    reference = load_similarity_results(reference_path)
+    original = script.iterate_pair_measures
+
+    def interrupted(*args, **kwargs):
+        batches = original(*args, **kwargs)
+        yield next(batches)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "iterate_pair_measures", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
+    monkeypatch.setattr(script, "iterate_pair_measures", original)
+    path = script.output_path(script.parse_args(["--model", "tiny-gpt2", "--dataset", ULTRAFEEDBACK,
+                                                 "--dataset_format", "ultrafeedback", "--num_samples", "3",
+                                                 "--max_input_length", "64", "--output_dir", str(tmp_path)]))
+    partial = load_similarity_results(path, allow_partial=True)
+    assert partial["settings"]["complete"] is False and partial["computed"].tolist().count(True) == 2
+    assert torch.isnan(partial["ches_scores"]).sum().item() == 1
     with pytest.raises(SystemExit, match="different settings"):
         run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3", "--dtype", "bfloat16")
     run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
-    resumed = load_similarity_results(path)
-    torch.testing.assert_close(resumed["ches_scores"], complete["ches_scores"])
+    torch.testing.assert_close(load_similarity_results(path)["ches_scores"], reference["ches_scores"])
 
 
 def test_self_check_rejects_a_model_the_packing_does_not_fit(tmp_path, monkeypatch):
