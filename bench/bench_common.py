@@ -166,3 +166,19 @@ def update_results_section(key: str, markdown: str, path: Path = RESULTS_PATH) -
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+CHES_RESULTS_PATH = PROJECT_ROOT / "bench" / "RESULTS_ches.md"
+
+
+def sync_ches_section(path: Path = RESULTS_PATH) -> None:
+    """Copy bench/RESULTS_ches.md (written by bench/bench_ches.py, owned by the CHES module) into the `ches` section."""
+    if not CHES_RESULTS_PATH.exists():
+        return
+    body = CHES_RESULTS_PATH.read_text(encoding="utf-8").strip().splitlines()
+    if body and body[0].startswith("# "):
+        body = body[1:]
+    header = ["## 2. CHES: ours vs a plain batch-1 loop (`bench/bench_ches.py`, copied from `bench/RESULTS_ches.md`)", "",
+              "Written by the CHES module's own script; copied here unchanged each time a benchmark of this folder "
+              "writes RESULTS.md. Rerun it with `python bench/bench_ches.py --help` for the options."]
+    update_results_section("ches", "\n".join(header + body), path)

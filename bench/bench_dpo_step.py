@@ -39,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_common import (  # noqa: E402
-    THREADS_HELP, gib, interleaved, machine_lines, markdown_table, median, run_worker, spread, update_results_section, worker_main,
+    THREADS_HELP, gib, interleaved, machine_lines, markdown_table, median, run_worker, spread, sync_ches_section,
+    update_results_section, worker_main,
 )
 
 SIDES = ("ours", "trl", "trl_defaults")
@@ -108,7 +109,7 @@ def ours_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length:
     if result.summary["num_train_pairs"] != num_pairs:
         raise ValueError(f"our trainer kept {result.summary['num_train_pairs']} of {num_pairs} pairs")
     return {"step_seconds": step_seconds, "step_cpu_seconds": step_cpu_seconds, "setup_seconds": logger.records[0][0] - started,
-            "reference_seconds": result.summary["reference_seconds"],
+            "reference_seconds": ctx.timings["reference_seconds"],
             "first_loss": step_records[0]["loss"], "first_logps_chosen": step_records[0]["logps/chosen"],
             "first_logps_rejected": step_records[0]["logps/rejected"]}
 
@@ -280,6 +281,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         update_results_section("dpo_step", text)
+        sync_ches_section()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark (issue 7, item 4): peak resident memory of a persona run and of a dataset-level run vs the model's size.
 
-    python bench/bench_memory.py             # persona run of 10 steps, dataset-level run of 1 step (8 pairs, 256 tokens)
+    python bench/bench_memory.py             # persona run of 10 steps, dataset-level run of 2 steps
     python bench/bench_memory.py --quick     # the same (it is already small); kept for a uniform interface
 
 Each measurement runs in its own subprocess and reports its peak RSS (`getrusage` ru_maxrss); memory peaks during
@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_common import (  # noqa: E402
-    THREADS_HELP, gib, machine_lines, markdown_table, run_worker, update_results_section, worker_main,
+    THREADS_HELP, gib, machine_lines, markdown_table, run_worker, sync_ches_section, update_results_section,
+    worker_main,
 )
 
 
@@ -81,7 +82,8 @@ def main() -> None:
     parser.add_argument("--persona_dataset", default="../shared/data/persona/ends-justify-means.jsonl")
     parser.add_argument("--dpo_dataset", default="../shared/data/ultrafeedback/train_1000.jsonl")
     parser.add_argument("--persona_steps", type=int, default=10)
-    parser.add_argument("--dataset_steps", type=int, default=1)
+    parser.add_argument("--dataset_steps", type=int, default=2,
+                        help="steps of the dataset-level run (>= 2: the optimizer state exists from the 2nd backward on)")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--quick", action="store_true", help="no change (already small)")
     parser.add_argument("--no_write", action="store_true", help="print only; leave bench/RESULTS.md alone")
@@ -115,6 +117,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         update_results_section("memory", text)
+        sync_ches_section()
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_common import (  # noqa: E402
-    THREADS_HELP, machine_lines, markdown_table, median, set_threads, spread, update_results_section,
+    THREADS_HELP, machine_lines, markdown_table, median, set_threads, spread, sync_ches_section,
+    update_results_section,
 )
 
 # The paper's ten prompt seeds (Razin et al. 2025 persona plans); more runs reuse them shifted by 1.
@@ -148,15 +149,16 @@ def step_times_from_stamps(stamps: list[tuple[float, float]]) -> list[tuple[floa
 
 
 def collect_runs(outputs_dir: Path, seeds: list[int], stamps: dict[str, list[tuple[float, float]]]) -> list[dict]:
-    """Per run: summary timings, the runner's run seconds, and the per-step (wall, CPU) times from the log stamps."""
+    """Per run: the timings of status.json, the runner's run seconds, and the per-step (wall, CPU) times from the log stamps."""
     runs = []
     for seed in seeds:
         run_dir = outputs_dir / f"dpo_s{seed}"
         summary = json.loads((run_dir / "summary.json").read_text())
         status = json.loads((run_dir / "status.json").read_text())
-        runs.append({"steps": summary["num_steps"], "setup": summary["setup_seconds"],
-                     "run_total": summary["total_seconds"], "runner_seconds": status["seconds"],
-                     "step_mean": summary["seconds_per_step_mean"], "tracker_mean": summary["tracker_seconds_per_step_mean"],
+        timings = status["timings"]
+        runs.append({"steps": summary["num_steps"], "setup": timings["setup_seconds"],
+                     "run_total": timings["total_seconds"], "runner_seconds": status["seconds"],
+                     "step_mean": timings["seconds_per_step_mean"], "tracker_mean": timings["tracker_seconds_per_step_mean"],
                      "step_times": step_times_from_stamps(stamps[str(run_dir / "metrics.jsonl")])})
     return runs
 
@@ -256,6 +258,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         update_results_section("persona_plan", text)
+        sync_ches_section()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from common.preference_data import TokenizedPair
+from common.sequence_logprobs import CHOSEN, PROMPT, REJECTED, SUPPORTED_ATTENTION, packed_attention_mask
 
 MEASURE_NAMES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
                  "last_hidden_embedding_inner_prods")
@@ -95,8 +96,6 @@ def base_transformer(model: torch.nn.Module) -> torch.nn.Module:
     return model if base is None else base
 
 
-PROMPT, CHOSEN, REJECTED = 1, 2, 3  # segment labels of a packed row; 0 = padding
-SUPPORTED_ATTENTION = ("sdpa", "eager")  # implementations that accept a custom 4D additive mask
 
 
 @dataclass
@@ -138,22 +137,6 @@ def pack_pairs(pairs: Sequence[TokenizedPair], padding_side: str = "right"
             positions[row, span] = torch.arange(first_position, first_position + len(ids))
             column += len(ids)
     return input_ids, segments, positions
-
-
-def packed_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive 4D mask (B, 1, L, L) for packed rows: 0 where query q may attend key k, dtype-min elsewhere.
-
-    q attends k iff k is not after q (column order), k is a real token, and k is in the prompt or in q's own
-    segment: so each response sees the prompt and its own earlier tokens, never the other response. Padding
-    positions attend only themselves (never fully masked rows, so no NaN from an empty softmax).
-    """
-    length = segments.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
-    query, key = segments.unsqueeze(2), segments.unsqueeze(1)  # (B, L, 1), (B, 1, L)
-    allowed = causal & (query != 0) & (key != 0) & ((key == PROMPT) | (key == query))
-    allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
 def _last_position(mask: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,8 @@ class RunContext:
         logger: Metrics sink; `logger.log(step, **scalars)` appends one line to metrics.jsonl (flushed).
         seed: The seed actually used (already applied to python/numpy/torch).
         run_dirs_by_name: Directory of every run of the plan, by experiment_name (for chained runs).
+        timings: Wall-clock seconds the experiment reports (setup, per step, ...). The runner writes them to
+            status.json, not summary.json, so two runs of the same config give byte-identical summaries.
     """
 
     run_dir: Path
@@ -101,6 +103,7 @@ class RunContext:
     logger: MetricsSink
     seed: int
     run_dirs_by_name: dict[str, Path] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

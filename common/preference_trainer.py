@@ -5,7 +5,7 @@ API for experiment families (the similarity-quantile runs in `preference_similar
     from common.preference_trainer import train_preference_model
     result = train_preference_model(config, train_examples, eval_examples, ctx)
     result.model, result.tokenizer   # the trained model (unwrapped, eval mode, on the run's device)
-    result.summary                   # JSON-able dict: counts, timings, final eval metrics, tracker summaries
+    result.summary                   # JSON-able dict: counts, final eval metrics, tracker summaries (timings: ctx.timings)
 
 `config` is a `PreferenceTrainingConfig` (or a subclass adding family fields), the examples are
 `common.preference_data.PreferenceExample` lists (pick them with `common.preference_selection.select_examples`
@@ -225,7 +225,7 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
                            supports_logits_to_keep(model))
     started = time.time()
     splits, summary = _prepare_splits(model, tokenizer, config, train_examples, eval_examples, options, group)
-    summary["reference_seconds"] = time.time() - started
+    ctx.timings["reference_seconds"] = time.time() - started
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
     model, optimizer = group.prepare(model, optimizer)
     evaluator = _Evaluator(splits, config, options, group, ctx)
@@ -258,8 +258,8 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
         if epoch == config.epochs or (config.eval_every is not None and epoch % config.eval_every == 0):
             evaluator(model, step, epoch=epoch)
     evaluator.close()
-    summary.update(num_steps=step, train_seconds=train_seconds, seconds_per_step=train_seconds / max(step, 1),
-                   epoch_mean_losses=epoch_losses, world_size=group.world_size, **evaluator.last, **probe.summary())
+    ctx.timings.update(train_seconds=train_seconds, seconds_per_step=train_seconds / max(step, 1))
+    summary.update(num_steps=step, epoch_mean_losses=epoch_losses, world_size=group.world_size, **evaluator.last, **probe.summary())
     for split in splits:
         summary.update({f"tracker/{split.name}/{k}": v for k, v in split.tracker.summary().items()})
         if group.is_main:

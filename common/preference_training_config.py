@@ -81,8 +81,8 @@ class PreferenceTrainingConfig(LossConfig):
         epochs (`int`, defaults to `1`): Passes over the training subset, reshuffled each epoch with `random_seed`.
         padding_free (`bool`, defaults to `True`): Forward and backward one pair at a time without padding (fastest
             and smallest on CPU). `False`: right-padded micro-batches (better GPU utilisation).
-        share_prompt (`bool`, defaults to `True`): In the padding-free path, run the prompt once per pair and reuse
-            its key/value cache for both responses.
+        share_prompt (`bool`, defaults to `True`): In the padding-free path, run each pair as one packed forward
+            (prompt once, both responses attending to it through a block mask).
 
     Parameters that control evaluation and outputs:
         eval_every (`int` or `None`, defaults to `1`): Also evaluate after every `eval_every` epochs; evaluation

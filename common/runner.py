@@ -4,7 +4,8 @@
 
 Every run writes `<outputs_dir>/<experiment_name>/`:
     config.json    resolved config (incl. the seed actually used), written first
-    status.json    {"status": pending|running|done|failed|skipped, timings, error + traceback on failure}
+    status.json    {"status": pending|running|done|failed|skipped, seconds, the experiment's `timings`, error +
+                   traceback on failure}
     metrics.jsonl  one JSON line per logged step, flushed as written
     summary.json   what the experiment returned, written atomically just before status becomes "done"
     run.log        the run's log records;  plots/  metric curves (save_metric_plots)
@@ -148,7 +149,7 @@ def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | Non
         metrics_logger.close(save_plots=config.save_metric_plots)
         if is_main:
             atomic_write_json(spec.run_dir / "summary.json", summary)
-        status.update(status="done", finished_at=time.time(), seconds=time.time() - started)
+        status.update(status="done", finished_at=time.time(), seconds=time.time() - started, timings=context.timings)
         result = RunResult(spec.name, "done", time.time() - started, str(spec.run_dir))
     except Exception as err:  # one failing run must not stop the plan
         if metrics_logger is not None:

@@ -11,9 +11,10 @@ token y_R is not fed at all (nothing is predicted from it).
 
 Two ways to run a list of pairs, same numbers (tests check both against a naive full-logits gather):
   - `pair_logps` (padding-free, the default on CPU): one pair at a time, no padding. With
-    `share_prompt=True` the prompt prefix x_{1..P-1} is run once and its key/value cache reused by both
-    responses (the continuation x_P + y_{1..R-1} is run once per response); gradients flow through the
-    cache into the shared prefix, so the result is the same function of the parameters.
+    `share_prompt=True` the prompt and both responses go through ONE forward: x_{1..P-1} once, then
+    x_P + y+_{1..R+-1} and x_P + y-_{1..R--1}, with position ids and a block mask that make each response
+    see only the prompt and itself. Same function of the parameters as two separate forwards, but the
+    prompt's work is done once and each weight's gradient is formed by one matmul per pair.
   - `batch_logps_padded` (for GPUs): chosen and rejected sequences of several pairs right-padded into one
     batch; the LM head still sees only response positions (a boolean `logits_to_keep` mask).
 
@@ -28,7 +29,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import DynamicCache
 
 from common.preference_data import TokenizedPair
 
@@ -69,29 +69,82 @@ def summed_token_logps(logits: Tensor, targets: Tensor) -> Tensor:
     return -F.cross_entropy(_at_least_fp32(logits), targets, reduction="sum")
 
 
-def _response_logits(model: torch.nn.Module, input_ids: Tensor, num_kept: int, keep_logits: bool,
-                     past_key_values=None) -> Tensor:
-    """(num_kept, V) logits of the last `num_kept` positions of a (1, L) input (optionally after a cache)."""
-    kwargs = {"input_ids": input_ids, "use_cache": past_key_values is not None}
-    if past_key_values is not None:
-        kwargs["past_key_values"] = past_key_values
+def _response_logits(model: torch.nn.Module, input_ids: Tensor, num_kept: int, keep_logits: bool) -> Tensor:
+    """(num_kept, V) logits of the last `num_kept` positions of a (1, L) input."""
+    kwargs = {"input_ids": input_ids, "use_cache": False}
     if keep_logits:
         kwargs["logits_to_keep"] = num_kept
     logits = model(**kwargs).logits[0]
     return logits[-num_kept:]
 
 
-def _copy_cache(cache: DynamicCache, config) -> DynamicCache:
-    """A new DynamicCache holding the same key/value tensors (the model extends the copy, not the original)."""
-    layers = [(keys, values) for keys, values, *_ in cache]
-    return DynamicCache(ddp_cache_data=layers, config=config)
+PROMPT, CHOSEN, REJECTED = 1, 2, 3  # segment labels of a packed row; 0 = padding
+SUPPORTED_ATTENTION = ("sdpa", "eager")  # implementations that accept a custom 4D additive mask
 
 
-def _can_share_prompt(model: torch.nn.Module, cache) -> bool:
-    """Prefix sharing needs a plain DynamicCache whose layers hold full (non-sliding) key/value tensors."""
-    if not isinstance(cache, DynamicCache):
+def packed_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive 4D mask (B, 1, L, L) for packed rows: 0 where query q may attend key k, dtype-min elsewhere.
+
+    q attends k iff k is not after q (column order), k is a real token, and k is in the prompt or in q's own
+    segment: so each response sees the prompt and its own earlier tokens, never the other response. Padding
+    positions attend only themselves (never fully masked rows, so no NaN from an empty softmax).
+    """
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    query, key = segments.unsqueeze(2), segments.unsqueeze(1)  # (B, L, 1), (B, 1, L)
+    allowed = causal & (query != 0) & (key != 0) & ((key == PROMPT) | (key == query))
+    allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def _can_pack(model: torch.nn.Module) -> bool:
+    """Prompt sharing feeds a custom 4D additive mask: needs eager or SDPA attention and no sliding window."""
+    config = unwrap_model(model).config
+    if getattr(config, "_attn_implementation", "eager") not in SUPPORTED_ATTENTION:
         return False
-    return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+    return getattr(config, "sliding_window", None) is None
+
+
+def packed_pair_inputs(pair: TokenizedPair, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, int]:
+    """One (1, T) input holding the prompt once and both responses, for `pair_logps(share_prompt=True)`.
+
+    Layout (0-based, P prompt tokens, R+ and R- response tokens, T = P - 1 + R+ + R-):
+        segment 0: x_1 .. x_{P-1}                positions 0 .. P-2
+        segment 1: x_P, y+_1 .. y+_{R+ - 1}      positions P-1 .. P+R+-2
+        segment 2: x_P, y-_1 .. y-_{R- - 1}      positions P-1 .. P+R--2
+    Token i may attend to token j <= i when both are in the same segment or j is in segment 0, so every
+    response token sees exactly the tokens it would see in the separate sequence x + y; the mask is additive
+    (0 allowed, dtype minimum elsewhere) so eager and SDPA attention read it the same way.
+
+    Returns:
+        input_ids (1, T), position_ids (1, T), attention_mask (1, 1, T, T) of `dtype`, and P - 1 (the index of
+        the first response-predicting position: positions P-1 .. T-1 predict y+ then y-).
+    """
+    prefix, last = pair.prompt_ids[:-1], pair.prompt_ids[-1:]
+    segments = [prefix, last + pair.chosen_ids[:-1], last + pair.rejected_ids[:-1]]
+    input_ids = torch.tensor([prefix + segments[1] + segments[2]])
+    starts = [0, len(prefix), len(prefix)]
+    position_ids = torch.tensor([[start + k for start, seg in zip(starts, segments) for k in range(len(seg))]])
+    labels = torch.cat([torch.full((len(seg),), label) for label, seg in zip((PROMPT, CHOSEN, REJECTED), segments)])
+    return input_ids, position_ids, packed_attention_mask(labels[None], dtype), len(prefix)
+
+
+def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits: bool) -> tuple[Tensor, Tensor]:
+    """Both responses' summed log-probs from one forward over `packed_pair_inputs` (see there)."""
+    device = _model_device(model)
+    dtype = next(model.parameters()).dtype
+    input_ids, position_ids, mask, first = packed_pair_inputs(pair, dtype if dtype.is_floating_point else torch.float32)
+    kwargs = {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device),
+              "attention_mask": mask.to(device), "use_cache": False}
+    if keep_logits:
+        kwargs["logits_to_keep"] = torch.arange(first, input_ids.shape[1], device=device)
+    logits = model(**kwargs).logits[0]
+    logits = logits if keep_logits else logits[first:]
+    num_chosen = len(pair.chosen_ids)
+    chosen = summed_token_logps(logits[:num_chosen], torch.tensor(pair.chosen_ids, device=device))
+    rejected = summed_token_logps(logits[num_chosen:], torch.tensor(pair.rejected_ids, device=device))
+    return chosen, rejected
 
 
 def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: bool = True,
@@ -101,9 +154,9 @@ def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: boo
     Args:
         model: Causal LM (possibly wrapped by DDP/PEFT); its device is used for the inputs.
         pair: Token ids (prompt >= 1 token, responses >= 1 token each).
-        share_prompt: Run the prompt prefix once and reuse its key/value cache for both responses.
-            Falls back to two full forwards when the prompt has one token or the model's cache is not a
-            plain DynamicCache (e.g. sliding-window layers).
+        share_prompt: One forward over the prompt and both responses (`packed_pair_inputs`), so the prompt's
+            activations and the weights' gradient are computed once. Falls back to two separate forwards when
+            the prompt has one token or the model cannot take a custom 4D mask (flash attention, sliding window).
         keep_logits: Pass `logits_to_keep`; None = detect from the model's forward signature.
 
     Returns:
@@ -111,27 +164,14 @@ def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: boo
     """
     if keep_logits is None:
         keep_logits = supports_logits_to_keep(model)
+    if share_prompt and len(pair.prompt_ids) >= 2 and _can_pack(model):
+        return _packed_pair_logps(model, pair, keep_logits)
     device = _model_device(model)
-    prompt = pair.prompt_ids
-    responses = (pair.chosen_ids, pair.rejected_ids)
     results: list[Tensor] = []
-    prefix_cache = None
-    if share_prompt and len(prompt) >= 2:
-        prefix = torch.tensor([prompt[:-1]], device=device)
-        output = model(input_ids=prefix, use_cache=True, **({"logits_to_keep": 1} if keep_logits else {}))
-        prefix_cache = output.past_key_values
-        if not _can_share_prompt(model, prefix_cache):
-            prefix_cache = None
-    for response in responses:
-        targets = torch.tensor(response, device=device)
-        if prefix_cache is not None:
-            continuation = torch.tensor([prompt[-1:] + response[:-1]], device=device)
-            cache = _copy_cache(prefix_cache, unwrap_model(model).config)
-            logits = _response_logits(model, continuation, len(response), keep_logits, past_key_values=cache)
-        else:
-            full = torch.tensor([prompt + response[:-1]], device=device)
-            logits = _response_logits(model, full, len(response), keep_logits)
-        results.append(summed_token_logps(logits, targets))
+    for response in (pair.chosen_ids, pair.rejected_ids):
+        full = torch.tensor([pair.prompt_ids + response[:-1]], device=device)
+        logits = _response_logits(model, full, len(response), keep_logits)
+        results.append(summed_token_logps(logits, torch.tensor(response, device=device)))
     return results[0], results[1]
 
 

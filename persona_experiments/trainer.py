@@ -218,12 +218,11 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
         "preferred_token_texts": [tokenizer.decode([i]) for i in batch.preferred_ids.tolist()],
         "dispreferred_token_texts": [tokenizer.decode([i]) for i in batch.dispreferred_ids.tolist()],
         "loss_ever_increased": bool(summary.get("mean_loss_ever_increased", False)),
-        "setup_seconds": setup_seconds,
-        "seconds_per_step_mean": sum(step_seconds) / len(step_seconds),
-        "tracker_seconds_per_step_mean": sum(tracker_seconds) / max(len(step_seconds), 1),
-        "total_seconds": time.perf_counter() - started,
         "tensors_file": TENSORS_FILE,
     })
+    ctx.timings.update(setup_seconds=setup_seconds, seconds_per_step_mean=sum(step_seconds) / len(step_seconds),
+                       tracker_seconds_per_step_mean=sum(tracker_seconds) / max(len(step_seconds), 1),
+                       total_seconds=time.perf_counter() - started)
     return summary
 
 

@@ -174,7 +174,8 @@ def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict
         rates = measure_refusal_rates(result.model, result.tokenizer, config, ctx.device, ctx.run_dir / "refusal_eval",
                                       train_rows)
         refusal = _refusal_summary(rates)
-        summary.update(refusal, refusal_eval_seconds=rates["seconds"])
+        summary.update(refusal)
+        ctx.timings["refusal_eval_seconds"] = rates["seconds"]
         ctx.logger.log(result.summary.get("num_steps", 0),
                        **{k: v for k, v in refusal.items() if k.startswith("refusal_rate/") and v is not None})
     return summary

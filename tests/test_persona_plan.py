@@ -51,6 +51,18 @@ def test_chained_plan_runs_sft_then_dpo(plan_outputs):
         assert sft_summary["preferred_logprob_change_mean"] > 0
 
 
+def test_summaries_identical_across_reruns_timings_in_status(plan_outputs, tmp_path):
+    """Same plan into a fresh directory: byte-identical summary.json; wall-clock timings live in status.json."""
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(_chained_plan(tmp_path / "out")))
+    assert main(FAMILY, ["--plan_config_path", str(plan_path)]) == 0
+    for run in ("sft_s1", "dpo_s2"):
+        first, again = plan_outputs / run / "summary.json", tmp_path / "out" / run / "summary.json"
+        assert first.read_bytes() == again.read_bytes()
+        timings = read_json(again.parent / "status.json")["timings"]
+        assert timings["seconds_per_step_mean"] > 0 and timings["total_seconds"] >= timings["setup_seconds"]
+
+
 def test_printer_on_plan_outputs(plan_outputs, tmp_path, capsys):
     incomplete = plan_outputs / "crashed_run"
     incomplete.mkdir(exist_ok=True)

@@ -25,7 +25,7 @@ from common.preference_eval import distribution_statistics, split_eval_metrics
 from common.preference_logps import LogpsOptions
 from common.preference_trainer import TrainingSplit, _step_batches, accumulate_step_gradients, train_preference_model
 from common.preference_training_config import PreferenceTrainingConfig
-from common.sequence_logprobs import batch_logps_padded, pair_logps
+from common.sequence_logprobs import batch_logps_padded, packed_pair_inputs, pair_logps
 from common.tracker import DisplacementTracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,9 +64,25 @@ def test_fast_logps_equal_naive_full_forward_gather(model_name):
             torch.testing.assert_close(torch.stack([chosen, rejected], 1), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_shared_prompt_gradients_equal_naive_gradients():
-    """Gradients flow through the shared prompt's key/value cache: d(c - 2r)/dtheta matches the naive one."""
-    model, tokenizer = load_model_and_tokenizer("tiny-llama")
+def test_packed_pair_inputs_layout_by_hand():
+    """Prompt [10, 11, 12], chosen [20, 21], rejected [30]: segments [10, 11] | [12, 20] | [12]."""
+    input_ids, position_ids, mask, first = packed_pair_inputs(TokenizedPair([10, 11, 12], [20, 21], [30], 0),
+                                                              torch.float32)
+    assert input_ids.tolist() == [[10, 11, 12, 20, 12]] and position_ids.tolist() == [[0, 1, 2, 3, 2]]
+    assert first == 2 and mask.shape == (1, 1, 5, 5)
+    allowed = (mask[0, 0] == 0).int().tolist()
+    assert allowed == [[1, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0],
+                       [1, 1, 1, 0, 0],
+                       [1, 1, 1, 1, 0],
+                       [1, 1, 0, 0, 1]]  # the rejected branch sees the prompt prefix and itself only
+    assert mask[0, 0, 4, 2] == torch.finfo(torch.float32).min
+
+
+@pytest.mark.parametrize("model_name", ["tiny-gpt2", "tiny-llama"])
+def test_shared_prompt_gradients_equal_naive_gradients(model_name):
+    """Gradients through the packed prompt + both responses: d(c - 2r)/dtheta matches the naive one."""
+    model, tokenizer = load_model_and_tokenizer(model_name)
     model.eval()
     pair = real_pairs(tokenizer, 2)[0]
     grads = []
