@@ -197,6 +197,8 @@ def report(args, results: dict[str, list[dict]], counts: dict[str, int], bytes_o
                      f"{median([r['first_loss'] for r in runs]):.4f}", f"{median([r['first_logps_chosen'] for r in runs]):.2f}"])
     lines = ["## 1. Dataset-level DPO step: ours vs TRL DPOTrainer (`bench/bench_dpo_step.py`)", ""]
     lines += machine_lines(sys.argv, args.threads)
+    producers = sorted({" ".join(r["argv"]) for runs in results.values() for r in runs if "argv" in r})
+    lines += [f"- measured by: {', '.join(f'`python {argv}`' for argv in producers)}"] if producers else []
     lines += [f"- setting: {args.model} fp32 on CPU, {args.num_pairs} UltraFeedback pairs ({args.dataset}, seed "
               f"{args.seed}) truncated to {args.max_length} tokens, batch {args.num_pairs}, DPO beta {args.beta}, lr "
               f"{args.lr}; ours optimizer `{args.optimizer}`, TRL its default ({results.get('trl', [{}])[0].get('optimizer', '?')})",
@@ -204,10 +206,9 @@ def report(args, results: dict[str, list[dict]], counts: dict[str, int], bytes_o
               f"{counts['padded_tokens']} in TRL's right-padded batch "
               f"({1 - counts['real_tokens'] / counts['padded_tokens']:.0%} padding), {counts['response_tokens']} "
               "response tokens (the only positions whose log-probs are needed)",
-              f"- repetitions: {args.rounds} round(s) x {args.steps} step(s) per process, each side in its own "
-              f"process, side order alternating per round"
-              + (f" (trl_defaults: {min(args.rounds, args.defaults_rounds)} round(s) x {args.defaults_steps} step(s))"
-                 if "trl_defaults" in results else "")
+              "- repetitions: each side in its own process, side order alternating per round; "
+              + ", ".join(f"{side} {len(runs)} process(es) x {len(runs[0]['step_seconds'])} step(s)"
+                          for side, runs in results.items())
               + f"; model size (parameters x 4 bytes) {gib(bytes_of_model)} GiB",
               ""]
     lines.append(markdown_table(["side", "wall s/step median (min-max, n)", "CPU s/step median (min-max, n)", "peak RSS GiB median (per process)",
@@ -246,6 +247,9 @@ def main() -> None:
     parser.add_argument("--raw_path", default=None,
                         help="also append every process's raw result as a JSON line to this file (kept if the "
                              "benchmark is interrupted)")
+    parser.add_argument("--from_raw", nargs="+", default=None, metavar="RAW_JSONL",
+                        help="run nothing: build the report from the raw records of earlier runs (--raw_path files), "
+                             "e.g. to add a separately run trl_defaults side")
     parser.add_argument("--lr", type=float, default=1e-6, help="TRL's default learning rate")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--optimizer", default="adam", help="ours (TRL uses AdamW: same state size as adam)")
@@ -260,7 +264,15 @@ def main() -> None:
     kwargs = {"ours": {**common, "optimizer": args.optimizer}, "trl": common,
               "trl_defaults": {**common, "steps": args.defaults_steps}}
     results: dict[str, list[dict]] = {side: [] for side in args.sides}
-    for round_index in range(args.rounds):
+    for raw_path in args.from_raw or []:
+        for line in Path(raw_path).read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record["kwargs"]["num_pairs"] != args.num_pairs or record["kwargs"]["seed"] != args.seed:
+                raise ValueError(f"{raw_path}: a record of num_pairs/seed {record['kwargs']['num_pairs']}/"
+                                 f"{record['kwargs']['seed']}, expected {args.num_pairs}/{args.seed}")
+            results.setdefault(record["side"], []).append(record)
+    results = {side: runs for side, runs in results.items() if runs} if args.from_raw else results
+    for round_index in range(0 if args.from_raw else args.rounds):
         for side in interleaved(args.sides, round_index):
             if side == "trl_defaults" and round_index >= args.defaults_rounds:
                 continue
@@ -268,7 +280,7 @@ def main() -> None:
             results[side].append(run_worker(Path(__file__), side, kwargs[side], args.threads))
             if args.raw_path:
                 with open(args.raw_path, "a", encoding="utf-8") as raw:
-                    raw.write(json.dumps({"side": side, "round": round_index, "kwargs": kwargs[side],
+                    raw.write(json.dumps({"side": side, "round": round_index, "kwargs": kwargs[side], "argv": sys.argv,
                                           **results[side][-1]}) + "\n")
             print(f"round {round_index}: {side} steps {[round(s, 1) for s in results[side][-1]['step_seconds']]} s, "
                   f"peak RSS {gib(results[side][-1]['peak_rss_bytes'])} GiB, process {time.perf_counter() - started:.0f} s",

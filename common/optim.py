@@ -6,8 +6,65 @@ from typing import Iterable
 
 import torch
 
+
+class ScratchRMSprop(torch.optim.RMSprop):
+    """torch's RMSprop with the same arithmetic, minus one large allocation per parameter per step.
+
+    For each parameter p with gradient g (torch defaults: no momentum, not centred, no weight decay):
+
+        v <- alpha v + (1 - alpha) g^2;     p <- p - lr g / (sqrt(v) + eps)
+
+    `torch.optim.RMSprop` (single-tensor path, the CPU default) forms sqrt(v) + eps in a fresh tensor the size
+    of p. On CPU, allocations above glibc's mmap threshold go back to the OS when freed, so every step
+    page-faults them in again: for SmolLM2-135M that was 0.25 s of a 1.4 s persona step. Here sqrt(v) + eps is
+    written into one scratch buffer (the size of the largest parameter) reused by every parameter, with the
+    same operations in the same order, so the updates are bitwise identical to torch's (tested). The state
+    (`step`, `square_avg`) and `state_dict` are torch's. Any other setting (momentum, centred, weight decay,
+    maximize, foreach, differentiable, capturable, complex or sparse tensors) runs torch's own step.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, **kwargs):
+        super().__init__(params, lr=lr, **kwargs)
+        self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _fast_path(self, group: dict) -> bool:
+        plain = (group["momentum"] == 0 and not group["centered"] and group["weight_decay"] == 0
+                 and not group["maximize"] and not group["foreach"] and not group["differentiable"]
+                 and not group["capturable"])
+        return plain and all(p.grad is None or (p.is_contiguous() and not p.is_complex() and not p.grad.is_sparse)
+                             for p in group["params"])
+
+    def _scratch_like(self, param: torch.Tensor) -> torch.Tensor:
+        key = (param.device, param.dtype)
+        buffer = self._scratch.get(key)
+        if buffer is None or buffer.numel() < param.numel():
+            buffer = torch.empty(param.numel(), dtype=param.dtype, device=param.device)
+            self._scratch[key] = buffer
+        return buffer[: param.numel()].view_as(param)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None or not all(self._fast_path(group) for group in self.param_groups):
+            return super().step(closure)
+        for group in self.param_groups:
+            alpha, eps, lr = group["alpha"], group["eps"], group["lr"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:  # as torch initialises it
+                    state["step"] = torch.zeros((), dtype=torch.get_default_dtype())
+                    state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["step"] += 1
+                grad, square_avg = param.grad, state["square_avg"]
+                square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+                denominator = torch.sqrt(square_avg, out=self._scratch_like(param)).add_(eps)
+                param.addcdiv_(grad, denominator, value=-lr)
+        return None
+
+
 OPTIMIZERS = {
-    "rmsprop": torch.optim.RMSprop,  # the paper's choice (Razin et al., App. C), torch defaults otherwise
+    "rmsprop": ScratchRMSprop,  # the paper's choice (Razin et al., App. C), torch defaults otherwise
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
 }

@@ -32,7 +32,7 @@ from common.sequence_logprobs import unwrap_model
 from persona_experiments.config import PersonaConfig
 from persona_experiments.data import (PersonaBatch, build_persona_batch, load_persona_examples, output_token_id,
                                       select_examples)
-from persona_experiments.forward import last_position_forward, unembedding_matrix
+from persona_experiments.forward import last_position_forward, unembedding_matrix, use_sparse_embedding_gradient
 from persona_experiments.geometry import unembedding_pair_geometry
 from persona_experiments.recording import PersonaRecorder, PointValues
 
@@ -123,6 +123,8 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
     if config.device_map is not None:  # inputs go where the embedding layer is; accelerate moves the rest
         device = model.get_input_embeddings().weight.device
     model.eval()  # no dropout: the reference pass and the policy at step 0 must agree (DPO loss = ln 2)
+    if config.device_map is None:
+        use_sparse_embedding_gradient(model)  # same update, less work per step (see there)
     samples_seed = config.resolved_train_samples_seed()
     examples = select_examples(load_persona_examples(config.dataset), config.num_train_samples,
                                config.answer_matching_behavior_to_use, samples_seed)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from persona_experiments.forward import last_position_forward, unembedding_matrix
+from persona_experiments.forward import last_position_forward, unembedding_matrix, use_sparse_embedding_gradient
 
 
 def _tiny(kind: str):
@@ -30,3 +30,23 @@ def test_last_position_forward_matches_full_forward(kind):
             torch.testing.assert_close(out.logprobs[row], expected.log_softmax(-1), atol=1e-5, rtol=1e-5)
     assert out.hidden.shape == (2, 16)
     assert unembedding_matrix(model).shape == (50, 16)
+
+
+def test_sparse_embedding_gradient_gives_the_dense_gradient():
+    """Tied GPT-2: the summed (embedding + head) gradient is dense and equal with or without `sparse`; an untied
+    model is left alone."""
+    grads = []
+    for sparse in (False, True):
+        model = _tiny("gpt2")
+        if sparse:
+            assert use_sparse_embedding_gradient(model) and model.get_input_embeddings().sparse
+        out = last_position_forward(model, torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long),
+                                    torch.tensor([3]))
+        (out.logprobs[0, 9] - 2 * out.logprobs[0, 3]).backward()
+        weight_grad = unembedding_matrix(model).grad
+        assert not weight_grad.is_sparse
+        grads.append(torch.cat([weight_grad.flatten()] + [p.grad.flatten() for n, p in model.named_parameters()
+                                                         if "wte" not in n]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-7)
+    untied = _tiny("llama")
+    assert not use_sparse_embedding_gradient(untied) and not untied.get_input_embeddings().sparse
