@@ -33,6 +33,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from common.preference_data import TokenizedPair
 from common.sequence_logprobs import CHOSEN, PROMPT, REJECTED, SUPPORTED_ATTENTION, packed_attention_mask
@@ -179,6 +180,36 @@ def summarize_pair_hidden_states(model: torch.nn.Module, pairs: Sequence[Tokeniz
     return PairHiddenSummaries(chosen_sums, rejected_sums, chosen_final, rejected_final)
 
 
+def _copy_cache(cache: DynamicCache, config) -> DynamicCache:
+    """A new DynamicCache over the same key/value tensors (extending the copy leaves the original as it was)."""
+    return DynamicCache(ddp_cache_data=[(keys, values) for keys, values, *_ in cache], config=config)
+
+
+@torch.no_grad()
+def summarize_pair_with_prompt_cache(model: torch.nn.Module, pair: TokenizedPair) -> PairHiddenSummaries | None:
+    """Batch-1 path: the prompt once with a key/value cache, then each response over its own copy of the cache.
+
+    Same positions and sums as `summarize_pair_hidden_states`, but no packed (P+C+R)^2 attention: each response
+    attends to the prompt and itself only (R x (P+R) scores), nothing is masked out after being computed, and
+    there is no padding. Returns None when the model's cache is not a plain full-attention DynamicCache
+    (e.g. sliding-window layers); the caller then uses the packed path.
+    """
+    decoder = base_transformer(model)
+    device = next(model.parameters()).device
+    prompt = decoder(input_ids=torch.tensor([pair.prompt_ids], device=device), use_cache=True)
+    cache = prompt.past_key_values
+    if not isinstance(cache, DynamicCache) or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
+        return None
+    prompt_last = prompt.last_hidden_state[:, -1].float()  # (1, D), predicts response token 1
+    results = []
+    for response in (pair.chosen_ids, pair.rejected_ids):
+        hidden = decoder(input_ids=torch.tensor([response], device=device), use_cache=True,
+                         past_key_values=_copy_cache(cache, model.config)).last_hidden_state.float()  # (1, R, D)
+        results.append((prompt_last + hidden[:, :-1].sum(dim=1), hidden[:, -1]))
+    (chosen_sums, chosen_final), (rejected_sums, rejected_final) = results
+    return PairHiddenSummaries(chosen_sums, rejected_sums, chosen_final, rejected_final)
+
+
 @torch.no_grad()
 def reference_pair_summaries(model: torch.nn.Module, pair: TokenizedPair) -> PairHiddenSummaries:
     """Slow reference (what most code does): for each response a full forward of the causal LM over
@@ -234,10 +265,15 @@ def length_sorted_batches(pairs: Sequence[TokenizedPair], batch_size: int) -> li
 
 def iterate_pair_measures(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch_size: int = 8,
                           padding_side: str = "right") -> Iterator[tuple[list[int], dict[str, list[float]]]]:
-    """Yield (positions into `pairs`, measures of those pairs) batch by batch, in length-sorted order."""
+    """Yield (positions into `pairs`, measures of those pairs) batch by batch, in length-sorted order.
+
+    `batch_size` 1 runs `summarize_pair_with_prompt_cache` (no masked or padded attention: the fastest choice
+    with one thread per process); larger batches run the packed path, which pays off with several threads."""
     for batch_positions in length_sorted_batches(pairs, batch_size):
         batch = [pairs[i] for i in batch_positions]
-        summaries = summarize_pair_hidden_states(model, batch, padding_side=padding_side)
+        summaries = summarize_pair_with_prompt_cache(model, batch[0]) if batch_size == 1 else None
+        if summaries is None:
+            summaries = summarize_pair_hidden_states(model, batch, padding_side=padding_side)
         yield batch_positions, measures_from_summaries(summaries, batch)
 
 

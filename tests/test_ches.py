@@ -12,7 +12,7 @@ from ches.ches import (
     ches_from_sums, compute_pair_measures, levenshtein_distance, ln_ches_from_sums, load_similarity_results,
     measures_from_summaries, minus_normalized_edit_distance, pack_pairs, packed_attention_mask,
     reference_pair_summaries, relative_difference, select_lowest_k, select_quantile_window,
-    summarize_pair_hidden_states,
+    summarize_pair_hidden_states, summarize_pair_with_prompt_cache,
 )
 from common.preference_data import TokenizedPair
 
@@ -114,6 +114,8 @@ def test_padding_side_and_batch_size_invariance(model_name):
                                            rtol=1e-5, atol=1e-6)
     packed = summarize_pair_hidden_states(model, pairs[:1])
     assert relative_difference(packed, reference_pair_summaries(model, pairs[0])) < 1e-5
+    cached = summarize_pair_with_prompt_cache(model, pairs[0])  # what batch_size 1 runs
+    assert cached is not None and relative_difference(cached, reference_pair_summaries(model, pairs[0])) < 1e-5
 
 
 def test_edit_distance_hand_values():
