@@ -36,7 +36,9 @@ import torch
 from transformers import DynamicCache
 
 from common.preference_data import TokenizedPair
-from common.sequence_logprobs import CHOSEN, PROMPT, REJECTED, SUPPORTED_ATTENTION, packed_attention_mask
+from common.sequence_logprobs import (  # noqa: F401  (pack_pairs, packed_attention_mask: re-exported)
+    CHOSEN, PROMPT, REJECTED, SUPPORTED_ATTENTION, pack_pairs, packed_attention_mask,
+)
 
 MEASURE_NAMES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
                  "last_hidden_embedding_inner_prods")
@@ -97,8 +99,6 @@ def base_transformer(model: torch.nn.Module) -> torch.nn.Module:
     return model if base is None else base
 
 
-
-
 @dataclass
 class PairHiddenSummaries:
     """Per-pair hidden-state summaries of one batch, all fp32, rows in the order of the input pairs.
@@ -112,32 +112,6 @@ class PairHiddenSummaries:
     rejected_sums: torch.Tensor
     chosen_final: torch.Tensor
     rejected_final: torch.Tensor
-
-
-def pack_pairs(pairs: Sequence[TokenizedPair], padding_side: str = "right"
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Lay each pair out as one row [prompt | chosen | rejected], padded on `padding_side`.
-
-    Returns:
-        input_ids (B, L) long (pad id 0), segments (B, L) long (0 pad, 1 prompt, 2 chosen, 3 rejected),
-        position_ids (B, L) long: prompt 0..P-1, chosen P..P+|y+|-1, rejected P..P+|y-|-1 (both responses
-        continue the prompt), pads 0.
-    """
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    input_ids, segments, positions = (torch.zeros(len(pairs), width, dtype=torch.long) for _ in range(3))
-    for row, pair in enumerate(pairs):
-        parts = ((PROMPT, pair.prompt_ids, 0), (CHOSEN, pair.chosen_ids, len(pair.prompt_ids)),
-                 (REJECTED, pair.rejected_ids, len(pair.prompt_ids)))
-        column = 0 if padding_side == "right" else width - sum(len(ids) for _, ids, _ in parts)
-        for segment, ids, first_position in parts:
-            span = slice(column, column + len(ids))
-            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-            segments[row, span] = segment
-            positions[row, span] = torch.arange(first_position, first_position + len(ids))
-            column += len(ids)
-    return input_ids, segments, positions
 
 
 def _last_position(mask: torch.Tensor) -> torch.Tensor:
@@ -269,10 +243,12 @@ def iterate_pair_measures(model: torch.nn.Module, pairs: Sequence[TokenizedPair]
 
     `batch_size` 1 runs `summarize_pair_with_prompt_cache` (no masked or padded attention: the fastest choice
     with one thread per process); larger batches run the packed path, which pays off with several threads."""
+    use_prompt_cache = batch_size == 1
     for batch_positions in length_sorted_batches(pairs, batch_size):
         batch = [pairs[i] for i in batch_positions]
-        summaries = summarize_pair_with_prompt_cache(model, batch[0]) if batch_size == 1 else None
-        if summaries is None:
+        summaries = summarize_pair_with_prompt_cache(model, batch[0]) if use_prompt_cache else None
+        if summaries is None:  # batch > 1, or the model's cache cannot be shared: decided once, not per pair
+            use_prompt_cache = False
             summaries = summarize_pair_hidden_states(model, batch, padding_side=padding_side)
         yield batch_positions, measures_from_summaries(summaries, batch)
 

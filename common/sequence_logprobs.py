@@ -98,6 +98,32 @@ def packed_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.T
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
+def pack_pairs(pairs: Sequence[TokenizedPair], padding_side: str = "right"
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lay each pair out as one row [prompt | chosen | rejected], padded on `padding_side`.
+
+    Returns:
+        input_ids (B, L) long (pad id 0), segments (B, L) long (0 pad, 1 prompt, 2 chosen, 3 rejected),
+        position_ids (B, L) long: prompt 0..P-1, chosen P..P+|y+|-1, rejected P..P+|y-|-1 (both responses
+        continue the prompt), pads 0.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    input_ids, segments, positions = (torch.zeros(len(pairs), width, dtype=torch.long) for _ in range(3))
+    for row, pair in enumerate(pairs):
+        parts = ((PROMPT, pair.prompt_ids, 0), (CHOSEN, pair.chosen_ids, len(pair.prompt_ids)),
+                 (REJECTED, pair.rejected_ids, len(pair.prompt_ids)))
+        column = 0 if padding_side == "right" else width - sum(len(ids) for _, ids, _ in parts)
+        for segment, ids, first_position in parts:
+            span = slice(column, column + len(ids))
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            segments[row, span] = segment
+            positions[row, span] = torch.arange(first_position, first_position + len(ids))
+            column += len(ids)
+    return input_ids, segments, positions
+
+
 def _can_pack(model: torch.nn.Module) -> bool:
     """Prompt sharing feeds a custom 4D additive mask: needs eager or SDPA attention and no sliding window."""
     config = unwrap_model(model).config
@@ -122,12 +148,9 @@ def packed_pair_inputs(pair: TokenizedPair, dtype: torch.dtype) -> tuple[Tensor,
         the first response-predicting position: positions P-1 .. T-1 predict y+ then y-).
     """
     prefix, last = pair.prompt_ids[:-1], pair.prompt_ids[-1:]
-    segments = [prefix, last + pair.chosen_ids[:-1], last + pair.rejected_ids[:-1]]
-    input_ids = torch.tensor([prefix + segments[1] + segments[2]])
-    starts = [0, len(prefix), len(prefix)]
-    position_ids = torch.tensor([[start + k for start, seg in zip(starts, segments) for k in range(len(seg))]])
-    labels = torch.cat([torch.full((len(seg),), label) for label, seg in zip((PROMPT, CHOSEN, REJECTED), segments)])
-    return input_ids, position_ids, packed_attention_mask(labels[None], dtype), len(prefix)
+    shifted = TokenizedPair(prefix, last + pair.chosen_ids[:-1], last + pair.rejected_ids[:-1], pair.source_index)
+    input_ids, segments, position_ids = pack_pairs([shifted])
+    return input_ids, position_ids, packed_attention_mask(segments, dtype), len(prefix)
 
 
 def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits: bool) -> tuple[Tensor, Tensor]:
