@@ -259,7 +259,8 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
             evaluator(model, step, epoch=epoch)
     evaluator.close()
     ctx.timings.update(train_seconds=train_seconds, seconds_per_step=train_seconds / max(step, 1))
-    summary.update(num_steps=step, epoch_mean_losses=epoch_losses, world_size=group.world_size, **evaluator.last, **probe.summary())
+    summary.update(num_steps=step, epoch_mean_losses=epoch_losses, world_size=group.world_size, **evaluator.last,
+                   **probe.summary())
     for split in splits:
         summary.update({f"tracker/{split.name}/{k}": v for k, v in split.tracker.summary().items()})
         if group.is_main:

@@ -120,10 +120,10 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
         config.model, checkpoint=config.load_model_checkpoint or None, is_lora_checkpoint=config.is_lora_checkpoint,
         use_lora=config.use_lora, lora_rank=config.lora_rank, dtype=config.dtype, device=device,
         device_map=config.device_map)
+    model.eval()  # no dropout: the reference pass and the policy at step 0 must agree (DPO loss = ln 2)
     if config.device_map is not None:  # inputs go where the embedding layer is; accelerate moves the rest
         device = model.get_input_embeddings().weight.device
-    model.eval()  # no dropout: the reference pass and the policy at step 0 must agree (DPO loss = ln 2)
-    if config.device_map is None:
+    else:
         use_sparse_embedding_gradient(model)  # same update, less work per step (see there)
     samples_seed = config.resolved_train_samples_seed()
     examples = select_examples(load_persona_examples(config.dataset), config.num_train_samples,
