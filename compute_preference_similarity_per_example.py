@@ -2,7 +2,7 @@
 
     python compute_preference_similarity_per_example.py --model smollm2-135m-instruct \
         --dataset ../shared/data/ultrafeedback/train_1000.jsonl --dataset_format ultrafeedback \
-        --num_samples 1000 --seed 0 --max_input_length 512 --batch_size 8 --output_dir outputs/similarity
+        --num_samples 1000 --seed 0 --max_input_length 512 --output_dir outputs/similarity
 
 In:  a preference data set (`common.preference_data`), a model (`common.models.load_model_and_tokenizer`).
 Out: `<output_dir>/<model>__<dataset>__n<N|all>__seed<S>__maxlen<L|none>.pt` (torch.save of plain tensors,
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ches.ches import (
     LENGTH_NAMES, MEASURE_NAMES, iterate_pair_measures, load_similarity_results, reference_pair_summaries,
-    relative_difference, summarize_pair_hidden_states,
+    relative_difference, summarize_pair_hidden_states, summarize_pair_with_prompt_cache,
 )
 from common.io_utils import atomic_write_json
 from common.preference_data import DATASET_FORMATS, TokenizedPair, load_preference_examples, tokenize_pair
@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="subsample seed. Default 0")
     parser.add_argument("--max_input_length", type=int, default=512,
                         help="max tokens of prompt + one response (see tokenize_pair); <= 0 = no limit. Default 512")
-    parser.add_argument("--batch_size", type=int, default=8, help="pairs per forward. Default 8")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="pairs per forward. Default: 1 on CPU (prompt key/value cache path, the fastest there: "
+                             "bench/RESULTS.md), 8 on a GPU (packed rows)")
     parser.add_argument("--padding_side", default="right", choices=("left", "right"))
     parser.add_argument("--output_dir", default="outputs/preference_similarity")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda:N. Default auto")
@@ -143,17 +145,21 @@ def summarize(results: dict) -> dict:
     return summary
 
 
-def self_check(model: torch.nn.Module, pairs: list[TokenizedPair], dtype: str) -> None:
-    """Compare the packed computation with a plain full forward on the shortest pair; raise if they disagree
-    (a model that ignores custom 4D masks or position ids would). Tolerance: 1e-3 relative in float32,
-    5e-2 in half precision."""
+def self_check(model: torch.nn.Module, pairs: list[TokenizedPair], dtype: str, batch_size: int) -> None:
+    """Compare the path `batch_size` selects (1: prompt cache, else packed rows) with a plain full forward on the
+    shortest pair; raise if they disagree (a model that ignores custom 4D masks, position ids or a shared cache
+    would). Tolerance: 1e-3 relative in float32, 5e-2 in half precision."""
     pair = min(pairs, key=lambda p: len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids))
-    difference = relative_difference(summarize_pair_hidden_states(model, [pair]), reference_pair_summaries(model, pair))
+    summaries = summarize_pair_with_prompt_cache(model, pair) if batch_size == 1 else None
+    if summaries is None:  # batch > 1, or a cache the batch-1 path cannot share (it falls back to packing too)
+        summaries = summarize_pair_hidden_states(model, [pair])
+    difference = relative_difference(summaries, reference_pair_summaries(model, pair))
     tolerance = 1e-3 if dtype == "float32" else 5e-2
     if not difference <= tolerance:
-        raise RuntimeError(f"self-check failed on source row {pair.source_index}: packed hidden-state sums differ "
-                           f"from a plain full forward by {difference:.2e} (relative, tolerance {tolerance}); "
-                           f"this architecture may not support custom 4D attention masks / position ids")
+        raise RuntimeError(f"self-check failed on source row {pair.source_index}: hidden-state sums of the "
+                           f"batch_size {batch_size} path differ from a plain full forward by {difference:.2e} "
+                           f"(relative, tolerance {tolerance}); this architecture may not support custom 4D "
+                           f"attention masks / position ids / a shared key-value cache")
     logger.info("self-check passed (relative difference %.2e on source row %d)", difference, pair.source_index)
 
 
@@ -163,6 +169,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     path = output_path(args)
     path.parent.mkdir(parents=True, exist_ok=True)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.batch_size is None:
+        args.batch_size = 1 if device == "cpu" else 8
     settings = {key: getattr(args, key) for key in RESUME_KEYS} | {"batch_size": args.batch_size,
                                                                    "padding_side": args.padding_side}
     examples = load_preference_examples(args.dataset, args.dataset_format, split=args.split,
@@ -170,7 +179,6 @@ def main(argv: list[str] | None = None) -> Path:
     results = _prepare_results(path, settings, [e.source_index for e in examples], args.overwrite)
 
     from common.models import load_model_and_tokenizer  # heavy import, after the cheap checks
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=device)
     model.eval()
 
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> Path:
                 sum(1 for reason in results["skip_reasons"] if reason))
 
     if todo_pairs and not args.no_self_check:
-        self_check(model, todo_pairs, args.dtype)
+        self_check(model, todo_pairs, args.dtype, args.batch_size)
     start = last_save = time.monotonic()
     try:
         with tqdm(total=len(todo_pairs), desc="similarity", unit="pair") as progress:

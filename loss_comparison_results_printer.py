@@ -12,10 +12,9 @@ first DIR). Exit code 0 on success, 2 if a DIR is missing or no finished run is 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from common.io_utils import atomic_write_json, atomic_write_text
+from common.io_utils import atomic_write_json, atomic_write_text, finished_runs_or_none
 from common.loss_comparison import LossComparisonError, aggregate, find_runs, format_markdown
 
 RESULTS_FILE = "loss_comparison_results.json"
@@ -29,17 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", type=Path, default=None,
                         help=f"where {RESULTS_FILE} and {TABLE_FILE} go (default: the first --experiments_dir)")
     args = parser.parse_args(argv)
-    try:
-        runs, notes = find_runs(args.experiments_dir)
-    except LossComparisonError as error:
-        print(f"error: {error}", file=sys.stderr)
+    found = finished_runs_or_none(lambda: find_runs(args.experiments_dir), LossComparisonError,
+                                 " ".join(map(str, args.experiments_dir)))
+    if found is None:
         return 2
-    for note in notes:
-        print(f"note: {note}")
-    if not runs:
-        print(f"error: no finished run under {' '.join(map(str, args.experiments_dir))} ({len(notes)} skipped)",
-              file=sys.stderr)
-        return 2
+    runs, notes = found
     sections = aggregate(runs)
     table = format_markdown(sections)
     print(f"{len(runs)} finished run(s) under {' '.join(map(str, args.experiments_dir))}\n")

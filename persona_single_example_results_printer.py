@@ -11,10 +11,9 @@ Exit code 0 on success, 2 if OUTPUTS_DIR is missing or holds no runs.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from common.io_utils import atomic_write_json
+from common.io_utils import atomic_write_json, finished_runs_or_none
 from persona_experiments.results import ResultsError, find_runs, format_table, plot_trajectories, summarize_runs
 
 
@@ -26,16 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", type=Path, default=None,
                         help="where results.json and trajectories.png go (default: --experiments_dir)")
     args = parser.parse_args(argv)
-    try:
-        runs, notes = find_runs(args.experiments_dir)
-    except ResultsError as error:
-        print(f"error: {error}", file=sys.stderr)
+    found = finished_runs_or_none(lambda: find_runs(args.experiments_dir), ResultsError, str(args.experiments_dir))
+    if found is None:
         return 2
-    for note in notes:
-        print(f"note: {note}")
-    if not runs:
-        print(f"error: no finished run under {args.experiments_dir} ({len(notes)} incomplete)", file=sys.stderr)
-        return 2
+    runs, notes = found
     results = summarize_runs(runs, args.keep_unstable)
     print(f"{len(runs)} finished run(s) in {len(results)} setting(s) under {args.experiments_dir}"
           + ("" if args.keep_unstable else " (runs whose loss increased are excluded; --keep_unstable keeps them)"))

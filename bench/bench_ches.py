@@ -1,37 +1,43 @@
 """Benchmark: CHES over UltraFeedback pairs, ours (`ches.ches.compute_pair_measures`) vs a plain batch-1 loop.
 
-    python bench/bench_ches.py --num_pairs 150 --repetitions 3 --batch_sizes 1 8
+    python bench/bench_ches.py --num_pairs 1000 --chunk_size 100 --batch_sizes 1 --threads 2
 
 The plain loop is what most code does: for each pair and each response, a full forward of prompt + response
 through the causal LM with `output_hidden_states=True` (LM head included, prompt computed twice), then the
-same sums and the same formulas (`ches.ches.reference_pair_summaries`). Ours calls the base transformer only,
-once per batch of rows packed as [prompt | chosen | rejected] (prompt computed once, no padding between the
-responses, batches sorted by length). Repetitions are interleaved (baseline and ours
-alternate, order flipped every repetition) because the machine is shared; medians and the ratio
-(baseline time / our time = our throughput gain) are reported and written to `--results_path`.
-Scores must agree to `--rtol` (relative, per pair) or the script exits with an error.
+same sums and the same formulas (`ches.ches.reference_pair_summaries`). Ours calls the base transformer only:
+at batch 1 prompt + chosen once, then the rejected response over the prompt's key/value cache; at larger
+batches rows packed as [prompt | chosen | rejected].
+
+The machine is shared, so the methods are interleaved finely: the pairs are cut into chunks of `--chunk_size`
+and every chunk is run by every method back to back, the order flipped from one chunk to the next. A method's
+time for a repetition is the sum over its chunks; reported are medians over repetitions, the ratio of medians
+(plain time / our time = our throughput gain) and the median of the per-chunk ratios. Every chunk's record
+(times and scores) is appended to `--raw_path` as it finishes, so an interrupted run keeps what it measured,
+and `--from_raw` rebuilds the results file from those records. Scores must agree to `--rtol` (relative, per
+pair) or the script exits with an error after writing the results.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import json
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_common import interleaved, machine_lines, markdown_table, median, set_threads, spread  # noqa: E402
 from ches.ches import (  # noqa: E402
     MEASURE_NAMES, compute_pair_measures, measures_from_summaries, reference_pair_summaries,
 )
 from common.models import load_model_and_tokenizer  # noqa: E402
 from common.preference_data import TokenizedPair, load_preference_examples, tokenize_pair  # noqa: E402
+
+PLAIN = "plain"
 
 
 def plain_loop_measures(model: torch.nn.Module, pairs: list[TokenizedPair]) -> dict[str, list[float]]:
@@ -42,83 +48,122 @@ def plain_loop_measures(model: torch.nn.Module, pairs: list[TokenizedPair]) -> d
 
 
 def max_relative_difference(ours: list[float], reference: list[float]) -> float:
+    """max_i |ours_i - reference_i| / |reference_i| (denominator clamped at 1e-12)."""
     a, b = torch.tensor(ours, dtype=torch.float64), torch.tensor(reference, dtype=torch.float64)
     return ((a - b).abs() / b.abs().clamp(min=1e-12)).max().item()
 
 
-def timed(fn):
+def run_method(model: torch.nn.Module, method: str, pairs: list[TokenizedPair]) -> tuple[float, dict]:
+    """(wall seconds, measures) of one method on `pairs`; `method` is "plain" or "ours_bs{batch size}"."""
     start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
+    if method == PLAIN:
+        measures = plain_loop_measures(model, pairs)
+    else:
+        measures = compute_pair_measures(model, pairs, batch_size=int(method.removeprefix("ours_bs")))
+    return time.perf_counter() - start, measures
+
+
+def measure(args: argparse.Namespace, methods: list[str]) -> list[dict]:
+    """Run every (repetition, chunk, method), appending one record per run to `args.raw_path`."""
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    model.eval()
+    examples = load_preference_examples(args.dataset, "ultrafeedback", num_samples=args.num_pairs, seed=args.seed)
+    pairs = [p for p in (tokenize_pair(tokenizer, e, args.max_input_length) for e in examples)
+             if not isinstance(p, str)]
+    chunk_size = args.chunk_size or len(pairs)
+    chunks = [pairs[start:start + chunk_size] for start in range(0, len(pairs), chunk_size)]
+    records = []
+    Path(args.raw_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.raw_path).write_text("")
+    progress = tqdm(total=args.repetitions * len(chunks) * len(methods), desc="chunk x method", unit="run")
+    for repetition in range(args.repetitions):
+        for chunk_index, chunk in enumerate(chunks):
+            for method in interleaved(methods, repetition + chunk_index):
+                seconds, measures = run_method(model, method, chunk)
+                record = {"repetition": repetition, "chunk": chunk_index, "method": method, "seconds": seconds,
+                          "num_pairs": len(chunk), "threads": args.threads, "load_average": os.getloadavg()[0], "measures": measures,
+                          "tokens_plain": sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
+                                              for p in chunk),
+                          "tokens_ours": sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
+                                             for p in chunk)}
+                records.append(record)
+                with open(args.raw_path, "a", encoding="utf-8") as raw:
+                    raw.write(json.dumps(record) + "\n")
+                progress.update()
+                progress.set_postfix(method=method, seconds=f"{seconds:.1f}")
+    progress.close()
+    return records
+
+
+def summarize(records: list[dict], args: argparse.Namespace) -> tuple[str, dict]:
+    """Markdown results and the per-method max relative score differences vs the plain loop."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    repetitions = sorted({r["repetition"] for r in records})
+    totals = {m: [sum(r["seconds"] for r in records if r["method"] == m and r["repetition"] == k)
+                  for k in repetitions] for m in methods}
+    by_chunk = {(r["repetition"], r["chunk"], r["method"]): r for r in records}
+    first = [r for r in records if r["repetition"] == repetitions[0]]
+    num_pairs = sum(r["num_pairs"] for r in first if r["method"] == PLAIN)
+    tokens_plain = sum(r["tokens_plain"] for r in first if r["method"] == PLAIN)
+    tokens_ours = sum(r["tokens_ours"] for r in first if r["method"] == PLAIN)
+    rows, checks = [], {}
+    for method in methods:
+        chunk_ratios = [by_chunk[key[:2] + (PLAIN,)]["seconds"] / record["seconds"]
+                        for key, record in by_chunk.items() if key[2] == method]
+        rows.append([method, f"{median(totals[method]):.1f}", f"{num_pairs / median(totals[method]):.3f}",
+                     f"{median(totals[PLAIN]) / median(totals[method]):.2f}x", spread(chunk_ratios),
+                     ", ".join(f"{t:.1f}" for t in totals[method])])
+        if method != PLAIN:
+            checks[method] = {name: max(max_relative_difference(r["measures"][name],
+                                                                by_chunk[key[:2] + (PLAIN,)]["measures"][name])
+                                        for key, r in by_chunk.items() if key[2] == method)
+                              for name in MEASURE_NAMES}
+    threads = records[0].get("threads", args.threads)
+    lines = ["# CHES benchmark (issue 4, issue 7 item 2)", ""] + machine_lines(sys.argv, threads) + [
+        f"- data: {num_pairs} UltraFeedback pairs ({args.dataset}, seed {args.seed}, max_input_length "
+        f"{args.max_input_length}); model {args.model} fp32 on CPU",
+        f"- tokens forwarded: plain loop {tokens_plain}, ours {tokens_ours} ({tokens_plain / tokens_ours:.2f}x "
+        "fewer; the plain loop also runs the LM head on every token)",
+        f"- interleaving: {len(repetitions)} repetition(s) x {len({r['chunk'] for r in records})} chunks; every "
+        "chunk run by every method back to back, order flipped from chunk to chunk; load average (1 min) at the "
+        f"chunks {spread([r['load_average'] for r in records], 1)}", "",
+        markdown_table(["method", "median total time (s)", "pairs/s", "speed-up vs plain (median totals)",
+                        "per-chunk speed-up, median (min-max, n)", "total per repetition (s)"], rows), "",
+        "Max relative difference per pair, ours vs plain loop:", ""]
+    lines += [f"- {method}: " + ", ".join(f"{name} {value:.2e}" for name, value in check.items())
+              for method, check in checks.items()]
+    return "\n".join(lines) + "\n", checks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--dataset", default="../shared/data/ultrafeedback/train_1000.jsonl")
-    parser.add_argument("--num_pairs", type=int, default=150, help="seeded subsample of the data set")
+    parser.add_argument("--num_pairs", type=int, default=1000, help="seeded subsample of the data set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_input_length", type=int, default=512)
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8], help="our batch sizes to time")
-    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1], help="our batch sizes to time")
+    parser.add_argument("--chunk_size", type=int, default=100, help="pairs per interleaved chunk; 0 = all")
+    parser.add_argument("--repetitions", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads; 0 = torch's default, one per core (the issue's target is 2 cores)")
     parser.add_argument("--rtol", type=float, default=1e-4)
     parser.add_argument("--results_path", default=str(Path(__file__).with_name("RESULTS_ches.md")))
+    parser.add_argument("--raw_path", default="outputs/bench/ches_raw.jsonl",
+                        help="one JSON record per chunk and method, appended as each finishes")
+    parser.add_argument("--from_raw", action="store_true", help="summarize --raw_path without measuring")
     args = parser.parse_args()
+    set_threads(args.threads)
+    args.threads = torch.get_num_threads()
 
-    model, tokenizer = load_model_and_tokenizer(args.model)
-    model.eval()
-    examples = load_preference_examples(args.dataset, "ultrafeedback", num_samples=args.num_pairs, seed=args.seed)
-    pairs = [p for p in (tokenize_pair(tokenizer, e, args.max_input_length) for e in examples)
-             if not isinstance(p, str)]
-    tokens_plain = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    tokens_ours = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    print(f"{len(pairs)} pairs, {tokens_plain} tokens forwarded by the plain loop, {tokens_ours} by ours")
-
-    load_before = os.getloadavg()
-    times: dict[str, list[float]] = {"plain": []} | {f"ours_bs{b}": [] for b in args.batch_sizes}
-    outputs: dict[str, dict[str, list[float]]] = {}
-    for repetition in range(args.repetitions):
-        for name in (list(times) if repetition % 2 == 0 else list(reversed(times))):
-            if name == "plain":
-                elapsed, outputs[name] = timed(lambda: plain_loop_measures(model, pairs))
-            else:
-                batch_size = int(name.removeprefix("ours_bs"))
-                elapsed, outputs[name] = timed(lambda: compute_pair_measures(model, pairs, batch_size=batch_size))
-            times[name].append(elapsed)
-        print(f"repetition {repetition}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
-
-    checks = {name: {measure: max_relative_difference(outputs[name][measure], outputs["plain"][measure])
-                     for measure in MEASURE_NAMES}
-              for name in outputs if name != "plain"}
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    lines = [
-        "# CHES benchmark (issue 4, issue 7 item 2)", "",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"torch threads {torch.get_num_threads()}",
-        f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}",
-        f"- command: `python {' '.join(sys.argv)}`",
-        f"- data: {len(pairs)} UltraFeedback pairs ({args.dataset}, seed {args.seed}, max_input_length "
-        f"{args.max_input_length}); model {args.model} fp32 on CPU",
-        f"- tokens forwarded: plain loop {tokens_plain}, ours {tokens_ours} "
-        f"({tokens_plain / tokens_ours:.2f}x fewer; the plain loop also runs the LM head on every token)",
-        f"- repetitions: {args.repetitions}, interleaved (order reversed every other repetition); the machine is "
-        "shared with other jobs, so absolute times are noisy and the ratio is what counts",
-        f"- load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in load_before)}, at end "
-        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs", "",
-        "| method | median time (s) | pairs/s | speed-up vs plain (median times) | per-repetition times (s) |",
-        "|---|---|---|---|---|",
-    ]
-    for name, values in times.items():
-        lines.append(f"| {name} | {medians[name]:.1f} | {len(pairs) / medians[name]:.2f} | "
-                     f"{medians['plain'] / medians[name]:.2f}x | {', '.join(f'{v:.1f}' for v in values)} |")
-    lines += ["", "Max relative difference per pair, ours vs plain loop:", ""]
-    lines += [f"- {name}: " + ", ".join(f"{m} {d:.2e}" for m, d in check.items()) for name, check in checks.items()]
-    text = "\n".join(lines) + "\n"
+    if args.from_raw:
+        records = [json.loads(line) for line in Path(args.raw_path).read_text().splitlines() if line.strip()]
+    else:
+        records = measure(args, [PLAIN] + [f"ours_bs{b}" for b in args.batch_sizes])
+    text, checks = summarize(records, args)
     print(text)
     Path(args.results_path).write_text(text)
-    failed = {name: check for name, check in checks.items() if max(check.values()) > args.rtol}
+    failed = {method: check for method, check in checks.items() if max(check.values()) > args.rtol}
     if failed:
         raise SystemExit(f"scores differ by more than rtol {args.rtol}: {failed}")
 

@@ -15,13 +15,16 @@ last prompt token predicts token 1, response token k-1 predicts token k. With SÂ
 Hidden states are cast to fp32 before summing, whatever the model dtype; the inner products are then taken in
 fp64 (no overflow / cancellation trouble for 8B models in half precision).
 
-Speed: the model's base transformer is called (no LM head), once per batch, on rows packed as
-[prompt | chosen | rejected] with a 4D attention mask that lets each response see the prompt and itself only
-and position ids that restart after the prompt for the rejected response. So the prompt is computed once and
-there is no padding between the two responses (a prompt key/value cache reused for two separately padded
-response passes costs three calls per batch and pads prompt, chosen and rejected separately: on the
-UltraFeedback sample, batches of 8 sorted by length then waste ~50% of the tokens). Rows are padded on either
-side; every position is found through segment masks, never through offsets that assume one side.
+Speed: only the model's base transformer is called (no LM head), in one of two ways.
+- Batch 1 (`summarize_pair_with_prompt_cache`; the fastest on CPU): prompt + chosen in one causal call that
+  keeps its key/value cache, then the rejected response over the prompt's part of that cache. Two calls per
+  pair, the prompt computed once, no mask and no padding.
+- Batches (`summarize_pair_hidden_states`; for GPUs): rows packed as [prompt | chosen | rejected] with a 4D
+  attention mask that lets each response see the prompt and itself only and position ids that restart after
+  the prompt for the rejected response, so the prompt is computed once and there is no padding between the two
+  responses. Rows are padded on either side; every position is found through segment masks, never through
+  offsets that assume one side. The price is the masked chosen x rejected block of attention and the padding
+  between rows, which a GPU absorbs and a CPU does not (bench/RESULTS_ches.md).
 """
 
 from __future__ import annotations
@@ -154,34 +157,38 @@ def summarize_pair_hidden_states(model: torch.nn.Module, pairs: Sequence[Tokeniz
     return PairHiddenSummaries(chosen_sums, rejected_sums, chosen_final, rejected_final)
 
 
-def _copy_cache(cache: DynamicCache, config) -> DynamicCache:
-    """A new DynamicCache over the same key/value tensors (extending the copy leaves the original as it was)."""
-    return DynamicCache(ddp_cache_data=[(keys, values) for keys, values, *_ in cache], config=config)
+def _prompt_cache(cache: DynamicCache, prompt_length: int, config) -> DynamicCache:
+    """A new DynamicCache holding the first `prompt_length` positions of `cache` (views, no copy; extending it
+    leaves `cache` as it was)."""
+    return DynamicCache(ddp_cache_data=[(keys[..., :prompt_length, :], values[..., :prompt_length, :])
+                                        for keys, values, *_ in cache], config=config)
 
 
 @torch.no_grad()
 def summarize_pair_with_prompt_cache(model: torch.nn.Module, pair: TokenizedPair) -> PairHiddenSummaries | None:
-    """Batch-1 path: the prompt once with a key/value cache, then each response over its own copy of the cache.
+    """Batch-1 path, two calls of the base transformer: prompt + chosen (causal, no mask, key/value cache kept),
+    then the rejected response over the prompt's part of that cache.
 
-    Same positions and sums as `summarize_pair_hidden_states`, but no packed (P+C+R)^2 attention: each response
-    attends to the prompt and itself only (R x (P+R) scores), nothing is masked out after being computed, and
-    there is no padding. Returns None when the model's cache is not a plain full-attention DynamicCache
-    (e.g. sliding-window layers); the caller then uses the packed path.
+    Same positions and sums as `summarize_pair_hidden_states`, but no packed (P+C+R)^2 attention: the rejected
+    response attends to the prompt and itself only (R x (P+R) scores), nothing is masked out after being
+    computed, and there is no padding. Returns None when the model's cache is not a plain full-attention
+    DynamicCache (e.g. sliding-window layers); the caller then uses the packed path.
     """
     decoder = base_transformer(model)
     device = next(model.parameters()).device
-    prompt = decoder(input_ids=torch.tensor([pair.prompt_ids], device=device), use_cache=True)
-    cache = prompt.past_key_values
+    prompt_length, chosen_length = len(pair.prompt_ids), len(pair.chosen_ids)
+    first = decoder(input_ids=torch.tensor([pair.prompt_ids + pair.chosen_ids], device=device), use_cache=True)
+    cache = first.past_key_values
     if not isinstance(cache, DynamicCache) or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
         return None
-    prompt_last = prompt.last_hidden_state[:, -1].float()  # (1, D), predicts response token 1
-    results = []
-    for response in (pair.chosen_ids, pair.rejected_ids):
-        hidden = decoder(input_ids=torch.tensor([response], device=device), use_cache=True,
-                         past_key_values=_copy_cache(cache, model.config)).last_hidden_state.float()  # (1, R, D)
-        results.append((prompt_last + hidden[:, :-1].sum(dim=1), hidden[:, -1]))
-    (chosen_sums, chosen_final), (rejected_sums, rejected_final) = results
-    return PairHiddenSummaries(chosen_sums, rejected_sums, chosen_final, rejected_final)
+    hidden = first.last_hidden_state[0].float()  # (P + C, D)
+    prompt_last = hidden[prompt_length - 1:prompt_length]  # (1, D), predicts response token 1
+    chosen_sums = hidden[prompt_length - 1:prompt_length - 1 + chosen_length].sum(0, keepdim=True)
+    rejected = decoder(input_ids=torch.tensor([pair.rejected_ids], device=device), use_cache=True,
+                       past_key_values=_prompt_cache(cache, prompt_length, model.config)
+                       ).last_hidden_state[0].float()  # (R, D)
+    return PairHiddenSummaries(chosen_sums, prompt_last + rejected[:-1].sum(0, keepdim=True), hidden[-1:],
+                               rejected[-1:])
 
 
 @torch.no_grad()
@@ -241,8 +248,8 @@ def iterate_pair_measures(model: torch.nn.Module, pairs: Sequence[TokenizedPair]
                           padding_side: str = "right") -> Iterator[tuple[list[int], dict[str, list[float]]]]:
     """Yield (positions into `pairs`, measures of those pairs) batch by batch, in length-sorted order.
 
-    `batch_size` 1 runs `summarize_pair_with_prompt_cache` (no masked or padded attention: the fastest choice
-    with one thread per process); larger batches run the packed path, which pays off with several threads."""
+    `batch_size` 1 runs `summarize_pair_with_prompt_cache` (no masked or padded attention: the fastest choice on
+    CPU, 1.6-1.7x a plain loop at one and two threads); larger batches run the packed path (for GPUs)."""
     use_prompt_cache = batch_size == 1
     for batch_positions in length_sorted_batches(pairs, batch_size):
         batch = [pairs[i] for i in batch_positions]

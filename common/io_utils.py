@@ -1,4 +1,4 @@
-"""Small file helpers: atomic JSON writes and tolerant JSONL reads.
+"""Small file helpers: atomic JSON writes, tolerant JSONL reads, and the run search the results printers share.
 
 Atomic = write to a temporary file in the same directory, fsync, then `os.replace`, so a reader (or a rerun
 after `kill -9`) sees either the old file or the complete new one, never half a file.
@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def to_jsonable(value: Any) -> Any:
@@ -80,3 +81,23 @@ def iter_jsonl(path: Path) -> Iterator[dict]:
 def read_jsonl(path: Path) -> list[dict]:
     """All records of a JSONL file (see `iter_jsonl`)."""
     return list(iter_jsonl(path))
+
+
+def finished_runs_or_none(find_runs: Callable[[], tuple[list, list[str]]], error_type: type[Exception],
+                          where: str) -> tuple[list, list[str]] | None:
+    """Front of every results printer: call `find_runs()` -> (runs, notes), print each note ("note: ...") and
+    return (runs, notes).
+
+    Returns None after printing "error: ..." to stderr when `find_runs` raises `error_type` (a bad directory or
+    file) or finds no finished run under `where`; the printer then exits with code 2."""
+    try:
+        runs, notes = find_runs()
+    except error_type as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    for note in notes:
+        print(f"note: {note}")
+    if not runs:
+        print(f"error: no finished run under {where} ({len(notes)} skipped)", file=sys.stderr)
+        return None
+    return runs, notes

@@ -46,6 +46,18 @@ def test_end_to_end_matches_library(tmp_path, dataset, dataset_format):
     assert summary["settings"]["complete"] is True
 
 
+def test_default_batch_size_on_cpu_is_the_prompt_cache_path(tmp_path):
+    """Without --batch_size a CPU run uses batch 1 (prompt key/value cache) and gives the batch-2 scores."""
+    default = main(["--model", "tiny-gpt2", "--dataset", ULTRAFEEDBACK, "--dataset_format", "ultrafeedback",
+                    "--num_samples", "3", "--max_input_length", "64", "--output_dir", str(tmp_path / "default"),
+                    "--device", "cpu"])
+    packed = run(tmp_path / "packed", ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
+    default_results, packed_results = load_similarity_results(default), load_similarity_results(packed)
+    assert default_results["settings"]["batch_size"] == 1 and packed_results["settings"]["batch_size"] == 2
+    for name in MEASURE_NAMES:
+        torch.testing.assert_close(default_results[name], packed_results[name], rtol=1e-5, atol=1e-6)
+
+
 def test_skipped_row_keeps_its_place_and_overwrite_is_refused(tmp_path):
     data = tmp_path / "pairs.jsonl"
     rows = [{"prompt": "Hi", "chosen": "Hello there.", "rejected": "Go away."},
@@ -98,17 +110,20 @@ def test_interrupted_run_leaves_a_partial_file_that_a_rerun_completes(tmp_path, 
     torch.testing.assert_close(load_similarity_results(path)["ches_scores"], reference["ches_scores"])
 
 
-def test_self_check_rejects_a_model_the_packing_does_not_fit(tmp_path, monkeypatch):
-    """A model whose packed result differs from its plain forward (simulated by doubling the sums) is refused."""
+@pytest.mark.parametrize("batch_size, path_name", [("2", "summarize_pair_hidden_states"),
+                                                    ("1", "summarize_pair_with_prompt_cache")])
+def test_self_check_rejects_a_model_the_fast_path_does_not_fit(tmp_path, monkeypatch, batch_size, path_name):
+    """A model whose fast result differs from its plain forward (simulated by doubling the sums) is refused, on
+    the path the batch size selects (packed rows for > 1, prompt cache for 1)."""
     import compute_preference_similarity_per_example as script
 
-    original = script.summarize_pair_hidden_states
+    original = getattr(script, path_name)
 
-    def broken(model, pairs, **kwargs):
-        summaries = original(model, pairs, **kwargs)
+    def broken(*args, **kwargs):
+        summaries = original(*args, **kwargs)
         summaries.chosen_sums = summaries.chosen_sums * 2
         return summaries
 
-    monkeypatch.setattr(script, "summarize_pair_hidden_states", broken)
-    with pytest.raises(RuntimeError, match="self-check failed"):
-        run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "2")
+    monkeypatch.setattr(script, path_name, broken)
+    with pytest.raises(RuntimeError, match=f"self-check failed.*batch_size {batch_size} path"):
+        run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "2", "--batch_size", batch_size)
