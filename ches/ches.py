@@ -18,7 +18,8 @@ fp64 (no overflow / cancellation trouble for 8B models in half precision).
 Speed: only the model's base transformer is called (no LM head), in one of two ways.
 - Batch 1 (`summarize_pair_with_prompt_cache`; the fastest on CPU): prompt + chosen in one causal call that
   keeps its key/value cache, then the rejected response over the prompt's part of that cache. Two calls per
-  pair, the prompt computed once, no mask and no padding.
+  pair, the prompt computed once, no mask and no padding. On CPU, as many pairs run at once as torch has
+  threads, each with single-threaded ops (`summaries_in_threads`).
 - Batches (`summarize_pair_hidden_states`; for GPUs): rows packed as [prompt | chosen | rejected] with a 4D
   attention mask that lets each response see the prompt and itself only and position ids that restart after
   the prompt for the rejected response, so the prompt is computed once and there is no padding between the two
@@ -29,7 +30,10 @@ Speed: only the model's base transformer is called (no LM head), in one of two w
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -244,27 +248,65 @@ def length_sorted_batches(pairs: Sequence[TokenizedPair], batch_size: int) -> li
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def summaries_in_threads(model: torch.nn.Module, pairs: Sequence[TokenizedPair], threads: int
+                         ) -> Iterator[PairHiddenSummaries | None]:
+    """`summarize_pair_with_prompt_cache` of each pair, in order, computed `threads` pairs at a time.
+
+    Each pair runs in its own Python thread with single-threaded torch ops (the GIL is released inside the ops),
+    so the cores work on different pairs instead of splitting every small matrix product of one pair: no OpenMP
+    barrier per op, which on a CPU shared with other jobs is where multi-threaded ops lose most of their time.
+    Same numbers as the sequential loop up to float rounding. At most 2 * `threads` pairs are in flight; stopping
+    the iteration (an error, Ctrl-C) cancels the ones not started. torch's thread count is restored at the end.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # read by each new worker thread on its first op
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ches-pair")
+    try:
+        in_flight: collections.deque = collections.deque()
+        for pair in pairs:
+            in_flight.append(pool.submit(summarize_pair_with_prompt_cache, model, pair))
+            if len(in_flight) >= 2 * threads:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(previous_threads)
+
+
 def iterate_pair_measures(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch_size: int = 8,
-                          padding_side: str = "right") -> Iterator[tuple[list[int], dict[str, list[float]]]]:
+                          padding_side: str = "right", pair_threads: int | None = None
+                          ) -> Iterator[tuple[list[int], dict[str, list[float]]]]:
     """Yield (positions into `pairs`, measures of those pairs) batch by batch, in length-sorted order.
 
     `batch_size` 1 runs `summarize_pair_with_prompt_cache` (no masked or padded attention: the fastest choice on
-    CPU, 1.6-1.7x a plain loop at one and two threads); larger batches run the packed path (for GPUs)."""
-    use_prompt_cache = batch_size == 1
-    for batch_positions in length_sorted_batches(pairs, batch_size):
+    CPU), `pair_threads` pairs at a time (`summaries_in_threads`; default: torch's thread count on CPU, 1 on an
+    accelerator). Larger batches run the packed path (for GPUs). A model whose cache the batch-1 path cannot
+    share (decided on the first pair) runs the packed path one pair at a time."""
+    batches = length_sorted_batches(pairs, batch_size)
+    if batch_size == 1 and batches:
+        first = summarize_pair_with_prompt_cache(model, pairs[batches[0][0]])
+        if first is not None:
+            on_cpu = next(model.parameters()).device.type == "cpu"
+            threads = pair_threads or (torch.get_num_threads() if on_cpu else 1)
+            rest = [pairs[positions[0]] for positions in batches[1:]]
+            summaries = summaries_in_threads(model, rest, threads) if threads > 1 else (
+                summarize_pair_with_prompt_cache(model, pair) for pair in rest)
+            for positions, pair_summaries in zip(batches, itertools.chain([first], summaries)):
+                yield positions, measures_from_summaries(pair_summaries, [pairs[positions[0]]])
+            return
+    for batch_positions in batches:
         batch = [pairs[i] for i in batch_positions]
-        summaries = summarize_pair_with_prompt_cache(model, batch[0]) if use_prompt_cache else None
-        if summaries is None:  # batch > 1, or the model's cache cannot be shared: decided once, not per pair
-            use_prompt_cache = False
-            summaries = summarize_pair_hidden_states(model, batch, padding_side=padding_side)
+        summaries = summarize_pair_hidden_states(model, batch, padding_side=padding_side)
         yield batch_positions, measures_from_summaries(summaries, batch)
 
 
 def compute_pair_measures(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch_size: int = 8,
-                          padding_side: str = "right") -> dict[str, list[float]]:
+                          padding_side: str = "right", pair_threads: int | None = None) -> dict[str, list[float]]:
     """All MEASURE_NAMES for every pair, in the order of `pairs` (batches are length-sorted internally)."""
     results = {name: [math.nan] * len(pairs) for name in MEASURE_NAMES}
-    for positions, measures in iterate_pair_measures(model, pairs, batch_size=batch_size, padding_side=padding_side):
+    for positions, measures in iterate_pair_measures(model, pairs, batch_size=batch_size, padding_side=padding_side,
+                                                     pair_threads=pair_threads):
         for name in MEASURE_NAMES:
             for position, value in zip(positions, measures[name]):
                 results[name][position] = value

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ches.ches import (
-    ches_from_sums, compute_pair_measures, levenshtein_distance, ln_ches_from_sums, load_similarity_results,
-    measures_from_summaries, minus_normalized_edit_distance, pack_pairs, packed_attention_mask,
+    MEASURE_NAMES, ches_from_sums, compute_pair_measures, iterate_pair_measures, levenshtein_distance,
+    ln_ches_from_sums, load_similarity_results, measures_from_summaries, minus_normalized_edit_distance, pack_pairs, packed_attention_mask,
     reference_pair_summaries, relative_difference, select_lowest_k, select_quantile_window,
-    summarize_pair_hidden_states, summarize_pair_with_prompt_cache,
+    summaries_in_threads, summarize_pair_hidden_states, summarize_pair_with_prompt_cache,
 )
 from common.preference_data import TokenizedPair
 
@@ -116,6 +116,30 @@ def test_padding_side_and_batch_size_invariance(model_name):
     assert relative_difference(packed, reference_pair_summaries(model, pairs[0])) < 1e-5
     cached = summarize_pair_with_prompt_cache(model, pairs[0])  # what batch_size 1 runs
     assert cached is not None and relative_difference(cached, reference_pair_summaries(model, pairs[0])) < 1e-5
+
+
+def test_pairs_in_threads_match_the_sequential_loop_and_restore_torch_threads():
+    """Batch 1 with 3 pair threads gives the sequential (1 thread) numbers in input order; stopping the iteration
+    early cancels the rest and gives torch its thread count back."""
+    from common.models import load_model_and_tokenizer
+
+    model = load_model_and_tokenizer("tiny-llama")[0].eval()
+    pairs = random_pairs(9, vocab_size=1000, seed=2)
+    threads_before = torch.get_num_threads()
+    sequential = compute_pair_measures(model, pairs, batch_size=1, pair_threads=1)
+    threaded = compute_pair_measures(model, pairs, batch_size=1, pair_threads=3)
+    assert torch.get_num_threads() == threads_before
+    for name in MEASURE_NAMES:
+        torch.testing.assert_close(torch.tensor(threaded[name], dtype=torch.float64),
+                                   torch.tensor(sequential[name], dtype=torch.float64), rtol=1e-6, atol=1e-7)
+    iterator = iterate_pair_measures(model, pairs, batch_size=1, pair_threads=3)
+    next(iterator), next(iterator)
+    assert torch.get_num_threads() == 1  # the worker threads are running
+    iterator.close()
+    assert torch.get_num_threads() == threads_before
+    streamed = list(summaries_in_threads(model, pairs[:4], threads=2))
+    for pair, summaries in zip(pairs[:4], streamed):
+        assert relative_difference(summaries, reference_pair_summaries(model, pair)) < 1e-5
 
 
 def test_edit_distance_hand_values():
