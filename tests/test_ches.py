@@ -10,8 +10,8 @@ import torch
 
 from ches.ches import (
     MEASURE_NAMES, ches_from_sums, compute_pair_measures, iterate_pair_measures, levenshtein_distance,
-    ln_ches_from_sums, load_similarity_results, measures_from_summaries, minus_normalized_edit_distance, pack_pairs, packed_attention_mask,
-    reference_pair_summaries, relative_difference, select_lowest_k, select_quantile_window,
+    ln_ches_from_sums, load_similarity_results, measures_from_summaries, minus_normalized_edit_distance, pack_pairs,
+    packed_attention_mask, reference_pair_summaries, relative_difference, select_lowest_k, select_quantile_window,
     summaries_in_threads, summarize_pair_hidden_states, summarize_pair_with_prompt_cache,
 )
 from common.preference_data import TokenizedPair
@@ -184,3 +184,16 @@ def test_load_similarity_results_checks_lockstep(tmp_path):
     torch.save(results | {"skip_reasons": [""]}, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match="not in lockstep"):
         load_similarity_results(tmp_path / "broken.pt", allow_partial=True)
+
+
+def test_benchmark_score_scales_hand_values():
+    """S+ = (3, 4), S- = (5, 12), |y+| = 5, |y-| = 13: ches scale 5 (5 + 13) = 90; length-normalised means have
+    norm 1 each, scale 1 (1 + 1) = 2; final states (1, 0), (0, 2): 1 x 2 = 2."""
+    from bench.bench_ches import score_scales
+    from ches.ches import PairHiddenSummaries
+
+    summaries = PairHiddenSummaries(torch.tensor([[3.0, 4.0]]), torch.tensor([[5.0, 12.0]]),
+                                    torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]]))
+    pair = TokenizedPair([1], [2] * 5, [3] * 13, 0)
+    assert score_scales(summaries, pair) == pytest.approx(
+        {"ches_scores": 90.0, "ln_ches_scores": 2.0, "last_hidden_embedding_inner_prods": 2.0})
