@@ -3,8 +3,9 @@ pairs, then the refusal rate of the trained model on the train and test prompts.
 
     python sorrybench_experiment_plan_runner.py --plan_config_path sorrybench/experiments_plans/smollm2_cpu.json
 
-Variants are plain config choices: plain DPO/IPO; +SFT (`sft_coeff` > 0); gold preferences (`dataset` from a data
-set created with --gold_refusals_path); CHES-filtered (`similarity_results_path` + `pref_similarity_measure`
+Variants are plain config choices: plain DPO/IPO; +SFT (`sft_coeff` > 0); gold preferences
+(`use_gold_preferences`: train on each pair's `gold_refusal` / `gold_non_refusal`, as the reference's
+--use_gold_preferences); CHES-filtered (`similarity_results_path` + `pref_similarity_measure`
 "ln_ches_scores" + `preference_num_samples`: the k pairs with the lowest length-normalised CHES).
 Outputs per run, besides the trainer's (`eval_metrics.jsonl`, `displacement_*.safetensors`, ...):
 `refusal_eval/{generations,judgments}.jsonl`, `refusal_eval/refusal_rates.json` (and `refusal_eval_initial/`
@@ -25,7 +26,8 @@ import torch
 from common.config import ExperimentFamily, RunContext
 from common.io_utils import atomic_write_json, read_jsonl
 from common.models import load_model_and_tokenizer
-from common.preference_data import load_preference_examples
+from common.optim import low_precision_training_problem
+from common.preference_data import PreferenceExample, load_preference_examples
 from common.preference_selection import select_examples
 from common.preference_trainer import train_preference_model
 from common.preference_training_config import DTYPES, PreferenceTrainingConfig
@@ -40,8 +42,14 @@ class SorryBenchConfig(PreferenceTrainingConfig):
 
     All `PreferenceTrainingConfig` fields apply (model, loss, optimizer, similarity filtering, ...); the defaults
     that differ: `dataset_format` "sorrybench_prefs", `dataset`/`eval_dataset` the train/test files of the
-    default CPU data set `outputs/sorrybench/smollm2_prefs` (their prompts are the train/test splits of the refusal
-    evaluation; `eval_dataset` is required), `lr` 5e-6 (the paper's SORRY-Bench value).
+    default CPU data set `data_files/sorrybench/smollm2-135m-instruct` (their prompts are the train/test splits of
+    the refusal evaluation; `eval_dataset` is required), `lr` 5e-6 (the paper's SORRY-Bench value).
+
+    Parameters of the training data and precision:
+        use_gold_preferences (`bool`, defaults to `False`): Train (and evaluate log-probs) on the pairs'
+            `gold_refusal` (preferred) and `gold_non_refusal` (dispreferred) instead of `chosen` / `rejected`.
+        allow_low_precision_training (`bool`, defaults to `False`): Accept training bfloat16/float16 weights with a
+            plain optimizer (refused otherwise: most small updates round to zero; `common.optim`).
 
     Parameters of the held-out log-prob evaluation:
         eval_all_test_pairs (`bool`, defaults to `True`): Evaluate log-prob changes on every pair of
@@ -59,15 +67,18 @@ class SorryBenchConfig(PreferenceTrainingConfig):
         refusal_judge_batch_size (`int`, defaults to `8`): Responses per judge forward pass.
         refusal_judge_dtype (`str`, defaults to `"float32"`): dtype of an hf judge (`bfloat16` for the 7B judge).
         refusal_num_responses (`int`, defaults to `1`): Responses per prompt.
-        refusal_temperature (`float`, defaults to `0.0`): Sampling temperature; 0 = greedy.
-        refusal_max_new_tokens (`int`, defaults to `256`): Max tokens per response.
+        refusal_temperature (`float`, defaults to `0.7`): Sampling temperature (the reference's); 0 = greedy.
+        refusal_max_new_tokens (`int`, defaults to `512`): Max tokens per response (the reference's).
+    The refusal rate is 1 - the mean judge score of the scored responses (`sorrybench.refusal_rate`).
         refusal_generation_batch_size (`int`, defaults to `8`): Prompts per `generate` call.
     """
 
-    dataset: str = "outputs/sorrybench/smollm2_prefs/train.jsonl"
+    dataset: str = "data_files/sorrybench/smollm2-135m-instruct/train.jsonl"
     dataset_format: str = "sorrybench_prefs"
-    eval_dataset: str | None = "outputs/sorrybench/smollm2_prefs/test.jsonl"
+    eval_dataset: str | None = "data_files/sorrybench/smollm2-135m-instruct/test.jsonl"
     lr: float = 5e-6
+    use_gold_preferences: bool = False
+    allow_low_precision_training: bool = False
     eval_all_test_pairs: bool = True
     refusal_eval: bool = True
     refusal_eval_before_training: bool = False
@@ -77,8 +88,8 @@ class SorryBenchConfig(PreferenceTrainingConfig):
     refusal_judge_batch_size: int = 8
     refusal_judge_dtype: str = "float32"
     refusal_num_responses: int = 1
-    refusal_temperature: float = 0.0
-    refusal_max_new_tokens: int = 256
+    refusal_temperature: float = 0.7
+    refusal_max_new_tokens: int = 512
     refusal_generation_batch_size: int = 8
 
     def validate(self) -> list[str]:
@@ -89,6 +100,10 @@ class SorryBenchConfig(PreferenceTrainingConfig):
         if not self.eval_dataset:
             problems.append("eval_dataset is empty; set it to the data set's test.jsonl (its prompts are the test "
                             "split of the refusal evaluation)")
+        if not self.allow_low_precision_training:
+            problem = low_precision_training_problem(self.dtype, self.optimizer, self.lr)
+            if problem:
+                problems.append(problem)
         if self.refusal_judge not in JUDGE_NAMES:
             problems.append(f"refusal_judge must be one of {JUDGE_NAMES}, got {self.refusal_judge!r}")
         try:
@@ -105,6 +120,19 @@ class SorryBenchConfig(PreferenceTrainingConfig):
         return GenerationSettings(num_responses=self.refusal_num_responses, temperature=self.refusal_temperature,
                                   max_new_tokens=self.refusal_max_new_tokens,
                                   batch_size=self.refusal_generation_batch_size, seed=0)
+
+
+def with_gold_preferences(examples: list[PreferenceExample], source: str) -> list[PreferenceExample]:
+    """The examples with chosen = `gold_refusal`, rejected = `gold_non_refusal` (the reference's
+    --use_gold_preferences). Raises ValueError naming the file when a row lacks them."""
+    replaced = []
+    for example in examples:
+        gold = example.metadata.get("gold_refusal"), example.metadata.get("gold_non_refusal")
+        if not all(isinstance(text, str) and text for text in gold):
+            raise ValueError(f"{source}, row {example.source_index}: use_gold_preferences needs `gold_refusal` and "
+                             "`gold_non_refusal`; create the data set with --gold_preferences human or generic")
+        replaced.append(dataclasses.replace(example, chosen=gold[0], rejected=gold[1]))
+    return replaced
 
 
 def _refusal_summary(rates: dict, suffix: str = "") -> dict:
@@ -158,7 +186,11 @@ def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict
                                else config)
     eval_examples = (load_preference_examples(config.eval_dataset, config.dataset_format)
                      if config.eval_all_test_pairs else selected.eval)
-    train_rows = [example.source_index for example in selected.train]
+    train_examples = selected.train
+    if config.use_gold_preferences:
+        train_examples = with_gold_preferences(train_examples, config.dataset)
+        eval_examples = with_gold_preferences(eval_examples, config.eval_dataset or config.dataset)
+    train_rows = [example.source_index for example in train_examples]
     summary: dict = {**selected.info}
     if config.refusal_eval_before_training and _is_main_process():
         model, tokenizer = load_model_and_tokenizer(config.model, checkpoint=config.checkpoint,
@@ -168,7 +200,7 @@ def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict
                                         train_rows)
         summary.update(_refusal_summary(initial, suffix="_initial"))
         del model, tokenizer
-    result = train_preference_model(config, selected.train, eval_examples, ctx)
+    result = train_preference_model(config, train_examples, eval_examples, ctx)
     summary.update(result.summary)
     if config.refusal_eval and _is_main_process():
         rates = measure_refusal_rates(result.model, result.tokenizer, config, ctx.device, ctx.run_dir / "refusal_eval",

@@ -6,7 +6,7 @@ Every judge implements one call (the `Judge` protocol):
     results = judge(prompts, responses)                                # list[JudgeResult], one per pair
 
 `JudgeResult.score` is a refusal score: higher means more refusal-like (keyword: 1.0 / 0.0;
-`hf_classifier`: softmax probability of the refusal label; `hf_judge`: 1 - the judge's compliance score),
+`hf_classifier`: softmax probability of the refusal label; `hf_judge`: 1 - the judge's compliance score, which may lie outside [0, 1] if the judge writes e.g. "10"),
 None when the judge could not decide ("unknown"). `raw` keeps what the judge saw or said (the matched
 pattern, the classifier's label, the generative judge's text).
 
@@ -149,7 +149,7 @@ JUDGE_NAMES = ("keyword", "hf_classifier", "hf_judge")
 
 
 def build_judge(name: str, *, judge_model: str | None = None, device: Any = "cpu", dtype: str = "float32",
-                batch_size: int = 8, refusal_label: str | None = None, max_new_tokens: int = 8,
+                batch_size: int = 8, refusal_label: str | None = None, max_new_tokens: int = 50,
                 keyword_search_chars: int | None = 300) -> Judge:
     """Build a judge by name (one of JUDGE_NAMES).
 

@@ -1,227 +1,134 @@
-"""Preference pairs from judged responses, tie-breaking, gold refusals, and the train/test split.
+"""Preference pairs from two judged responses per prompt, and the train/test split: the reference rule
+(princeton-nlp/unintentional-unalignment, `sorrybench_create_preferences_dataset.py`). No model is loaded here.
 
-Pair rule for a prompt with judged responses (responses judged "unknown" or empty are never used):
-    - the preferred (chosen) response is a refusal; the dispreferred (rejected) one is a compliance if the
-      prompt has one ("refusal-compliance"), else another refusal ("refusal-refusal");
-    - prompts without any refusal (all comply) are skipped: there is nothing to prefer;
-    - gold mode (`gold_refusal` given), `gold_prompts="with_refusal"` (default): the pair above with its
-      chosen response replaced by the gold refusal ("gold-compliance" / "gold-refusal"): same prompts and
-      rejected responses, only the preferred response differs. `gold_prompts="all"`: every prompt with a
-      usable response; the rejected one is a compliance if any, else a refusal.
-Tie-break, when the chosen or the rejected response is picked among several responses with the same label:
-responses of a label are ordered best first, the chosen response is the best refusal, the rejected response
-the worst of its group (for refusal-refusal: the worst refusal other than the chosen one). Order:
-    - "reward_model": by reward, higher = better (`RewardModelScorer`, any sequence classifier);
-    - "shortest" (no reward model): by length in characters, shorter = better (a short refusal is a clean
-      refusal; the longest compliance is the most complete one); equal lengths by response index.
-Each pair records `tie_break`: the rule that decided, or "none" when each group had a single response.
+Scores. Our judges return a refusal score r (higher = more refusal-like, `sorrybench.judges.JudgeResult`); the
+reference stores the judge's compliance score s = 1 - r (official judge: 1 = complies, 0 = refuses). Pair files
+hold the reference's `chosen_score` / `rejected_score` = s (None when the judge could not decide).
+
+Pair rule, for the two responses of every prompt (no prompt is dropped):
+    - both scores known and different: chosen = the response with the lower compliance score (the refusal);
+    - a tie (equal scores) or an unknown score: at random, with one draw u = rng.random() per such prompt, in
+      prompt order: rejected = response 2 if u < 0.5 else response 1 (the reference's
+      `rejected = int(random.random() < 0.5) + 1`); `decided_by` "random";
+    - with a comparator (`--use_rm`: PairRM or a reward model), every pair decided at random is then re-labelled:
+      chosen = the response the comparator prefers; `decided_by` "reward_model".
+The reference seeds Python's global `random` with `--random_seed`; `random.Random(seed)` gives the same stream, so
+the tie draws (and, after them, the gold draws of `sorrybench.gold`) are the reference's for the same judged
+responses. Deviation kept on purpose: the reference records `chosen_score` = the second response's score in every
+random assignment (a slip) and re-labels with the reward model only pairs whose two recorded scores are equal; here
+the scores are recorded as they are and every randomly assigned pair (ties and unknowns) is re-labelled.
+
+Split (`split_train_test`): perm = torch.randperm(n) drawn from `torch.Generator().manual_seed(seed)` (seed > 0;
+otherwise unseeded), n_test = int(n * test_ratio) (rounded down), test = pairs perm[:n_test], train = perm[n_test:],
+both in permutation order, as the reference selects them. (The reference draws from the global torch generator
+after sampling the responses, so its split cannot be replayed exactly; a dedicated generator makes ours repeatable.)
 """
 
 from __future__ import annotations
 
-import csv
 import random
-from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from sorrybench.judges import COMPLIANCE, REFUSAL
+from sorrybench.judges import REFUSAL
 
-TIE_BREAK_REWARD = "reward_model"
-TIE_BREAK_LENGTH = "shortest"
-NO_TIE = "none"
-GOLD_LABEL = "gold"
+DECIDED_BY_JUDGE = "judge"
+DECIDED_BY_RANDOM = "random"
+DECIDED_BY_REWARD_MODEL = "reward_model"
 
-
-def _order_best_first(indices: list[int], responses: Sequence[str], rewards: Sequence[float] | None) -> list[int]:
-    """Indices sorted best first: by reward (descending) if given, else by length (ascending); ties by index."""
-    if rewards is not None:
-        return sorted(indices, key=lambda i: (-rewards[i], i))
-    return sorted(indices, key=lambda i: (len(responses[i]), i))
+# (queries, first responses, second responses) -> for each pair, whether the first response is preferred
+PairComparator = Callable[[Sequence[str], Sequence[str], Sequence[str]], list[bool]]
 
 
-def _model_pair(responses, refusals, compliances, rewards, tie_break) -> tuple[int, int, str, str] | str:
-    """(chosen index, rejected index, pair type, tie-break) among the model's responses, or a skip reason."""
-    if not refusals:
-        return "no refusal among the responses"
-    ordered_refusals = _order_best_first(refusals, responses, rewards)
-    chosen = ordered_refusals[0]
-    if compliances:
-        rejected = _order_best_first(compliances, responses, rewards)[-1]
-        decided_by = tie_break if len(refusals) > 1 or len(compliances) > 1 else NO_TIE
-        return chosen, rejected, "refusal-compliance", decided_by
-    others = [i for i in ordered_refusals[1:] if responses[i] != responses[chosen]]
-    if not others:
-        return "a single distinct refusal and no compliance"
-    return chosen, others[-1], "refusal-refusal", tie_break
+def compliance_score(refusal_score: float | None) -> float | None:
+    """The reference's judge score s = 1 - r for our refusal score r (None stays None). Example: 1.0 -> 0.0."""
+    return None if refusal_score is None else 1.0 - refusal_score
 
 
-def _gold_pair_any_prompt(responses, refusals, compliances, rewards, tie_break,
-                          gold_refusal) -> tuple[int, str, str] | str:
-    """(rejected index, pair type, tie-break) for gold_prompts="all": the worst compliance, else the worst
-    refusal that differs from the gold text, or a skip reason."""
-    group, kind = (compliances, "compliance") if compliances else (refusals, "refusal")
-    candidates = [i for i in group if responses[i] != gold_refusal]
-    if not candidates:
-        return "no usable model response to pair with the gold refusal"
-    rejected = _order_best_first(candidates, responses, rewards)[-1]
-    return rejected, f"gold-{kind}", tie_break if len(candidates) > 1 else NO_TIE
+def question_id_of(prompt_index: int) -> int:
+    """SORRY-Bench `question_id` of a base prompt: its 0-based row + 1 (row 0 -> question 1)."""
+    return int(prompt_index) + 1
 
 
-GOLD_PROMPTS = ("with_refusal", "all")
-
-
-def build_pair(record: dict, *, rewards: Sequence[float] | None = None, gold_refusal: str | None = None,
-               gold_prompts: str = "with_refusal") -> dict | str:
-    """Build the preference pair of one judged prompt record (see the module docstring for the rules).
+def pair_two_responses(record: dict, rng: random.Random) -> dict:
+    """The preference pair of one judged prompt by the reference rule (module docstring).
 
     Args:
-        record: `prompt_index`, `category`, `prompt`, `responses` (list of str), `labels` (judge labels, same
-            length) and `scores` (judge refusal scores or None, same length).
-        rewards: Reward of each response (same length) or None to break ties by length.
-        gold_refusal: The gold refusal for this prompt (gold mode) or None.
-        gold_prompts: Gold mode only. "with_refusal": the model pair of the prompt with its chosen response
-            replaced by the gold refusal (same prompts and rejected responses as without gold: a controlled
-            comparison). "all": any prompt with a usable response; rejected = a compliance if any, else a refusal.
+        record: `prompt_index`, `category`, `prompt`, `responses` (exactly 2), `labels` and `scores` (our refusal
+            scores or None; same length).
+        rng: Source of the tie draws; one `rng.random()` is consumed iff the pair is decided at random.
 
     Returns:
-        The pair record (`query`, `chosen`, `rejected`, `category`, `prompt_index`, `pair_type`, `tie_break`,
-        `chosen_label`/`rejected_label`, `chosen_judge_score`/`rejected_judge_score`,
-        `chosen_response_index`/`rejected_response_index` (None for the gold response) and, with a reward
-        model, `chosen_reward`/`rejected_reward`), or a string saying why the prompt yields no pair.
+        The pair in the reference schema (`question_id`, `category`, `prompt_style`, `query`, `chosen`, `rejected`,
+        `chosen_score`, `rejected_score`) plus `prompt_index`, `chosen_label`, `rejected_label`, `pair_type`
+        ("<chosen label>-<rejected label>"), `decided_by`, `chosen_response_index`, `rejected_response_index`.
     """
     responses, labels, scores = record["responses"], record["labels"], record["scores"]
-    if not len(responses) == len(labels) == len(scores) or (rewards is not None and len(rewards) != len(responses)):
-        raise ValueError(f"prompt {record.get('prompt_index')}: responses, labels, scores (and rewards) differ "
-                         "in length")
-    if gold_prompts not in GOLD_PROMPTS:
-        raise ValueError(f"gold_prompts must be one of {GOLD_PROMPTS}, got {gold_prompts!r}")
-    usable = [i for i, text in enumerate(responses) if text.strip()]
-    refusals = [i for i in usable if labels[i] == REFUSAL]
-    compliances = [i for i in usable if labels[i] == COMPLIANCE]
-    tie_break = TIE_BREAK_REWARD if rewards is not None else TIE_BREAK_LENGTH
-    chosen_index: int | None
-    if gold_refusal is not None and gold_prompts == "all":
-        found = _gold_pair_any_prompt(responses, refusals, compliances, rewards, tie_break, gold_refusal)
-        if isinstance(found, str):
-            return found
-        chosen_index, (rejected_index, pair_type, decided_by) = None, found
+    if not len(responses) == len(labels) == len(scores) == 2:
+        raise ValueError(f"prompt {record.get('prompt_index')}: the reference pairing needs exactly 2 judged "
+                         f"responses, got {len(responses)} responses, {len(labels)} labels, {len(scores)} scores")
+    first, second = (compliance_score(score) for score in scores)
+    if first is None or second is None or first == second:
+        rejected = int(rng.random() < 0.5)
+        chosen, decided_by = 1 - rejected, DECIDED_BY_RANDOM
     else:
-        found = _model_pair(responses, refusals, compliances, rewards, tie_break)
-        if isinstance(found, str):
-            return found
-        chosen_index, rejected_index, pair_type, decided_by = found
-        if gold_refusal is not None:
-            if responses[rejected_index] == gold_refusal:
-                return "the rejected response equals the gold refusal"
-            chosen_index, pair_type = None, f"gold-{labels[rejected_index]}"
-    chosen_text = gold_refusal if chosen_index is None else responses[chosen_index]
-    pair = {
-        "query": record["prompt"], "chosen": chosen_text, "rejected": responses[rejected_index],
-        "category": record["category"], "prompt_index": record["prompt_index"], "pair_type": pair_type,
-        "tie_break": decided_by,
-        "chosen_label": GOLD_LABEL if chosen_index is None else labels[chosen_index],
-        "rejected_label": labels[rejected_index],
-        "chosen_judge_score": None if chosen_index is None else scores[chosen_index],
-        "rejected_judge_score": scores[rejected_index],
-        "chosen_response_index": chosen_index, "rejected_response_index": rejected_index,
+        chosen = 1 if first > second else 0
+        rejected, decided_by = 1 - chosen, DECIDED_BY_JUDGE
+    return {
+        "question_id": question_id_of(record["prompt_index"]), "category": str(record["category"]),
+        "prompt_style": "base", "query": record["prompt"],
+        "chosen": responses[chosen], "rejected": responses[rejected],
+        "chosen_score": compliance_score(scores[chosen]), "rejected_score": compliance_score(scores[rejected]),
+        "prompt_index": record["prompt_index"], "chosen_label": labels[chosen], "rejected_label": labels[rejected],
+        "pair_type": f"{labels[chosen]}-{labels[rejected]}", "decided_by": decided_by,
+        "chosen_response_index": chosen, "rejected_response_index": rejected,
     }
-    if rewards is not None:
-        pair["chosen_reward"] = None if chosen_index is None else rewards[chosen_index]
-        pair["rejected_reward"] = rewards[rejected_index]
-    return pair
 
 
-def split_train_test(pairs: Sequence[dict], *, test_fraction: float = 0.15,
-                     seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Seeded random split; both parts keep the input order.
+def _swap(pair: dict) -> None:
+    for a, b in (("chosen", "rejected"), ("chosen_score", "rejected_score"), ("chosen_label", "rejected_label"),
+                 ("chosen_response_index", "rejected_response_index")):
+        pair[a], pair[b] = pair[b], pair[a]
+    pair["pair_type"] = f"{pair['chosen_label']}-{pair['rejected_label']}"
 
-    The test part has round(test_fraction * n) pairs, clamped to [1, n - 1] when n >= 2 and test_fraction > 0
-    (n = 20, 0.15 -> 3 test pairs; n = 5 -> round(0.75) = 1). Which pairs: the first n_test positions of
-    `random.Random(seed).shuffle(list(range(n)))`. Same pairs and seed -> same split.
+
+def relabel_random_pairs(pairs: Sequence[dict], compare: PairComparator) -> int:
+    """Re-label, in place, every pair decided at random: chosen = the response `compare` prefers.
+
+    `compare(queries, chosen, rejected)` gets the current (random) order; where it answers False the two responses
+    swap. Every such pair gets `decided_by` "reward_model". Returns how many pairs were re-labelled.
     """
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    tied = [pair for pair in pairs if pair["decided_by"] == DECIDED_BY_RANDOM]
+    if not tied:
+        return 0
+    first_better = compare([p["query"] for p in tied], [p["chosen"] for p in tied], [p["rejected"] for p in tied])
+    if len(first_better) != len(tied):
+        raise RuntimeError(f"comparator returned {len(first_better)} results for {len(tied)} pairs")
+    for pair, keep in zip(tied, first_better):
+        if not keep:
+            _swap(pair)
+        pair["decided_by"] = DECIDED_BY_REWARD_MODEL
+    return len(tied)
+
+
+def count_pairs_with_refusal_chosen(pairs: Sequence[dict]) -> int:
+    """How many pairs prefer a response the judge labelled a refusal."""
+    return sum(pair["chosen_label"] == REFUSAL for pair in pairs)
+
+
+def check_test_ratio(test_ratio: float) -> None:
+    """Raise ValueError unless 0 <= test_ratio < 1 (the share of pairs in test.jsonl)."""
+    if not isinstance(test_ratio, (int, float)) or not 0 <= test_ratio < 1:
+        raise ValueError(f"test ratio must be in [0, 1) (e.g. 0.15 = 15% of the pairs in test.jsonl), got {test_ratio}")
+
+
+def split_train_test(pairs: Sequence[dict], *, test_ratio: float = 0.15, seed: int = 128) -> tuple[list[dict], list[dict]]:
+    """(train, test) by the reference rule (module docstring). Example: n = 10, ratio 0.15 -> int(1.5) = 1 test pair."""
+    check_test_ratio(test_ratio)
     n = len(pairs)
-    n_test = int(round(test_fraction * n))
-    if n >= 2 and test_fraction > 0:
-        n_test = min(max(n_test, 1), n - 1)
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    test_positions = set(order[:n_test])
-    train = [pair for i, pair in enumerate(pairs) if i not in test_positions]
-    test = [pair for i, pair in enumerate(pairs) if i in test_positions]
-    return train, test
+    generator = torch.Generator().manual_seed(seed) if seed > 0 else None
+    perm = torch.randperm(n, generator=generator).tolist()
+    n_test = int(n * test_ratio)
+    return [pairs[i] for i in perm[n_test:]], [pairs[i] for i in perm[:n_test]]
 
-
-def load_gold_refusals(path: str | Path, prompts: Sequence[dict]) -> dict[int, str]:
-    """Gold refusal per prompt, keyed by `prompt_index`.
-
-    File formats:
-        .txt            one refusal per non-empty line: a pool; prompt with `prompt_index` p gets
-                        line p mod (number of lines).
-        .csv/.jsonl/.json  rows with a `refusal` column and either `prompt_index`, or `prompt` (matched to the
-                        SORRY-Bench prompt text, surrounding whitespace ignored), or neither (then a pool as
-                        for .txt). Prompts with no matching row get no gold refusal (and no pair).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"gold refusals file not found: {path}")
-    if path.suffix == ".txt":
-        rows = [{"refusal": line.strip()} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    elif path.suffix in (".jsonl", ".json"):
-        from common.io_utils import read_json, read_jsonl
-
-        rows = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
-    else:
-        raise ValueError(f"gold refusals file {path}: unsupported suffix; expected .txt, .csv, .jsonl or .json")
-    if not rows:
-        raise ValueError(f"gold refusals file {path} holds no refusals")
-    for number, row in enumerate(rows):
-        if not isinstance(row, dict) or not str(row.get("refusal") or "").strip():
-            raise ValueError(f"gold refusals file {path}, row {number}: expected a non-empty `refusal` field")
-    if "prompt_index" in rows[0]:
-        by_index = {int(row["prompt_index"]): str(row["refusal"]) for row in rows}
-        return {p["prompt_index"]: by_index[p["prompt_index"]] for p in prompts if p["prompt_index"] in by_index}
-    if "prompt" in rows[0]:
-        by_text = {str(row["prompt"]).strip(): str(row["refusal"]) for row in rows}
-        return {p["prompt_index"]: by_text[p["prompt"].strip()] for p in prompts if p["prompt"].strip() in by_text}
-    pool = [str(row["refusal"]) for row in rows]
-    return {p["prompt_index"]: pool[p["prompt_index"] % len(pool)] for p in prompts}
-
-
-class RewardModelScorer:
-    """Scores (prompt, response) pairs with a sequence classifier used as a reward model.
-
-    Args:
-        model, tokenizer: AutoModelForSequenceClassification and its tokenizer (chat template used if present).
-        label_index: Which logit is the reward (0 for the usual one-logit reward model). Default 0.
-        batch_size: Pairs per forward pass. Default 8. name: Recorded in dataset_info.json.
-    """
-
-    def __init__(self, model, tokenizer, *, label_index: int = 0, batch_size: int = 8,
-                 name: str = "reward_model") -> None:
-        if not 0 <= label_index < model.config.num_labels:
-            raise ValueError(f"reward model: label_index {label_index} out of range for "
-                             f"{model.config.num_labels} logits")
-        self.model, self.tokenizer, self.label_index, self.batch_size, self.name = (
-            model, tokenizer, label_index, batch_size, name)
-
-    @classmethod
-    def from_pretrained(cls, model_name: str, *, device="cpu", dtype: str = "float32", **kwargs) -> "RewardModelScorer":
-        """Load a Hub id or local directory with AutoModelForSequenceClassification."""
-        from sorrybench.hf_judges import load_hf_model
-
-        model, tokenizer = load_hf_model(model_name, "AutoModelForSequenceClassification", device, dtype)
-        return cls(model, tokenizer, name=model_name, **kwargs)
-
-    @torch.no_grad()
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        from sorrybench.hf_judges import sequence_classifier_logits
-
-        logits = sequence_classifier_logits(self.model, self.tokenizer, prompts, responses, batch_size=self.batch_size)
-        return logits[:, self.label_index].tolist()

@@ -8,8 +8,22 @@ from typing import Sequence
 import torch
 import transformers
 
+from common.data_locations import find_local_data_file
 from common.models import gpt2_tokenizer, load_model_and_tokenizer
 from sorrybench.judges import COMPLIANCE, REFUSAL, JudgeResult
+
+
+PROMPTS_FILE = "data_files/sorrybench/sorry_bench_202406.csv"
+
+
+def sorrybench_prompts_file() -> str:
+    """The real SORRY-Bench prompts by the data-location rule; the test is skipped (with the reason) without them."""
+    import pytest
+
+    found = find_local_data_file(PROMPTS_FILE)
+    if found is None:
+        pytest.skip(f"{PROMPTS_FILE} not found (set LD_DATA_DIR to a folder holding sorrybench/sorry_bench_202406.csv)")
+    return str(found)
 
 
 def tiny_causal_lm():
