@@ -1,9 +1,9 @@
-"""End to end on tiny-gpt2 with a handful of SORRY-Bench prompts: generation, judging, pair creation, CHES
-filtering, training through the plan runner, refusal evaluation. A fake judge (refusal iff the response
-length is even) gives both labels on the random model's gibberish; the script run uses gold refusals."""
+"""End to end on tiny-gpt2 with a handful of SORRY-Bench prompts: generation, judging, pairing by the reference
+rule, gold preferences, CHES filtering, training through the plan runner, refusal evaluation. A fake judge
+(refusal iff the response length is even) gives both labels on the random model's gibberish."""
 
 import json
-from collections import Counter
+import random
 
 import pytest
 
@@ -12,100 +12,160 @@ import sorrybench_create_preferences_dataset as create_script
 import sorrybench_evaluate_refusal_rate as evaluate_script
 from common.io_utils import read_json, read_jsonl
 from common.runner import main as run_plan_main
-from sorrybench.experiment import FAMILY, SorryBenchConfig
+from sorrybench.experiment import FAMILY
 from sorrybench.generation import GenerationSettings
 from sorrybench.judges import REFUSAL
+from sorrybench.pairs import pair_two_responses
 from sorrybench.preference_dataset import DatasetOptions, create_preferences_dataset
-from tests.sorrybench_helpers import EvenLengthRefusalJudge
+from tests.sorrybench_helpers import EvenLengthRefusalJudge, sorrybench_prompts_file, tiny_classifier
 
 GENERATION = GenerationSettings(num_responses=2, max_new_tokens=6, batch_size=4, seed=0)
+
+
+def _options(output_dir, **overrides) -> DatasetOptions:
+    return DatasetOptions(**{"output_dir": str(output_dir), "model": "tiny-gpt2", "num_prompts": 12,
+                             "prompts_path": sorrybench_prompts_file(), "generation": GENERATION,
+                             "gold_preferences": "generic", **overrides})
+
+
+def _pairs(directory):
+    return read_jsonl(directory / "train.jsonl") + read_jsonl(directory / "test.jsonl")
 
 
 @pytest.fixture(scope="module")
 def fake_judged_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("prefs")
-    options = DatasetOptions(output_dir=str(out), model="tiny-gpt2", num_prompts=12, generation=GENERATION)
+    options = _options(out)
     info = create_preferences_dataset(options, judge=EvenLengthRefusalJudge())
     return out, options, info
 
 
-def test_dataset_files_and_counts(fake_judged_dataset):
+def test_every_prompt_gives_a_pair_by_the_reference_rule(fake_judged_dataset):
     out, options, info = fake_judged_dataset
     judged = read_jsonl(out / "judgments.jsonl")
     train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
     assert len(judged) == 12 and all(len(r["responses"]) == 2 for r in judged)
+    assert info["num_pairs"] == 12 and (len(train), len(test)) == (11, 1)  # int(12 * 0.15) = 1
     labels = [label for record in judged for label in record["labels"]]
     assert info["initial_refusal_rate"] == pytest.approx(labels.count(REFUSAL) / 24)
-    assert info["num_pairs"] == len(train) + len(test) == info["num_train"] + info["num_test"] > 0
-    assert info["num_refusal_compliance_pairs"] + info["num_refusal_refusal_pairs"] == info["num_pairs"]
-    assert info["num_pairs"] + sum(info["skipped_prompts"].values()) == 12
-    assert info["judge"] == "even_length_fake" and info["tie_break_counts"].keys() <= {"none", "shortest"}
+    ties = sum(record["labels"][0] == record["labels"][1] for record in judged)
+    assert info["num_pairs_decided_at_random"] == ties == info["decided_by_counts"].get("random", 0)
+    rng = random.Random(128)  # the same stream replays the same pairs
+    expected = {pair["prompt_index"]: pair for pair in (pair_two_responses(record, rng) for record in judged)}
     for pair in train + test:
-        assert pair["chosen_label"] == REFUSAL and len(pair["chosen"]) % 2 == 0
-        assert {"query", "chosen", "rejected", "category", "rejected_label", "chosen_judge_score"} <= pair.keys()
-    # a rerun resumes: nothing is regenerated (no model is even loaded) and the outputs are identical
-    again = create_preferences_dataset(options, judge=EvenLengthRefusalJudge())
+        assert {k: pair[k] for k in expected[pair["prompt_index"]]} == expected[pair["prompt_index"]]
+        if pair["decided_by"] == "judge":
+            assert pair["chosen_label"] == REFUSAL and pair["chosen_score"] == 0.0 and pair["rejected_score"] == 1.0
+        assert pair["gold_non_refusal"] == pair["rejected"] and pair["gold_refusal"]
+    assert info["gold_preferences"] == "generic"
+    again = create_preferences_dataset(options, judge=EvenLengthRefusalJudge())  # resumes: nothing regenerated
     assert again == info and read_jsonl(out / "train.jsonl") == train
 
 
-def test_gold_mode_reusing_generations(fake_judged_dataset, tmp_path):
-    """Gold mode on the same generations: the same prompts and rejected responses, chosen = gold refusal."""
-    out, options, _ = fake_judged_dataset
-    pool = tmp_path / "gold.txt"
-    pool.write_text("I can't help with that.\n")
-    gold_options = DatasetOptions(output_dir=str(tmp_path / "gold"), model="tiny-gpt2", num_prompts=12,
-                                  generation=GENERATION, gold_refusals_path=str(pool), reuse_generations_from=str(out))
-    info = create_preferences_dataset(gold_options, judge=EvenLengthRefusalJudge())
-    model_pairs = read_jsonl(out / "train.jsonl") + read_jsonl(out / "test.jsonl")
-    gold_pairs = read_jsonl(tmp_path / "gold" / "train.jsonl") + read_jsonl(tmp_path / "gold" / "test.jsonl")
-    assert info["mode"] == "gold (with_refusal)"
-    assert sorted((p["prompt_index"], p["rejected"]) for p in gold_pairs) == sorted(
-        (p["prompt_index"], p["rejected"]) for p in model_pairs)
-    assert {p["chosen"] for p in gold_pairs} == {"I can't help with that."}
+def test_human_gold_drops_prompts_without_both_judgments(fake_judged_dataset, tmp_path):
+    out, _, _ = fake_judged_dataset
+    question_ids = sorted(record["prompt_index"] + 1 for record in read_jsonl(out / "judgments.jsonl"))
+    rows = []
+    for q in question_ids[:3]:  # refusal + compliance for 3 prompts, a refusal only for the 4th
+        rows += [{"question_id": q, "human_score": 0.0, "choices": [{"turns": [f"refuse {q}"]}]},
+                 {"question_id": q, "human_score": 1.0, "choices": [{"turns": [f"comply {q}"]}]}]
+    rows.append({"question_id": question_ids[3], "human_score": 0.0, "choices": [{"turns": ["refuse only"]}]})
+    human = tmp_path / "human.jsonl"
+    human.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    info = create_preferences_dataset(_options(tmp_path / "gold", gold_preferences="human",
+                                               human_judgments_path=str(human), reuse_generations_from=str(out)),
+                                      judge=EvenLengthRefusalJudge())
+    pairs = _pairs(tmp_path / "gold")
+    assert info["gold_preferences"] == "human" and info["num_pairs"] == 3 == len(pairs)
+    assert info["num_dropped_without_human_gold"] == 9
+    assert {(p["gold_refusal"], p["gold_non_refusal"]) for p in pairs} == {
+        (f"refuse {q}", f"comply {q}") for q in question_ids[:3]}
 
 
-def test_reward_model_breaks_ties(fake_judged_dataset, tmp_path):
-    """Reward = response length (longer = better) reverses the default 'shortest' choice among refusals."""
+def test_comparator_relabels_the_random_pairs(fake_judged_dataset, tmp_path):
     out, _, info = fake_judged_dataset
-    options = DatasetOptions(output_dir=str(tmp_path / "rm"), model="tiny-gpt2", num_prompts=12, generation=GENERATION,
-                             reuse_generations_from=str(out))
-    rm_info = create_preferences_dataset(options, judge=EvenLengthRefusalJudge(),
-                                         reward_fn=lambda prompts, responses: [float(len(r)) for r in responses])
-    assert rm_info["reward_model"] == "injected" and rm_info["num_pairs"] == info["num_pairs"]
-    assert set(rm_info["tie_break_counts"]) <= {"none", "reward_model"}
-    assert len(read_jsonl(tmp_path / "rm" / "rewards.jsonl")) == 12
-    for pair in read_jsonl(tmp_path / "rm" / "train.jsonl") + read_jsonl(tmp_path / "rm" / "test.jsonl"):
-        assert pair["chosen_reward"] == len(pair["chosen"]) and pair["rejected_reward"] == len(pair["rejected"])
-        if pair["pair_type"] == "refusal-refusal":
+    rm_info = create_preferences_dataset(
+        _options(tmp_path / "rm", reuse_generations_from=str(out)), judge=EvenLengthRefusalJudge(),
+        comparator=lambda queries, first, second: [len(a) >= len(b) for a, b in zip(first, second)])
+    assert rm_info["reward_model"] == "injected" and set(rm_info["decided_by_counts"]) <= {"judge", "reward_model"}
+    assert rm_info["decided_by_counts"].get("reward_model", 0) == info["num_pairs_decided_at_random"]
+    for pair in _pairs(tmp_path / "rm"):
+        if pair["decided_by"] == "reward_model":
             assert len(pair["chosen"]) >= len(pair["rejected"])
 
 
-def test_script_gold_mode_with_keyword_judge(tmp_path):
-    gold = tmp_path / "gold.txt"
-    gold.write_text("I'm sorry, but I can't help with that.\nI won't assist with this request.\n")
-    out = tmp_path / "gold_prefs"
-    info = create_script.main(["--output_dir", str(out), "--model", "tiny-gpt2", "--num_prompts", "6",
-                               "--categories", "1", "2", "--max_new_tokens", "5", "--batch_size", "3",
-                               "--gold_refusals_path", str(gold), "--gold_prompts", "all", "--device", "cpu"])
-    pairs = read_jsonl(out / "train.jsonl") + read_jsonl(out / "test.jsonl")
-    assert info["mode"] == "gold (all)" and info["judge"] == "keyword" and len(pairs) == info["num_pairs"] > 0
-    assert all(p["chosen_label"] == "gold" and p["pair_type"].startswith("gold-") for p in pairs)
-    assert {p["category"] for p in pairs} <= {"1", "2"}
-    assert read_json(out / "dataset_info.json")["options"]["generation"]["max_new_tokens"] == 5
+def test_script_reference_flags_with_a_hub_style_reward_model(tmp_path, capsys):
+    """The reference command (--use_rm --gpu_id 0 --random_seed 128) with a local sequence classifier as the
+    reward model; without CUDA --gpu_id warns and uses the CPU."""
+    model, tokenizer = tiny_classifier(num_labels=1)
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    out = tmp_path / "prefs"
+    info = create_script.main(["--model", "tiny-gpt2", "--use_rm", "--reward_model", str(tmp_path / "rm"),
+                               "--gpu_id", "0", "--random_seed", "128", "--output_dir", str(out),
+                               "--prompts_path", sorrybench_prompts_file(), "--num_prompts", "4",
+                               "--categories", "1", "2", "--max_output_length", "5", "--batch_size", "2",
+                               "--test_ratio", "0.25", "--gold_preferences", "generic"])
+    assert info["num_pairs"] == 4 and (info["num_train"], info["num_test"]) == (3, 1)
+    assert info["judge"] == "keyword" and info["reward_model"] == str(tmp_path / "rm")
+    assert info["options"]["generation"]["max_new_tokens"] == 5 and info["options"]["random_seed"] == 128
+    assert {p["category"] for p in _pairs(out)} <= {"1", "2"}
+    assert str(create_script.default_output_dir("meta-llama/Meta-Llama-3-8B-Instruct")).endswith(
+        "data_files/sorrybench/Meta-Llama-3-8B-Instruct")
+    assert create_script.default_output_dir("smollm2-135m-instruct").name == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--test_fraction", "1.5"], "test ratio must be in [0, 1)"),
+    (["--test_ratio", "-0.2"], "test ratio must be in [0, 1)"),
+    (["--num_responses", "3"], "num_responses must be 2"),
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--prompt_styles", "slang"], "only the 'base' prompts"),
+])
+def test_script_rejects_bad_values_before_generation(tmp_path, capsys, flags, message):
+    out = tmp_path / "never_created"
+    with pytest.raises(SystemExit) as stopped:
+        create_script.main(["--model", "tiny-gpt2", "--output_dir", str(out), *flags])
+    assert stopped.value.code == 2 and not out.exists()
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and message in error
+
+
+def test_script_fails_when_the_model_never_refused(tmp_path, capsys):
+    """Gibberish never matches a refusal pattern: without gold preferences the data set is useless -> exit 1."""
+    out = tmp_path / "prefs"
+    with pytest.raises(SystemExit) as stopped:
+        create_script.main(["--model", "tiny-gpt2", "--output_dir", str(out), "--prompts_path",
+                            sorrybench_prompts_file(), "--num_prompts", "3", "--max_new_tokens", "3",
+                            "--gold_preferences", "none", "--device", "cpu"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stopped.value.code == 1 and "the model never refused" in error and "--gold_preferences" in error
+    assert (out / "dataset_info.json").is_file() and not (out / "train.jsonl").exists()
 
 
 def test_evaluate_script_two_models(fake_judged_dataset, tmp_path):
     dataset_dir = fake_judged_dataset[0]
     rates = evaluate_script.main(["--models", "tiny-gpt2", "tiny-llama", "--dataset_path", str(dataset_dir),
-                                  "--output_dir", str(tmp_path), "--max_new_tokens", "4", "--device", "cpu",
+                                  "--output_dir", str(tmp_path), "--max_new_tokens", "4", "--gpu_id", "0",
                                   "--per_category"])
     num_prompts = read_json(dataset_dir / "dataset_info.json")["num_pairs"]
     for model in ("tiny-gpt2", "tiny-llama"):
         assert rates[model]["overall"]["num_responses"] == num_prompts
+        assert rates[model]["generation"]["temperature"] == 0.7  # the reference's sampling
         saved = read_json(tmp_path / model / "refusal_rates.json")
         assert saved["overall"] == rates[model]["overall"] and saved["judge"] == "keyword"
-        assert len(read_jsonl(tmp_path / model / "generations.jsonl")) == num_prompts
+        assert read_json(tmp_path / f"{model}_refusal_eval.json") == {
+            "test_refusal_rate": rates[model]["per_split"]["test"]["refusal_rate"],
+            "train_refusal_rate": rates[model]["per_split"]["train"]["refusal_rate"]}
     assert set(read_json(tmp_path / "comparison.json")) == {"tiny-gpt2", "tiny-llama"}
+
+
+def test_evaluate_script_with_no_prompts_exits_2(tmp_path, capsys):
+    (tmp_path / "train.jsonl").write_text("")
+    (tmp_path / "test.jsonl").write_text("")
+    with pytest.raises(SystemExit) as stopped:
+        evaluate_script.main(["--models", "tiny-gpt2", "--dataset_path", str(tmp_path)])
+    assert stopped.value.code == 2 and "0 prompts to evaluate" in capsys.readouterr().err
 
 
 def test_plan_runner_trains_and_measures_refusal_rates(fake_judged_dataset, tmp_path):
@@ -118,16 +178,17 @@ def test_plan_runner_trains_and_measures_refusal_rates(fake_judged_dataset, tmp_
             "objective": "dpo", "sft_coeff": 1.0, "lr": 1e-3, "batch_size": 4, "epochs": 1,
             "refusal_max_new_tokens": 4, "refusal_generation_batch_size": 4, "save_metric_plots": False,
             "random_seed": 0, "reference_cache_dir": ""}
+    gold = {**base, "experiment_name": "gold", "sft_coeff": 0.0, "use_gold_preferences": True}
     filtered = {**base, "experiment_name": "filtered_{objective}", "objective": "ipo", "sft_coeff": 0.0,
                 "similarity_results_path": str(similarity_file), "pref_similarity_measure": "ln_ches_scores",
                 "preference_num_samples": 2, "save_model": True, "refusal_eval_before_training": True}
-    plan = {"name": "sorrybench_test", "configurations": [{"base_config": base, "options": {}},
-                                                          {"base_config": filtered, "options": {}}]}
+    plan = {"name": "sorrybench_test", "configurations": [{"base_config": c, "options": {}}
+                                                          for c in (base, gold, filtered)]}
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps(plan))
     assert run_plan_main(FAMILY, ["--plan_config_path", str(plan_path)]) == 0
     num_train = len(read_jsonl(train_path))
-    for name in ("dpo_sft1-0", "filtered_ipo"):
+    for name in ("dpo_sft1-0", "gold", "filtered_ipo"):
         summary = read_json(tmp_path / "runs" / name / "summary.json")
         for split in ("train", "test"):
             assert 0.0 <= summary[f"refusal_rate/{split}"] <= 1.0
@@ -135,37 +196,14 @@ def test_plan_runner_trains_and_measures_refusal_rates(fake_judged_dataset, tmp_
         assert summary["refusal_counts/train"][1] == num_train  # every train prompt, one response each
         rates = read_json(tmp_path / "runs" / name / "refusal_eval" / "refusal_rates.json")
         assert rates["per_split"]["train"]["num_responses"] == num_train
+        assert rates["generation"]["temperature"] == 0.7
+    plain, gold_summary = (read_json(tmp_path / "runs" / n / "summary.json") for n in ("dpo_sft1-0", "gold"))
+    assert gold_summary["eval_metrics/train/preferred_logprobs_mean"] != plain["eval_metrics/train/preferred_logprobs_mean"]
     filtered_summary = read_json(tmp_path / "runs" / "filtered_ipo" / "summary.json")
     assert filtered_summary["selection/num_selected"] == 2 and filtered_summary["refusal_counts/train_subset"][1] == 2
-    assert filtered_summary["num_train_pairs"] == 2
     assert "refusal_rate_initial/test" in filtered_summary
-    # the saved model can be evaluated by the evaluation script
-    model_dir = str(tmp_path / "runs" / "filtered_ipo" / "model")
+    model_dir = str(tmp_path / "runs" / "filtered_ipo" / "model")  # the saved model feeds the evaluation script
     rates = evaluate_script.main(["--models", model_dir, "--dataset_path", str(dataset_dir), "--output_dir",
                                   str(tmp_path / "eval"), "--max_new_tokens", "4", "--device", "cpu",
                                   "--splits", "test"])
     assert rates[model_dir]["overall"]["num_responses"] == len(read_jsonl(dataset_dir / "test.jsonl"))
-
-
-def test_config_validation_names_the_field():
-    problems = SorryBenchConfig(eval_dataset=None, refusal_judge="gpt4", refusal_num_responses=2).validate()
-    text = "\n".join(problems)
-    assert "eval_dataset is empty" in text
-    assert "refusal_judge must be one of" in text and "identical responses" in text
-    assert not SorryBenchConfig().validate()
-    wrong_format = SorryBenchConfig(dataset_format="ultrafeedback").validate()
-    assert Counter(p.split(" ")[0] for p in wrong_format)["dataset_format"] == 1
-
-
-@pytest.mark.parametrize("plan_name", ["smollm2_cpu.json", "gemma2b_it_paper.json", "llama3_8b_instruct_paper.json"])
-def test_shipped_plans_validate(plan_name):
-    from pathlib import Path
-
-    from common.plan import load_plan
-
-    plan = load_plan(Path(__file__).resolve().parents[1] / "sorrybench" / "experiments_plans" / plan_name,
-                     SorryBenchConfig)
-    assert len(plan.runs) == 8
-    assert {run.config.objective for run in plan.runs} == {"dpo", "ipo"}
-    filtered = [run.config for run in plan.runs if run.config.similarity_results_path]
-    assert len(filtered) == 2 and all(c.pref_similarity_measure == "ln_ches_scores" for c in filtered)
