@@ -18,6 +18,7 @@ refused and no gold preferences), with an `error:` line saying what to do.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from sorrybench.cli import add_generation_arguments, add_judge_and_device_argume
     resolve_judge_and_device
 from sorrybench.gold import GENERIC_REFUSALS_FILE, GOLD_SOURCES
 from sorrybench.preference_dataset import DatasetOptions, EmptyDatasetError, create_preferences_dataset
+from sorrybench.reward_models import PAIRRM_NAMES
 
 
 def model_display_name(model: str) -> str:
@@ -95,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> DatasetOptions:
     except ValueError as error:
         fail(str(error))
     problems = options.validate()
+    if reward_model in PAIRRM_NAMES and importlib.util.find_spec("llm_blender") is None:
+        problems.append("--use_rm with PairRM needs the llm-blender package (pip install llm-blender); or pass "
+                        "--reward_model <Hub id of a sequence-classification reward model>")
     if problems:
         fail("; ".join(problems))
     return options

@@ -60,9 +60,9 @@ def human_outputs_by_question(rows: Sequence[dict], source: str = "human judgmen
     return dict(outputs)
 
 
-def find_human_judgments(source: str | None = None) -> str | None:
+def find_human_judgments(source: str | None = None) -> str:
     """Where the human judgments are: `source` as given; else the local `HUMAN_JUDGMENTS_FILE` (data-location rule,
-    no download), else the Hub id. None only for `source` None and no Hub library/network (checked lazily)."""
+    no download), else the Hub id `HUMAN_JUDGMENTS_HUB_ID`."""
     if source:
         return source
     local = find_local_data_file(HUMAN_JUDGMENTS_FILE)

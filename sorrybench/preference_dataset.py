@@ -220,7 +220,12 @@ def create_preferences_dataset(options: DatasetOptions, *, judge: Judge | None =
         "options": {**asdict(options), "generation": asdict(options.generation)},
     }
     atomic_write_json(output_dir / "dataset_info.json", info)
-    _check_not_empty(pairs, len(prompts), gold_source, info)
+    try:
+        _check_not_empty(pairs, len(prompts), gold_source, info)
+    except EmptyDatasetError:
+        for name in ("train.jsonl", "test.jsonl"):  # never leave an earlier run's pairs beside this run's info
+            (output_dir / name).unlink(missing_ok=True)
+        raise
     _write_jsonl(output_dir / "train.jsonl", train)
     _write_jsonl(output_dir / "test.jsonl", test)
     return info

@@ -2,6 +2,7 @@
 rule, gold preferences, CHES filtering, training through the plan runner, refusal evaluation. A fake judge
 (refusal iff the response length is even) gives both labels on the random model's gibberish."""
 
+import importlib.util
 import json
 import random
 
@@ -121,8 +122,11 @@ def test_script_reference_flags_with_a_hub_style_reward_model(tmp_path, capsys):
     (["--num_responses", "3"], "num_responses must be 2"),
     (["--temperature", "-1"], "temperature must be >= 0"),
     (["--prompt_styles", "slang"], "only the 'base' prompts"),
+    (["--use_rm"], "needs the llm-blender package"),
 ])
 def test_script_rejects_bad_values_before_generation(tmp_path, capsys, flags, message):
+    if flags == ["--use_rm"] and importlib.util.find_spec("llm_blender") is not None:
+        pytest.skip("llm-blender is installed")
     out = tmp_path / "never_created"
     with pytest.raises(SystemExit) as stopped:
         create_script.main(["--model", "tiny-gpt2", "--output_dir", str(out), *flags])
