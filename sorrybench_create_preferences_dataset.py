@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from common.cli import add_bool_flag, fail
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
         fail(f"{error} (details: {Path(options.output_dir) / 'dataset_info.json'})", code=1)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
+    if info["num_pairs_refusal_chosen"] == 0:
+        print(f"warning: no pair prefers a refusal (the model never refused); only runs with use_gold_preferences "
+              f"(gold source: {info['gold_preferences']}) train towards refusals on this data set", file=sys.stderr)
     shown = {k: v for k, v in info.items() if k not in ("options", "initial_refusal_rate_per_category")}
     print(json.dumps(shown, indent=2))
     print(f"\nwritten: {options.output_dir}/train.jsonl, test.jsonl, dataset_info.json")
