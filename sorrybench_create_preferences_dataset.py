@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="gold_refusal/gold_non_refusal source: human (SORRY-Bench human judgments, the reference's), generic "
              "(generic refusal + the model's rejected response), none, or auto (human if found, else generic)")
     add("--human_judgments_path", default=None, help="local file or Hub id of the human judgments")
-    add("--gold_refusals_path", default=GENERIC_REFUSALS_FILE, help=f"generic refusals. Default {GENERIC_REFUSALS_FILE}")
+    add("--gold_refusals_path", default=GENERIC_REFUSALS_FILE,
+        help=f"generic refusals. Default {GENERIC_REFUSALS_FILE}")
     add("--reuse_generations_from", default=None,
         help="copy generations.jsonl from this earlier output dir (same settings) instead of regenerating")
     add("--test_ratio", "--test_fraction", dest="test_ratio", type=float, default=0.15,

@@ -123,7 +123,8 @@ def attach_generic_gold(pairs: Sequence[dict], pool: Sequence[str]) -> list[dict
              "gold_non_refusal": pair["rejected"]} for pair in pairs]
 
 
-def resolve_gold_source(choice: str, human_source: str | None, *, cache_dir: str | None = None) -> tuple[str, list[dict] | None]:
+def resolve_gold_source(choice: str, human_source: str | None, *,
+                        cache_dir: str | None = None) -> tuple[str, list[dict] | None]:
     """("human", rows) / ("generic", None) / ("none", None) for `--gold_preferences` `choice` (one of GOLD_SOURCES).
     "auto" falls back to generic with a warning on stderr when the human judgments cannot be loaded."""
     if choice not in GOLD_SOURCES:

@@ -6,7 +6,8 @@ Every judge implements one call (the `Judge` protocol):
     results = judge(prompts, responses)                                # list[JudgeResult], one per pair
 
 `JudgeResult.score` is a refusal score: higher means more refusal-like (keyword: 1.0 / 0.0;
-`hf_classifier`: softmax probability of the refusal label; `hf_judge`: 1 - the judge's compliance score, which may lie outside [0, 1] if the judge writes e.g. "10"),
+`hf_classifier`: softmax probability of the refusal label; `hf_judge`: 1 - the judge's compliance score,
+which may lie outside [0, 1] if the judge writes e.g. "10"),
 None when the judge could not decide ("unknown"). `raw` keeps what the judge saw or said (the matched
 pattern, the classifier's label, the generative judge's text).
 

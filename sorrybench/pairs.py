@@ -123,7 +123,8 @@ def check_test_ratio(test_ratio: float) -> None:
         raise ValueError(f"test ratio must be in [0, 1) (e.g. 0.15 = 15% of the pairs in test.jsonl), got {test_ratio}")
 
 
-def split_train_test(pairs: Sequence[dict], *, test_ratio: float = 0.15, seed: int = 128) -> tuple[list[dict], list[dict]]:
+def split_train_test(pairs: Sequence[dict], *, test_ratio: float = 0.15,
+                     seed: int = 128) -> tuple[list[dict], list[dict]]:
     """(train, test) by the reference rule (module docstring). Example: n = 10, ratio 0.15 -> int(1.5) = 1 test pair."""
     check_test_ratio(test_ratio)
     n = len(pairs)

@@ -58,7 +58,8 @@ class DatasetOptions:
         rm_batch_size: Pairs per reward-model forward pass. Default 4 (the reference).
         gold_preferences: auto | human | generic | none (`sorrybench.gold`). Default auto.
         human_judgments_path: Local file or Hub id of the human judgments; None = the conventional file, else the Hub.
-        gold_refusals_path: Generic refusals pool (gold_preferences generic). Default data_files/sorrybench/gold_refusals.txt.
+        gold_refusals_path: Generic refusals pool (gold_preferences generic).
+            Default data_files/sorrybench/gold_refusals.txt.
         reuse_generations_from: Directory of an earlier run whose generations.jsonl (+ settings) is copied into
             `output_dir` first (the settings must match, as for a resumed run). None = off.
         test_ratio: Share of pairs in test.jsonl, in [0, 1). Default 0.15.

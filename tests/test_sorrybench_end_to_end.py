@@ -202,7 +202,8 @@ def test_plan_runner_trains_and_measures_refusal_rates(fake_judged_dataset, tmp_
         assert rates["per_split"]["train"]["num_responses"] == num_train
         assert rates["generation"]["temperature"] == 0.7
     plain, gold_summary = (read_json(tmp_path / "runs" / n / "summary.json") for n in ("dpo_sft1-0", "gold"))
-    assert gold_summary["eval_metrics/train/preferred_logprobs_mean"] != plain["eval_metrics/train/preferred_logprobs_mean"]
+    key = "eval_metrics/train/preferred_logprobs_mean"
+    assert gold_summary[key] != plain[key]  # trained and evaluated on the gold responses
     filtered_summary = read_json(tmp_path / "runs" / "filtered_ipo" / "summary.json")
     assert filtered_summary["selection/num_selected"] == 2 and filtered_summary["refusal_counts/train_subset"][1] == 2
     assert "refusal_rate_initial/test" in filtered_summary
