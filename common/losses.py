@@ -211,10 +211,15 @@ def dpop_loss(logps: PreferenceLogps, beta: float, dpop_lambda: float) -> LossOu
     """DPO-Positive (Pal et al. 2024, "Smaug", arXiv:2402.13228, Eq. 3):
 
     loss = -log sigmoid(beta (h - lambda max(0, ref+ - pi+))): a penalty once the preferred log-prob falls
-    below its reference value, aimed directly at likelihood displacement. Equals DPO while pi+ >= ref+.
+    below its reference value, aimed directly at likelihood displacement. Equals DPO while pi+ > ref+.
+
+    At the kink pi+ = ref+ (every example at step 0, where the policy is the reference) the penalty's
+    subgradient 1 is used, as TRL's clamp form `clamp(ref+ - pi+, min=0)` does (torch's relu takes 0 there and
+    would drop the penalty): with pi = ref, beta 0.1, lambda 2, dL/dpi+ = -beta sigmoid(0) (1 + lambda) = -0.15
+    (relu: -0.05).
     """
     chosen, rejected = _log_ratios(logps, "dpop")
-    penalty = dpop_lambda * torch.relu(-chosen)
+    penalty = dpop_lambda * torch.clamp(-chosen, min=0)
     return _sigmoid_loss(logps, beta, beta * (chosen - rejected - penalty))
 
 
@@ -241,13 +246,26 @@ def rrhf_loss(logps: PreferenceLogps) -> LossOutput:
     return LossOutput(losses, chosen.detach(), rejected.detach())
 
 
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x < 0, computed in log space: log1p(-exp(x)) for x < -ln 2, log(-expm1(x)) above
+    (each branch is accurate where the other cancels). Example: x = ln(1/2) -> ln(1/2); x = -1e-7 -> ln(1e-7)
+    to 1e-7 relative. Each branch sees its input clamped to its own side of -ln 2, so the branch not taken
+    cannot produce inf/NaN gradients through torch.where."""
+    split = -math.log(2.0)
+    far_from_zero = torch.log1p(-torch.exp(x.clamp(max=split)))
+    near_zero = torch.log(-torch.expm1(x.clamp(min=split)))
+    return torch.where(x < split, far_from_zero, near_zero)
+
+
 def log_odds(mean_logprob: Tensor) -> Tensor:
     """log odds(y|x) = log P - log(1 - P) with P = exp(mean token log-prob) (ORPO, Eq. 4), elementwise.
 
-    P is clamped to <= 1 - 1e-6 (mean log-prob <= log(1 - 1e-6)) so the odds stay finite.
+    log(1 - P) is `log1mexp` (log space), so the odds ratio keeps its gradient as P -> 1 (d log odds / dx =
+    1 / (1 - P)). Only P = 1 exactly (infinite odds) is moved to the largest float below 0 (x <= -tiny, e.g.
+    -1.2e-38 in float32), where the value is large but finite and the gradient is still defined.
     """
-    mean_logprob = mean_logprob.clamp(max=math.log1p(-1e-6))
-    return mean_logprob - torch.log(-torch.expm1(mean_logprob))
+    mean_logprob = mean_logprob.clamp(max=-torch.finfo(mean_logprob.dtype).tiny)
+    return mean_logprob - log1mexp(mean_logprob)
 
 
 def orpo_loss(logps: PreferenceLogps, orpo_lambda: float) -> LossOutput:

@@ -25,7 +25,10 @@ so the accumulated gradient is exactly that of the batch-mean loss while only on
 Files in ctx.run_dir (main process only): `eval_metrics.jsonl` (one line per evaluation point, names in
 `common/preference_eval.py`), `displacement_<split>.safetensors` (per-example trajectories, `DisplacementTracker`),
 `model/` (with `save_model`). Per-step metrics go to `ctx.logger`: loss, rewards/{chosen,rejected,margins,
-accuracies}, logps/{chosen,rejected}, lr, epoch.
+accuracies}, logps/{chosen,rejected} (means over the step's batch), lr (optimizer.param_groups[0]["lr"]), epoch.
+Step numbering (shared with the persona trainer): a record at step s holds values measured on the weights after
+s optimizer updates, so the first batch's loss is logged at step 0 next to the initial evaluation, and the
+evaluation after the k-th update at step k.
 Under `torchrun --nproc_per_node W` the same code runs as DDP through accelerate (see `common/distributed.py`).
 """
 
@@ -246,14 +249,14 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
                                              group.world_size / len(batch), config, options, group)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            probe_metrics = probe.after_step(model, step)
+            probe_metrics = probe.after_step(model, step + 1)
             train_seconds += time.time() - step_started
             means = group.sum(sums) / len(batch)
             epoch_loss_sum, epoch_count = epoch_loss_sum + float(means[0]) * len(batch), epoch_count + len(batch)
-            if group.is_main:
-                ctx.logger.log(step, **dict(zip(STEP_STATS, means.tolist())), lr=config.lr, epoch=epoch,
-                               **probe_metrics)
+            if group.is_main:  # logged at `step`: the batch was measured on the weights after `step` updates
+                ctx.logger.log(step, **dict(zip(STEP_STATS, means.tolist())), lr=optimizer.param_groups[0]["lr"],
+                               epoch=epoch, **probe_metrics)
+            step += 1
         epoch_losses.append(epoch_loss_sum / max(epoch_count, 1))
         if epoch == config.epochs or (config.eval_every is not None and epoch % config.eval_every == 0):
             evaluator(model, step, epoch=epoch)

@@ -110,12 +110,14 @@ class DisplacementTracker:
             losses: Optional (N,) per-example losses at this step (pass them at every update or never).
 
         Returns:
-            Scalars to log at this step (means over the N examples): 'logps/chosen', 'logps/rejected',
+            Scalars to log at this step (means over the N tracked examples), all under 'displacement/' so they
+            never share a key with a trainer's mini-batch statistics (`loss`, `logps/chosen`, ...):
+            'displacement/preferred_logprob_mean', 'displacement/dispreferred_logprob_mean',
             'displacement/preferred_prob_mean', 'displacement/dispreferred_prob_mean',
             'displacement/preferred_logprob_change_mean', 'displacement/dispreferred_logprob_change_mean',
             'displacement/frac_preferred_fell_since_init', 'displacement/frac_preferred_fell_since_prev',
             'displacement/largest_preferred_prob_decrease_mean' (so far), and, with losses,
-            'displacement/frac_loss_fell_since_prev'.
+            'displacement/loss_mean' and 'displacement/frac_loss_fell_since_prev'.
         """
         if self.steps and step <= self.steps[-1]:
             raise ValueError(f"DisplacementTracker.update: step {step} is not after the previous step "
@@ -148,6 +150,7 @@ class DisplacementTracker:
                 scalars["displacement/frac_loss_fell_since_prev"] = float((loss < previous).double().mean())
             else:
                 scalars["displacement/frac_loss_fell_since_prev"] = 0.0
+            scalars["displacement/loss_mean"] = float(loss.mean())
             self._losses.append(loss)
 
         self.steps.append(int(step))
@@ -157,8 +160,8 @@ class DisplacementTracker:
         preferred_change = preferred - self._preferred[0]
         dispreferred_change = dispreferred - self._dispreferred[0]
         scalars.update({
-            "logps/chosen": float(preferred.mean()),
-            "logps/rejected": float(dispreferred.mean()),
+            "displacement/preferred_logprob_mean": float(preferred.mean()),
+            "displacement/dispreferred_logprob_mean": float(dispreferred.mean()),
             "displacement/preferred_prob_mean": float(prob.mean()),
             "displacement/dispreferred_prob_mean": float(dispreferred.exp().mean()),
             "displacement/preferred_logprob_change_mean": float(preferred_change.mean()),

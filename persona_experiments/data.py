@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,16 +114,30 @@ def load_persona_examples(dataset: str) -> list[PersonaExample]:
 
 def select_examples(examples: list[PersonaExample], num_train_samples: int, answer_matching_behavior_to_use: str,
                     seed: int) -> list[PersonaExample]:
-    """Keep the rows whose answer is `answer_matching_behavior_to_use` ("" = any), then draw `num_train_samples`
-    of them uniformly without replacement with `random.Random(seed)` (-1 = all), in file order."""
-    pool = [e for e in examples if not answer_matching_behavior_to_use
-            or e.answer_matching_behavior == answer_matching_behavior_to_use]
-    if num_train_samples == -1:
-        return pool
-    if not 1 <= num_train_samples <= len(pool):
+    """The reference's prompt selection (its PersonaSingleOutputTokenDataModule.setup).
+
+    1. Keep the rows with `answer_matching_behavior.strip().lower() == answer_matching_behavior_to_use.lower()`
+       ("" keeps every row); n rows remain.
+    2. perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) when seed > 0, else
+       torch.randperm(n) on the global torch generator (seeded by the runner with the run's random_seed).
+    3. With 0 < num_train_samples < n, return the rows perm[:num_train_samples] in that (permutation) order;
+       num_train_samples -1 or n returns all n rows in file order.
+    Example: 7 rows, seed 11 -> perm [4, 0, 2, 6, 3, 1, 5], so num_train_samples 2 picks rows 4 and 0.
+    On ends-justify-means.jsonl "No" rows, seeds 9773, 5290, 8767 pick file rows 793, 149, 639.
+
+    Raises:
+        ValueError: num_train_samples is not -1 and outside [1, n] (the reference silently used all rows).
+    """
+    wanted = answer_matching_behavior_to_use.strip().lower()
+    pool = [e for e in examples if not wanted or e.answer_matching_behavior.strip().lower() == wanted]
+    if num_train_samples != -1 and not 1 <= num_train_samples <= len(pool):
         raise ValueError(f"num_train_samples must be in [1, {len(pool)}] (rows with answer "
                          f"{answer_matching_behavior_to_use or 'Yes or No'}) or -1 for all, got {num_train_samples}")
-    return sorted(random.Random(seed).sample(pool, num_train_samples), key=lambda e: e.index)
+    if num_train_samples in (-1, len(pool)):
+        return pool
+    generator = torch.Generator().manual_seed(seed) if seed > 0 else None
+    perm = torch.randperm(len(pool), generator=generator)
+    return [pool[i] for i in perm[:num_train_samples].tolist()]
 
 
 def _close_vocabulary_entries(tokenizer, token: str, limit: int = 8) -> list[str]:
@@ -195,14 +208,15 @@ def build_persona_batch(tokenizer, examples: list[PersonaExample], output_tokens
     """Format and tokenize the prompts and draw each example's (y+, y-) pair.
 
     The preferred token of a prompt whose answer_matching_behavior is Yes is drawn uniformly from
-    `output_tokens_matching_yes` and the dispreferred from `output_tokens_matching_no` (swapped for No), with
-    `random.Random(seed)` in example order. Prompt text: `format_prompt` (chat template with one user turn and the
+    `output_tokens_matching_yes` and the dispreferred from `output_tokens_matching_no` (swapped for No), by the
+    reference's rule: `torch.randint(0, len(list), (1,))` per prompt, first every prompt's y+ then every prompt's
+    y-, on a generator seeded with `seed` when seed > 0 (else the global torch generator). Prompt text: `format_prompt` (chat template with one user turn and the
     generation prompt if the tokenizer has one, else question + "\\n"); special tokens are added by the tokenizer
     only for plain text.
     """
     yes_ids = [output_token_id(tokenizer, t, "output_tokens_matching_yes") for t in output_tokens_matching_yes]
     no_ids = [output_token_id(tokenizer, t, "output_tokens_matching_no") for t in output_tokens_matching_no]
-    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed) if seed > 0 else None
     uses_template = bool(getattr(tokenizer, "chat_template", None))
     prompts, encoded, preferred, dispreferred = [], [], [], []
     for example in examples:
@@ -210,11 +224,11 @@ def build_persona_batch(tokenizer, examples: list[PersonaExample], output_tokens
         ids = tokenizer(text, add_special_tokens=not uses_template)["input_ids"]
         if not ids:
             raise ValueError(f"prompt of dataset row {example.index} has no tokens")
-        matching, other = (yes_ids, no_ids) if example.answer_matching_behavior == "Yes" else (no_ids, yes_ids)
-        preferred.append(rng.choice(matching))
-        dispreferred.append(rng.choice(other))
         prompts.append(text)
         encoded.append(ids)
+    lists = [(yes_ids, no_ids) if e.answer_matching_behavior == "Yes" else (no_ids, yes_ids) for e in examples]
+    preferred = [matching[int(torch.randint(len(matching), (1,), generator=generator))] for matching, _ in lists]
+    dispreferred = [other[int(torch.randint(len(other), (1,), generator=generator))] for _, other in lists]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     width = max(len(ids) for ids in encoded)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)

@@ -5,7 +5,8 @@ At each tracked point (every step with full batch; the start of every epoch othe
   - updates the DisplacementTracker (preferred/dispreferred log-probs, losses),
   - computes hidden-representation norms and their change since init,
   - reads the logits/log-probs of `track_logits_for_tokens`,
-  - every `log_top_token_logit_change_interval` steps and at the end: the top-k tokens by probability and
+  - every `log_top_token_logit_change_interval` steps, at REFERENCE_TOP_TOKEN_STEPS and at the end: the top-k
+    tokens by probability and
     log-prob increase since init (`token_tracking.top_token_changes`), appended to `top_tokens.jsonl`.
 `tensors` and `summary` assemble the run's tensor file and summary entries.
 """
@@ -25,6 +26,9 @@ from persona_experiments.geometry import GEOMETRY_KEYS, hidden_norm_metrics
 from persona_experiments.token_tracking import TopTokenChanges, describe_top_tokens, top_token_changes
 
 TOP_TOKENS_FILE = "top_tokens.jsonl"
+# Steps at which the reference results printer reads the top tokens by probability increase; recorded on top of
+# the configured interval so `persona_experiments/reference_statistics.py` can report them.
+REFERENCE_TOP_TOKEN_STEPS = (1, 5, 10, 25, 50, 100)
 
 
 @dataclass
@@ -81,20 +85,25 @@ class PersonaRecorder:
         self.top_token_interval = top_token_interval
         self.num_top_tokens = num_top_tokens
         self.keep_finegrained = keep_finegrained
-        self.hidden_norms: list[Tensor] = []          # each (N,)
+        self.hidden_norms: list[Tensor] = []          # each (N,) ||h_t||
+        self.hidden_distances: list[Tensor] = []      # each (N,) ||h_t - h_0||
         self.tracked_logits: list[Tensor] = []        # each (N, K)
         self.tracked_logprobs: list[Tensor] = []      # each (N, K)
         self.top_token_steps: list[int] = []
+        self._last_interval_step: int | None = None
         self.top_token_changes: list[TopTokenChanges] = []
         self.finegrained_logprobs: list[Tensor] = []  # each (N, V)
         self.last_hidden_metrics: dict[str, Tensor] = {}
 
     def top_tokens_due(self, step: int, is_final: bool) -> bool:
-        """First point, final point, or `top_token_interval` steps since the last top-token record."""
-        if is_final or not self.top_token_steps:
-            return True
+        """First point, final point, a REFERENCE_TOP_TOKEN_STEPS step, or `top_token_interval` steps since the
+        last interval record (records made only for REFERENCE_TOP_TOKEN_STEPS do not shift the interval grid)."""
         interval = self.top_token_interval
-        return interval is not None and step - self.top_token_steps[-1] >= interval
+        due_by_interval = (self._last_interval_step is None
+                           or (interval is not None and step - self._last_interval_step >= interval))
+        if due_by_interval:
+            self._last_interval_step = step
+        return is_final or due_by_interval or step in REFERENCE_TOP_TOKEN_STEPS
 
     def record(self, step: int, values: PointValues, is_final: bool = False) -> dict[str, float]:
         """Record one tracked point; returns the scalars to log at `step`."""
@@ -102,6 +111,7 @@ class PersonaRecorder:
         hidden = hidden_norm_metrics(values.hidden, self.initial.hidden)
         self.last_hidden_metrics = hidden
         self.hidden_norms.append(hidden["hidden_norm"])
+        self.hidden_distances.append(hidden["hidden_distance"])
         scalars.update({f"hidden/{name.removeprefix('hidden_')}_mean": float(v.mean()) for name, v in hidden.items()})
         for name, ids in (("chosen", self.preferred_ids), ("rejected", self.dispreferred_ids)):
             scalars[f"logits/{name}"] = float(values.logits.gather(1, ids.to(values.logits.device).view(-1, 1)).mean())
@@ -141,7 +151,8 @@ class PersonaRecorder:
     def tensors(self, geometry_start: dict[str, Tensor], geometry_end: dict[str, Tensor]) -> dict[str, Tensor]:
         """Extra tensors for the tracker's tensor file (keys prefixed by concern)."""
         out = {"tokens/preferred_ids": self.preferred_ids.cpu(), "tokens/dispreferred_ids": self.dispreferred_ids.cpu(),
-               "hidden/norms": torch.stack(self.hidden_norms)}  # (T, N)
+               "hidden/norms": torch.stack(self.hidden_norms),            # (T, N)
+               "hidden/distances": torch.stack(self.hidden_distances)}    # (T, N)
         for key in GEOMETRY_KEYS:
             out[f"geometry/start/{key}"] = geometry_start[key]
             out[f"geometry/end/{key}"] = geometry_end[key]

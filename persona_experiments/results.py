@@ -10,6 +10,10 @@ one plan, or several token pairs, are reported separately. Per setting:
     decrease, the tokens whose probability increased most (in how many runs' final top-k lists they appear, and
     their mean increase), the unembedding geometry of the pair (means at start and end), and gradient-
     entanglement means when the runs computed them.
+Next to these, the reference printer's statistics with its definitions (`reference_statistics.py`: decreased at
+some step, first decrease, decrease while the loss fell, largest decreases with their steps, top-1/2/3 tokens at
+steps 1..100, geometry, hidden norms), over the runs its filter keeps (loss never rose; exact comparison) and
+that tracked every step; those read tensors.safetensors and top_tokens.jsonl.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.io_utils import read_json, read_jsonl
+from persona_experiments.reference_statistics import (REFERENCE_MAX_STEP, format_reference_block,
+                                                      is_every_step_tracked, load_run_arrays,
+                                                      reference_loss_increased, reference_statistics)
 
 PROB_STATS = ("initial_preferred_prob_mean", "min_preferred_prob_mean", "final_preferred_prob_mean",
               "largest_preferred_prob_decrease_mean", "initial_dispreferred_prob_mean",
@@ -108,7 +115,27 @@ def aggregate_top_tokens(runs: list[RunRecord], ordering: str = "by_prob_increas
     return rows[:limit]
 
 
-def summarize_setting(runs: list[RunRecord], keep_unstable: bool) -> dict:
+def reference_block(runs: list[RunRecord], keep_unstable: bool, max_step: int) -> dict:
+    """`reference_statistics` over the runs that have tensors with every step tracked and (unless keep_unstable)
+    pass the reference filter; counts of the runs left out and why."""
+    arrays, missing, not_every_step = [], [], []
+    for run in runs:
+        try:
+            loaded = load_run_arrays(run.run_dir, run.name, int(run.summary.get("num_steps", 0)))
+        except (FileNotFoundError, KeyError, ValueError):
+            missing.append(run.name)
+            continue
+        (arrays if is_every_step_tracked(loaded, max_step) else not_every_step).append(loaded)
+    excluded = [] if keep_unstable else [run.name for run in arrays if reference_loss_increased(run)]
+    kept = [run for run in arrays if run.name not in excluded]
+    out = {"num_runs_without_tensors": len(missing), "num_runs_not_every_step": len(not_every_step),
+           "num_runs_excluded_loss_increased": len(excluded), "excluded_runs": excluded}
+    if kept:
+        out.update(reference_statistics(kept, max_step))
+    return out
+
+
+def summarize_setting(runs: list[RunRecord], keep_unstable: bool, max_step: int = REFERENCE_MAX_STEP) -> dict:
     """Statistics of one setting (see module docstring); `runs` are all finished runs of the setting."""
     unstable = [run.name for run in runs if run.summary.get("loss_ever_increased")]
     used = runs if keep_unstable else [run for run in runs if not run.summary.get("loss_ever_increased")]
@@ -116,7 +143,7 @@ def summarize_setting(runs: list[RunRecord], keep_unstable: bool) -> dict:
                  "num_used": len(used), "runs": [run.name for run in used]}
     fell = [run for run in used if run.summary.get("final_preferred_prob_mean", math.nan)
             < run.summary.get("initial_preferred_prob_mean", math.nan)]
-    out["num_preferred_fell"] = len(fell)
+    out["num_preferred_final_below_initial"] = len(fell)
     for key in PROB_STATS:
         out[key] = dict(zip(("mean", "std"), mean_std([run.summary.get(key) for run in used])))
     out["top_tokens_by_prob_increase"] = aggregate_top_tokens(used, "by_prob_increase")
@@ -127,15 +154,16 @@ def summarize_setting(runs: list[RunRecord], keep_unstable: bool) -> dict:
                     if any(key in run.summary for run in used)}
     if entanglement:
         out["grad_entanglement"] = entanglement
+    out["reference"] = reference_block(runs, keep_unstable, max_step)
     return out
 
 
-def summarize_runs(runs: list[RunRecord], keep_unstable: bool) -> dict[str, dict]:
+def summarize_runs(runs: list[RunRecord], keep_unstable: bool, max_step: int = REFERENCE_MAX_STEP) -> dict[str, dict]:
     """Setting label -> `summarize_setting` result, settings in order of first appearance."""
     groups: dict[str, list[RunRecord]] = defaultdict(list)
     for run in runs:
         groups[setting_of(run)].append(run)
-    return {label: summarize_setting(group, keep_unstable) for label, group in groups.items()}
+    return {label: summarize_setting(group, keep_unstable, max_step) for label, group in groups.items()}
 
 
 def _pm(stat: dict) -> str:
@@ -151,7 +179,8 @@ def format_table(results: dict[str, dict]) -> str:
     for label, stats in results.items():
         lines.append(f"== {label}")
         lines.append(f"   runs {stats['num_runs']}, excluded (loss increased) {stats['num_unstable']}, "
-                     f"used {stats['num_used']}, preferred prob fell in {stats['num_preferred_fell']}")
+                     f"used {stats['num_used']}, preferred prob final < initial in "
+                     f"{stats['num_preferred_final_below_initial']}")
         lines.append(f"   {'preferred prob':<24}{'initial':>22}{'minimum':>22}{'final':>22}")
         lines.append(f"   {'':<24}{_pm(stats['initial_preferred_prob_mean']):>22}"
                      f"{_pm(stats['min_preferred_prob_mean']):>22}{_pm(stats['final_preferred_prob_mean']):>22}")
@@ -169,6 +198,14 @@ def format_table(results: dict[str, dict]) -> str:
         if "grad_entanglement" in stats:
             lines.append("   gradient entanglement: " + ", ".join(
                 f"{key.split('/')[-1]} {value:.3f}" for key, value in stats["grad_entanglement"].items()))
+        reference = stats["reference"]
+        if "num_examples" in reference:
+            lines.extend(format_reference_block(reference))
+        skipped = (reference["num_runs_excluded_loss_increased"], reference["num_runs_not_every_step"],
+                   reference["num_runs_without_tensors"])
+        if any(skipped):
+            lines.append("     reference statistics leave out runs: loss rose {} (reference filter), not every step "
+                         "tracked {}, no tensors file {}".format(*skipped))
     return "\n".join(lines)
 
 

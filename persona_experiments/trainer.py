@@ -95,8 +95,15 @@ def run_batch(model, config: PersonaConfig, batch: PersonaBatch, reference: tupl
     return StepOutput(PointValues(*cat[:6]), cat[6], cat[7], entanglement)
 
 
-def _step_scalars(step_out: StepOutput, optimizer) -> dict[str, float]:
-    """Batch-level scalars: true mean loss (no accumulation scaling), rewards, log-probs, learning rate."""
+def _step_scalars(step_out: StepOutput, optimizer, epoch: int) -> dict[str, float]:
+    """Scalars of one optimizer step's batch: true mean loss (no accumulation scaling), rewards, log-probs over
+    the step's (mini-)batch, the learning rate of the update (optimizer.param_groups[0]["lr"], as the dataset-
+    level trainer reads it) and the 1-based epoch."""
+    return {**batch_scalars(step_out), "lr": optimizer.param_groups[0]["lr"], "epoch": epoch}
+
+
+def batch_scalars(step_out: StepOutput) -> dict[str, float]:
+    """Means over the batch of `step_out`: loss, rewards/{chosen,rejected,margins,accuracies}, logps/*."""
     values = step_out.values
     margins = step_out.chosen_rewards - step_out.rejected_rewards
     return {
@@ -107,7 +114,6 @@ def _step_scalars(step_out: StepOutput, optimizer) -> dict[str, float]:
         "rewards/accuracies": float((margins > 0).float().mean()),
         "logps/chosen": float(values.preferred_logps.mean()),
         "logps/rejected": float(values.dispreferred_logps.mean()),
-        "lr": optimizer.param_groups[0]["lr"],
     }
 
 
@@ -144,7 +150,10 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
              tokenizer.convert_ids_to_tokens(batch.dispreferred_ids.tolist()[:10]), total_steps)
 
     # 2. Reference pass with the initial weights: reference log-probs, initial distribution, hidden states, geometry.
-    initial = run_batch(model, config, batch, None, device, config.gradient_accumulation, train=False).values
+    #    Passes over all N prompts without gradients are split like the training steps (about batch_size /
+    #    gradient_accumulation prompts per forward), so e.g. an SFT over 1000 prompts never forwards them at once.
+    tracking_chunks = min(num_examples, config.gradient_accumulation * steps_per_epoch)
+    initial = run_batch(model, config, batch, None, device, tracking_chunks, train=False).values
     reference = (initial.preferred_logps, initial.dispreferred_logps)
     geometry_start = unembedding_pair_geometry(unembedding_matrix(model), batch.preferred_ids, batch.dispreferred_ids)
     recorder = PersonaRecorder(initial, batch.preferred_ids, batch.dispreferred_ids, batch.example_ids, tracked_ids,
@@ -157,8 +166,12 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
     generator = torch.Generator().manual_seed(ctx.seed)
     setup_seconds = time.perf_counter() - started
 
-    # 3. Training loop. Tracked points: every step with full batch (values from the step's own forward, i.e.
-    #    before its update), else the start of each epoch (an extra no-grad pass); plus one after training.
+    # 3. Training loop. Step numbering (shared with common/preference_trainer.py): the record logged at step s
+    #    holds values measured on the weights after s optimizer updates (s = 0: initial weights). Training
+    #    scalars (loss, rewards/*, logps/*) are the means over the step's (mini-)batch; the tracker's full-set
+    #    statistics use their own keys (displacement/*, hidden/*, tokens/*). Tracked points: every step with full
+    #    batch (values from the step's own forward, i.e. before its update), else the start of each epoch (an
+    #    extra no-grad pass; the initial pass serves epoch 1); plus one after training.
     step_seconds, tracker_seconds, entanglement_steps, entanglement_scores = [], [], [], []
     pending_entanglement: list[dict] = []
     step = 0
@@ -167,8 +180,9 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
             order = torch.arange(num_examples) if full_batch else torch.randperm(num_examples, generator=generator)
             if not full_batch:
                 tick = time.perf_counter()
-                point = run_batch(model, config, batch, reference, device, config.gradient_accumulation, False)
-                epoch_scalars = recorder.record(step, point.values)
+                point = initial if epoch == 0 else run_batch(model, config, batch, reference, device,
+                                                              tracking_chunks, False).values
+                epoch_scalars = recorder.record(step, point)
                 tracker_seconds.append(time.perf_counter() - tick)
             for batch_index, rows in enumerate(order.split(batch_size)):
                 tick = time.perf_counter()
@@ -179,7 +193,7 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
                 optimizer.step()
                 step_seconds.append(time.perf_counter() - tick)
                 tick = time.perf_counter()
-                scalars = _step_scalars(out, optimizer)
+                scalars = _step_scalars(out, optimizer, epoch + 1)
                 if full_batch:
                     scalars.update(recorder.record(step, out.values))
                     if pending_entanglement:  # score the previous step's first-order predictions
@@ -198,8 +212,10 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
                 progress.update(1)
 
     # 4. Final point (after the last update), geometry at the end, outputs.
-    final = run_batch(model, config, batch, reference, device, config.gradient_accumulation, train=False)
-    scalars = {"loss": float(final.values.losses.mean()), **recorder.record(step, final.values, is_final=True)}
+    final = run_batch(model, config, batch, reference, device, tracking_chunks, train=False)
+    scalars = recorder.record(step, final.values, is_final=True)
+    if full_batch:  # the training batch is the full set: its statistics after the last update
+        scalars.update(batch_scalars(final))
     if pending_entanglement:
         entanglement_scores.append(_score(pending_entanglement, final.values))
         scalars.update({f"grad_entanglement/{k}": v for k, v in entanglement_scores[-1].items()})

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from common.losses import (LOSSES, LossConfig, PreferenceLogps, compute_preference_loss, log_odds,
+from common.losses import (LOSSES, LossConfig, PreferenceLogps, compute_preference_loss, log1mexp, log_odds,
                            loss_needs_reference)
 
 ALL_NAMES = ("cross_entropy", "dpo", "ipo", "cdpo", "robust_dpo", "hinge", "simpo", "dpop", "rdpo", "rrhf", "orpo")
@@ -97,6 +97,16 @@ def test_dpop():
     assert loss_value("dpop", above, kl_coeff=0.1, dpop_lambda=5.0) == pytest.approx(0.313262, abs=1e-6)
 
 
+def test_dpop_gradient_at_the_kink_uses_the_clamp_subgradient():
+    """pi = ref for both responses (step 0): h = 0, margin 0, sigmoid(0) = 1/2. beta 0.1, lambda 2:
+    dL/dpi+ = -beta * 1/2 * (1 + lambda) = -0.05 * 3 = -0.15 (relu'(0) = 0 would give -0.05);
+    dL/dpi- = +beta * 1/2 = 0.05."""
+    logps = make_logps(-3.0, -4.0, -3.0, -4.0, requires_grad=True)
+    compute_preference_loss(LossConfig(objective="dpop", kl_coeff=0.1, dpop_lambda=2.0), logps).losses.sum().backward()
+    assert float(logps.policy_chosen.grad[0]) == pytest.approx(-0.15, abs=1e-7)
+    assert float(logps.policy_rejected.grad[0]) == pytest.approx(0.05, abs=1e-7)
+
+
 def test_rdpo():
     """beta 0.1, alpha 0.5, h = 0, |y+| = 4, |y-| = 2: -log sigmoid(0 + 0.5 * (4 - 2)) = log(1 + e^-1)."""
     logps = make_logps(-5.0, -7.0, -5.0, -7.0, chosen_length=4, rejected_length=2)
@@ -122,6 +132,34 @@ def test_orpo():
 
 def test_log_odds_is_finite_at_probability_one():
     assert torch.isfinite(log_odds(torch.tensor([0.0, -1e-9]))).all()
+
+
+def test_log1mexp_hand_values():
+    """log(1 - 1/2) = ln(1/2) (far branch); log(1 - e^-1e-7) = ln(1e-7 - 5e-15) = -16.118096 (near branch)."""
+    values = log1mexp(torch.tensor([math.log(0.5), -1e-7], dtype=torch.float64))
+    assert values.tolist() == pytest.approx([math.log(0.5), -16.1180956], abs=1e-6)
+
+
+def test_orpo_keeps_the_odds_ratio_gradient_near_probability_one():
+    """y+ mean log-prob x = -1e-7 (1 token, P = e^x, 1 - P ~ 1e-7), y- x- = -1, lambda 0.1.
+    odds- = e^-1 / (1 - e^-1) = 0.5819767; d log odds+ / dx = 1 / (1 - P); the OR term's gradient is
+    -lambda * sigmoid(-(lo+ - lo-)) / (1 - P) = -lambda * odds- / (P + odds- (1 - P)) = -0.0581977, plus -1
+    from the NLL: -1.0581977. The old clamp at P <= 1 - 1e-6 gave exactly -1 (odds-ratio gradient lost)."""
+    chosen = torch.tensor([-1e-7], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([-1.0], dtype=torch.float64, requires_grad=True)
+    logps = PreferenceLogps(chosen, rejected, None, None, torch.tensor([1]), torch.tensor([1]))
+    compute_preference_loss(LossConfig(objective="orpo", orpo_lambda=0.1), logps).losses.sum().backward()
+    assert float(chosen.grad[0]) == pytest.approx(-1.0581977, abs=1e-6)
+
+
+def test_orpo_gradient_is_finite_at_probability_one_in_float32():
+    """x+ = 0 (P = 1 exactly) and -1e-9 (exp(x) rounds to 1 in float32): finite loss and gradients."""
+    chosen = torch.tensor([0.0, -1e-9], requires_grad=True)
+    rejected = torch.tensor([-1.0, -1.0], requires_grad=True)
+    logps = PreferenceLogps(chosen, rejected, None, None, torch.tensor([1, 1]), torch.tensor([1, 1]))
+    losses = compute_preference_loss(LossConfig(objective="orpo", orpo_lambda=0.1), logps).losses
+    losses.sum().backward()
+    assert torch.isfinite(losses).all() and torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
 
 
 def test_sft_coeff_adds_summed_nll():

@@ -43,7 +43,7 @@ def test_select_examples():
     yes_only = select_examples(examples, -1, "Yes", seed=0)
     assert [e.index for e in yes_only] == [0, 2, 4, 6, 8]
     drawn = select_examples(examples, 3, "", seed=5)
-    assert len(drawn) == 3 and [e.index for e in drawn] == sorted(e.index for e in drawn)
+    assert len(drawn) == 3 and len({e.index for e in drawn}) == 3  # permutation order, no repeats
     assert drawn == select_examples(examples, 3, "", seed=5)  # deterministic
     assert select_examples(examples, 1, "No", seed=1)[0].answer_matching_behavior == "No"
     with pytest.raises(ValueError, match=r"num_train_samples must be in \[1, 5\]"):

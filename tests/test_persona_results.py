@@ -38,10 +38,10 @@ def test_summarize_excludes_unstable_unless_kept():
     runs = [_run("r1", 0.2, 0.1, 0.1, 0.1), _run("r2", 0.4, 0.5, 0.4, 0.0), _run("r3", 0.9, 0.2, 0.2, 0.7, True)]
     (stats,) = summarize_runs(runs, keep_unstable=False).values()
     assert stats["num_runs"] == 3 and stats["num_unstable"] == 1 and stats["num_used"] == 2
-    assert stats["num_preferred_fell"] == 1
+    assert stats["num_preferred_final_below_initial"] == 1
     assert stats["initial_preferred_prob_mean"]["mean"] == pytest.approx(0.3)
     assert stats["initial_preferred_prob_mean"]["std"] == pytest.approx(0.1)
     assert stats["largest_preferred_prob_decrease_mean"]["mean"] == pytest.approx(0.05)
     assert stats["geometry"]["start/cosine"] == pytest.approx(0.8)
     (kept,) = summarize_runs(runs, keep_unstable=True).values()
-    assert kept["num_used"] == 3 and kept["num_preferred_fell"] == 2
+    assert kept["num_used"] == 3 and kept["num_preferred_final_below_initial"] == 2

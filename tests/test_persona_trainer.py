@@ -43,7 +43,7 @@ def test_dpo_run_logs_and_writes_outputs(tmp_path):
     assert [r["step"] for r in records] == [0, 1, 2, 3]  # 3 steps + the final point
     assert records[0]["displacement/preferred_logprob_change_mean"] == 0.0
     assert "tokens/preferred_rank_by_prob_increase_mean" in records[2]  # interval 2
-    assert "tokens/preferred_rank_by_prob_increase_mean" not in records[1]
+    assert "tokens/preferred_rank_by_prob_increase_mean" in records[1]  # a reference printer step (1, 5, 10, ...)
     assert "grad_entanglement/cosine" in records[0] and "grad_entanglement/chosen_decrease_accuracy" in records[1]
     assert "tracked/262_the/logprob" in records[0]
     # the tracker's change equals the logged log-prob difference
@@ -55,10 +55,10 @@ def test_dpo_run_logs_and_writes_outputs(tmp_path):
     assert len(summary["final_top_tokens"][0]["by_prob_increase"]) == 4
     tensors = load_file(str(run_dir / TENSORS_FILE))
     assert tensors["preferred_logprobs"].shape == (4, 1)
-    assert tensors["finegrained/logprobs"].shape == (3, 1, 50257)  # top-token points at steps 0, 2, 3
+    assert tensors["finegrained/logprobs"].shape == (4, 1, 50257)  # top-token points at steps 0, 1, 2, 3
     assert tensors["geometry/start/inner_product"].shape == (1,)
     lines = (run_dir / TOP_TOKENS_FILE).read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [0, 2, 3]
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2, 3]
 
 
 def test_gradient_accumulation_gives_identical_updates(tmp_path):
@@ -106,3 +106,34 @@ def test_config_validation_messages():
                      "optimizer must be one of", "appear in both", "answer_matching_behavior_to_use",
                      "unknown loss 'dpoo'"):
         assert expected in text
+
+
+def test_minibatch_keys_keep_one_meaning(tmp_path):
+    """4 prompts, batch 2: `logps/chosen` at every step is the mean over that step's mini-batch (rows
+    torch.randperm(4, Generator().manual_seed(1)) split in pairs), the tracker's full-set mean is
+    `displacement/preferred_logprob_mean`; every training record has lr and the 1-based epoch."""
+    summary, records, run_dir = _run(tmp_path, "keys", num_train_samples=4, answer_matching_behavior_to_use="",
+                                     batch_size=2, epochs=1, objective="cross_entropy", optimizer="sgd", lr=1e-3)
+    initial = load_file(str(run_dir / TENSORS_FILE))["preferred_logprobs"][0]  # (4,) at the initial weights
+    first_rows = torch.randperm(4, generator=torch.Generator().manual_seed(1))[:2]
+    step0 = records[0]
+    assert step0["step"] == 0 and step0["logps/chosen"] == pytest.approx(float(initial[first_rows].mean()), abs=1e-5)
+    assert step0["displacement/preferred_logprob_mean"] == pytest.approx(float(initial.mean()), abs=1e-6)
+    assert step0["logps/chosen"] != pytest.approx(step0["displacement/preferred_logprob_mean"], abs=1e-6)
+    training = [r for r in records if "loss" in r]
+    assert [r["step"] for r in training] == [0, 1]
+    assert all(r["lr"] == 1e-3 and r["epoch"] == 1 for r in training)
+    final = records[-1]
+    assert final["step"] == 2 and "logps/chosen" not in final and "loss" not in final  # no batch after training
+    assert "displacement/loss_mean" in final
+
+
+def test_step_numbering_agrees_with_the_dataset_level_trainer(tmp_path):
+    """Both trainers log the batch of the k-th update at step k - 1 (values measured after k - 1 updates): the
+    persona run's 3 full-batch steps at 0, 1, 2 (final point 3); tests/test_preference_trainer.py checks 0..3 for
+    its 4 steps with evaluations at 0, 2, 4. The first step's loss is the initial one (DPO: ln 2) in both."""
+    _, records, _ = _run(tmp_path, "numbering")
+    training = [r for r in records if "lr" in r]
+    assert [r["step"] for r in training] == [0, 1, 2]
+    assert training[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert records[-1]["step"] == 3 and "lr" not in records[-1]

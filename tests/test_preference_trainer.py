@@ -233,7 +233,8 @@ def test_train_preference_model_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     result, records = run_training(config, run_dir)
     steps = [r for r in records if "loss" in r]
-    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["step"] for r in steps] == [0, 1, 2, 3]  # step s = measured after s updates (as the persona trainer)
+    assert all(r["lr"] == config.lr for r in steps)
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected", "lr", "grad_entanglement/cosine", "grad_entanglement/chosen_decrease_accuracy"):

@@ -40,7 +40,9 @@ def test_tracker_updates_and_per_example():
     s0 = tracker.update(0, _log([0.5, 0.2]), _log([0.4, 0.6]), losses=torch.tensor([1.0, 2.0]))
     assert s0["displacement/preferred_logprob_change_mean"] == 0.0
     assert s0["displacement/frac_preferred_fell_since_prev"] == 0.0
-    assert s0["logps/chosen"] == pytest.approx((math.log(0.5) + math.log(0.2)) / 2)
+    assert s0["displacement/preferred_logprob_mean"] == pytest.approx((math.log(0.5) + math.log(0.2)) / 2)
+    assert s0["displacement/loss_mean"] == pytest.approx(1.5)
+    assert not any(key.startswith("logps/") for key in s0)  # the trainers' mini-batch keys are never overwritten
     s1 = tracker.update(1, _log([0.6, 0.1]), _log([0.3, 0.6]), losses=torch.tensor([0.9, 2.5]))
     assert s1["displacement/frac_preferred_fell_since_prev"] == 0.5
     assert s1["displacement/frac_preferred_fell_since_init"] == 0.5
