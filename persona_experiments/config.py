@@ -16,7 +16,7 @@ class PersonaConfig(LossConfig):
 
     Data:
         dataset: Persona jsonl: local path (relative paths are tried against the working directory, then the
-            project root) or Hub file `<org>/<repo>/<path>`. Default "../shared/data/persona/ends-justify-means.jsonl".
+            project root) or Hub file `<org>/<repo>/<path>`. Default "data_files/persona/ends-justify-means.jsonl".
         num_train_samples: Number of training prompts, -1 = all (after the answer filter). Default 1.
         answer_matching_behavior_to_use: Keep only prompts whose answer_matching_behavior is "Yes" or "No";
             "" keeps both. Default "".

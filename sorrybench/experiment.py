@@ -64,9 +64,9 @@ class SorryBenchConfig(PreferenceTrainingConfig):
         refusal_generation_batch_size (`int`, defaults to `8`): Prompts per `generate` call.
     """
 
-    dataset: str = "outputs/sorrybench/smollm2_prefs/train.jsonl"
+    dataset: str = "data_files/sorrybench/smollm2-135m-instruct/train.jsonl"
     dataset_format: str = "sorrybench_prefs"
-    eval_dataset: str | None = "outputs/sorrybench/smollm2_prefs/test.jsonl"
+    eval_dataset: str | None = "data_files/sorrybench/smollm2-135m-instruct/test.jsonl"
     lr: float = 5e-6
     eval_all_test_pairs: bool = True
     refusal_eval: bool = True

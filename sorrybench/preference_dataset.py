@@ -35,7 +35,8 @@ class DatasetOptions:
     Attributes:
         output_dir: Directory of all outputs (created).
         model: Model whose responses are sampled (built-in name, Hub id or local dir). Default smollm2-135m-instruct.
-        prompts_path: SORRY-Bench csv/jsonl or Hub id; None = the local copy in ../shared/data, else the Hub id.
+        prompts_path: SORRY-Bench csv/jsonl or Hub id; None = data_files/sorrybench/sorry_bench_202406.csv by the
+            data-location rule (common/data_locations.py), else the Hub id.
         num_prompts: Subsample this many prompts (seeded by `prompt_seed`); None = all 450.
         categories: Keep only these categories ("1".."45"); None = all.
         prompt_seed: Seed of the prompt subsample. Default 0.
