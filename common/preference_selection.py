@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from common.data_locations import find_local_data_file, is_hub_dataset_id
 from common.preference_data import PreferenceExample, load_preference_examples

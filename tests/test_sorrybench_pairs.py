@@ -7,8 +7,9 @@ import torch
 
 from sorrybench.judges import COMPLIANCE, REFUSAL, UNKNOWN
 from sorrybench.pairs import RewardModelScorer, build_pair, load_gold_refusals, split_train_test
-from sorrybench.prompts import LOCAL_PROMPTS_PATH, load_sorrybench_prompts
+from sorrybench.prompts import load_sorrybench_prompts
 from sorrybench.refusal_rate import compute_refusal_rates, format_comparison_table
+from tests.conftest import real_data
 from tests.sorrybench_helpers import tiny_classifier
 
 
@@ -135,6 +136,7 @@ def test_reward_model_scorer_reads_the_chosen_logit():
 
 
 def test_prompts_subsample_and_categories():
+    LOCAL_PROMPTS_PATH = real_data("sorrybench/sorry_bench_202406.csv")
     all_prompts = load_sorrybench_prompts(str(LOCAL_PROMPTS_PATH))
     assert len(all_prompts) == 450 and all_prompts[0]["category"] == "1" and all_prompts[0]["prompt_index"] == 0
     some = load_sorrybench_prompts(str(LOCAL_PROMPTS_PATH), num_prompts=5, categories=["2", "10"], seed=1)
