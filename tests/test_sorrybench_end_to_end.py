@@ -4,6 +4,7 @@ length is even) gives both labels on the random model's gibberish; the script ru
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -19,12 +20,15 @@ from sorrybench.preference_dataset import DatasetOptions, create_preferences_dat
 from tests.sorrybench_helpers import EvenLengthRefusalJudge
 
 GENERATION = GenerationSettings(num_responses=2, max_new_tokens=6, batch_size=4, seed=0)
+# 24 prompts written for the tests in the SORRY-Bench schema (`category` "1".."4", `prompt`): no public data needed.
+PROMPTS = str(Path(__file__).resolve().parent / "fixtures" / "sorrybench_prompts.csv")
 
 
 @pytest.fixture(scope="module")
 def fake_judged_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("prefs")
-    options = DatasetOptions(output_dir=str(out), model="tiny-gpt2", num_prompts=12, generation=GENERATION)
+    options = DatasetOptions(output_dir=str(out), model="tiny-gpt2", prompts_path=PROMPTS, num_prompts=12,
+                             generation=GENERATION)
     info = create_preferences_dataset(options, judge=EvenLengthRefusalJudge())
     return out, options, info
 
@@ -53,8 +57,8 @@ def test_gold_mode_reusing_generations(fake_judged_dataset, tmp_path):
     out, options, _ = fake_judged_dataset
     pool = tmp_path / "gold.txt"
     pool.write_text("I can't help with that.\n")
-    gold_options = DatasetOptions(output_dir=str(tmp_path / "gold"), model="tiny-gpt2", num_prompts=12,
-                                  generation=GENERATION, gold_refusals_path=str(pool), reuse_generations_from=str(out))
+    gold_options = DatasetOptions(output_dir=str(tmp_path / "gold"), model="tiny-gpt2", prompts_path=PROMPTS,
+                                  num_prompts=12, generation=GENERATION, gold_refusals_path=str(pool), reuse_generations_from=str(out))
     info = create_preferences_dataset(gold_options, judge=EvenLengthRefusalJudge())
     model_pairs = read_jsonl(out / "train.jsonl") + read_jsonl(out / "test.jsonl")
     gold_pairs = read_jsonl(tmp_path / "gold" / "train.jsonl") + read_jsonl(tmp_path / "gold" / "test.jsonl")
@@ -67,8 +71,8 @@ def test_gold_mode_reusing_generations(fake_judged_dataset, tmp_path):
 def test_reward_model_breaks_ties(fake_judged_dataset, tmp_path):
     """Reward = response length (longer = better) reverses the default 'shortest' choice among refusals."""
     out, _, info = fake_judged_dataset
-    options = DatasetOptions(output_dir=str(tmp_path / "rm"), model="tiny-gpt2", num_prompts=12, generation=GENERATION,
-                             reuse_generations_from=str(out))
+    options = DatasetOptions(output_dir=str(tmp_path / "rm"), model="tiny-gpt2", prompts_path=PROMPTS, num_prompts=12,
+                             generation=GENERATION, reuse_generations_from=str(out))
     rm_info = create_preferences_dataset(options, judge=EvenLengthRefusalJudge(),
                                          reward_fn=lambda prompts, responses: [float(len(r)) for r in responses])
     assert rm_info["reward_model"] == "injected" and rm_info["num_pairs"] == info["num_pairs"]
@@ -84,7 +88,8 @@ def test_script_gold_mode_with_keyword_judge(tmp_path):
     gold = tmp_path / "gold.txt"
     gold.write_text("I'm sorry, but I can't help with that.\nI won't assist with this request.\n")
     out = tmp_path / "gold_prefs"
-    info = create_script.main(["--output_dir", str(out), "--model", "tiny-gpt2", "--num_prompts", "6",
+    info = create_script.main(["--output_dir", str(out), "--model", "tiny-gpt2", "--prompts_path", PROMPTS,
+                               "--num_prompts", "6",
                                "--categories", "1", "2", "--max_new_tokens", "5", "--batch_size", "3",
                                "--gold_refusals_path", str(gold), "--gold_prompts", "all", "--device", "cpu"])
     pairs = read_jsonl(out / "train.jsonl") + read_jsonl(out / "test.jsonl")
