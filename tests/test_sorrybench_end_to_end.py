@@ -58,7 +58,8 @@ def test_gold_mode_reusing_generations(fake_judged_dataset, tmp_path):
     pool = tmp_path / "gold.txt"
     pool.write_text("I can't help with that.\n")
     gold_options = DatasetOptions(output_dir=str(tmp_path / "gold"), model="tiny-gpt2", prompts_path=PROMPTS,
-                                  num_prompts=12, generation=GENERATION, gold_refusals_path=str(pool), reuse_generations_from=str(out))
+                                  num_prompts=12, generation=GENERATION, gold_refusals_path=str(pool),
+                                  reuse_generations_from=str(out))
     info = create_preferences_dataset(gold_options, judge=EvenLengthRefusalJudge())
     model_pairs = read_jsonl(out / "train.jsonl") + read_jsonl(out / "test.jsonl")
     gold_pairs = read_jsonl(tmp_path / "gold" / "train.jsonl") + read_jsonl(tmp_path / "gold" / "test.jsonl")
