@@ -121,15 +121,16 @@ def how_to_get(path: str | Path) -> str:
     if source is None and relative in DERIVED_SOURCES:
         return (f"place the file at {target} or set {DATA_DIR_ENV} to a folder holding {relative}; "
                 f"{DERIVED_SOURCES[relative]} (see data_files/README.md)")
+    placing = f"move it to {target}"
     if source is None:
-        hub_file = hub_file_from_name(str(path))
-        if hub_file is None:
+        source = hub_file_from_name(str(path))
+        if source is None:
             return (f"check the path, or place the file at {target} or set {DATA_DIR_ENV} to a folder holding "
                     f"{relative} (see data_files/README.md)")
-        source, target = hub_file, Path(hub_file.filename)
+        placing = f"pass data_files/_hub/{source.filename} instead"
     login = " (gated: accept its terms on the Hub and run `huggingface-cli login` first)" if source.gated else ""
     return (f"download it{login} with `huggingface-cli download {source.repo_id} {source.filename} --repo-type dataset "
-            f"--local-dir data_files/_hub` and move it to {target}, or get it from {source.url}")
+            f"--local-dir data_files/_hub` and {placing}, or get it from {source.url}")
 
 
 def locate_data_file(path: str | Path, *, download: bool = True, hub_file_syntax: bool = False) -> Path:

@@ -126,6 +126,10 @@ def test_hub_file_names(places, monkeypatch):
     assert calls == [("org/repo", "dir/f.jsonl")]
     with pytest.raises(DataNotFoundError):
         locate_data_file("org/repo/dir/f.jsonl")  # without hub_file_syntax: a local name only
+    assert how_to_get("org/repo/dir/f.jsonl") == (
+        "download it with `huggingface-cli download org/repo dir/f.jsonl --repo-type dataset --local-dir "
+        "data_files/_hub` and pass data_files/_hub/dir/f.jsonl instead, or get it from "
+        "https://huggingface.co/datasets/org/repo/blob/main/dir/f.jsonl")
 
 
 def test_hub_dataset_ids(places):
