@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import random
-from pathlib import Path
 from typing import Sequence
 
 from common.data_locations import find_local_data_file, is_hub_dataset_id, load_hub_dataset, locate_data_file
