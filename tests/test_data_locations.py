@@ -233,3 +233,22 @@ def test_project_data_files_are_present_and_not_ignored():
             assert ignored.returncode == 1, f"{name} is ignored by .gitignore"
     refusals = [line for line in (root / "data_files/sorrybench/gold_refusals.txt").read_text().splitlines() if line]
     assert len(refusals) == 12
+
+
+def test_no_code_plan_or_doc_names_the_development_data_folder():
+    """Data is reached only through the rule: no file names the development layout's `../shared` folder (only
+    .ci/run may point LD_DATA_DIR there, since that folder exists in CI)."""
+    root = Path(__file__).resolve().parents[1]
+    needles = ("../shared", '"shared" / "data"', "'shared' / 'data'")
+    offenders = []
+    for path in root.rglob("*"):
+        parts = path.relative_to(root).parts
+        if not path.is_file() or parts[0] in (".git", ".venv", "outputs", ".ci") or "__pycache__" in parts:
+            continue
+        if path == Path(__file__).resolve():  # this test names the needles
+            continue
+        if path.suffix not in (".py", ".json", ".md", ".sh", ".txt", ".ini", ".toml", ".cfg"):
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        offenders += [f"{path.relative_to(root)}: {needle}" for needle in needles if needle in text]
+    assert offenders == []
