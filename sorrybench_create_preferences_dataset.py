@@ -1,7 +1,7 @@
 """Create a SORRY-Bench preference data set (Razin et al. 2025, Sec. 6): sample responses, judge, pair, split.
 
     python sorrybench_create_preferences_dataset.py --model smollm2-135m-instruct \
-        --output_dir outputs/sorrybench/smollm2_prefs --max_new_tokens 64 --num_responses 2
+        --output_dir data_files/sorrybench/smollm2-135m-instruct --max_new_tokens 64 --num_responses 2
 
 In:  SORRY-Bench prompts (default data_files/sorrybench/sorry_bench_202406.csv or $LD_DATA_DIR, else the Hub id), a model.
 Out: <output_dir>/generations.jsonl, judgments.jsonl (resumable), rewards.jsonl (with --reward_model),

@@ -1,7 +1,7 @@
 """Refusal rates of one or more models on the prompts of a SORRY-Bench preference data set (train and test).
 
     python sorrybench_evaluate_refusal_rate.py --models smollm2-135m-instruct outputs/sorrybench/dpo_run/model \
-        --dataset_path outputs/sorrybench/smollm2_prefs --max_new_tokens 64
+        --dataset_path data_files/sorrybench/smollm2-135m-instruct --max_new_tokens 64
 
 For each model: generate for every prompt of train.jsonl and test.jsonl, judge, aggregate overall / per split /
 per category (rates with counts). Out: <output_dir>/<model slug>/{generations.jsonl, judgments.jsonl (both

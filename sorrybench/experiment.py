@@ -40,7 +40,7 @@ class SorryBenchConfig(PreferenceTrainingConfig):
 
     All `PreferenceTrainingConfig` fields apply (model, loss, optimizer, similarity filtering, ...); the defaults
     that differ: `dataset_format` "sorrybench_prefs", `dataset`/`eval_dataset` the train/test files of the
-    default CPU data set `outputs/sorrybench/smollm2_prefs` (their prompts are the train/test splits of the refusal
+    default CPU data set `data_files/sorrybench/smollm2-135m-instruct` (their prompts are the train/test splits of the refusal
     evaluation; `eval_dataset` is required), `lr` 5e-6 (the paper's SORRY-Bench value).
 
     Parameters of the held-out log-prob evaluation:

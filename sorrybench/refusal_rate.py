@@ -1,6 +1,6 @@
 """Refusal rates: judge generated responses (resumably) and aggregate overall, per split and per category.
 
-    prompts = load_dataset_prompts("outputs/sorrybench/smollm2_prefs")   # train.jsonl + test.jsonl queries
+    prompts = load_dataset_prompts("data_files/sorrybench/smollm2-135m-instruct")   # train.jsonl + test.jsonl queries
     rates = evaluate_refusal_rate(model, tokenizer, prompts, judge, out_dir, settings, model_name="...")
     print(format_comparison_table({"base": rates, "dpo": other_rates}))
 
