@@ -40,8 +40,8 @@ class SorryBenchConfig(PreferenceTrainingConfig):
 
     All `PreferenceTrainingConfig` fields apply (model, loss, optimizer, similarity filtering, ...); the defaults
     that differ: `dataset_format` "sorrybench_prefs", `dataset`/`eval_dataset` the train/test files of the
-    default CPU data set `data_files/sorrybench/smollm2-135m-instruct` (their prompts are the train/test splits of the refusal
-    evaluation; `eval_dataset` is required), `lr` 5e-6 (the paper's SORRY-Bench value).
+    default CPU data set `data_files/sorrybench/smollm2-135m-instruct` (their prompts are the train/test splits
+    of the refusal evaluation; `eval_dataset` is required), `lr` 5e-6 (the paper's SORRY-Bench value).
 
     Parameters of the held-out log-prob evaluation:
         eval_all_test_pairs (`bool`, defaults to `True`): Evaluate log-prob changes on every pair of
