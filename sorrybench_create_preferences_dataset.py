@@ -3,7 +3,8 @@
     python sorrybench_create_preferences_dataset.py --model smollm2-135m-instruct \
         --output_dir data_files/sorrybench/smollm2-135m-instruct --max_new_tokens 64 --num_responses 2
 
-In:  SORRY-Bench prompts (default data_files/sorrybench/sorry_bench_202406.csv or $LD_DATA_DIR, else the Hub id), a model.
+In:  SORRY-Bench prompts (default data_files/sorrybench/sorry_bench_202406.csv or under $LD_DATA_DIR, else the Hub
+     id), a model.
 Out: <output_dir>/generations.jsonl, judgments.jsonl (resumable), rewards.jsonl (with --reward_model),
      train.jsonl / test.jsonl (`query`, `chosen`, `rejected`, `category`, judge labels and scores, pair type,
      tie-break rule), dataset_info.json (counts, initial refusal rate). See docs/sorrybench.md.

@@ -12,9 +12,9 @@ If none works, `DataNotFoundError` lists every place tried and the exact command
 
 Hub dataset ids that are not files go to `datasets.load_dataset` through `load_hub_dataset`; a data directory
 or a configuration of the repository is written into the id (`parse_hub_dataset`):
-    org/name                  load_dataset("org/name")
-    org/name/sub/dir          load_dataset("org/name", data_dir="sub/dir")    e.g. Anthropic/hh-rlhf/harmless-base
-    org/name:config           load_dataset("org/name", "config")              e.g. tatsu-lab/alpaca_farm:alpaca_human_preference
+    org/name            load_dataset("org/name")
+    org/name/sub/dir    load_dataset("org/name", data_dir="sub/dir")   e.g. Anthropic/hh-rlhf/harmless-base
+    org/name:config     load_dataset("org/name", "config")   e.g. tatsu-lab/alpaca_farm:alpaca_human_preference
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def locate_data_file(path: str | Path, *, download: bool = True, hub_file_syntax
             return Path(hf_hub_download(source.repo_id, source.filename, repo_type="dataset"))
         except Exception as err:  # offline, gated, or missing: fall through to the one error below
             tried.append(f"Hub dataset {source.repo_id} file {source.filename} ({type(err).__name__})")
-    raise DataNotFoundError(f"data file {str(path)!r} not found (tried: {'; '.join(tried)}); to fix: {how_to_get(path)}")
+    raise DataNotFoundError(f"data file {str(path)!r} not found (tried: {'; '.join(tried)}); "
+                            f"to fix: {how_to_get(path)}")
 
 
 @dataclass(frozen=True)

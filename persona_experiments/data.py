@@ -5,10 +5,10 @@
     batch = build_persona_batch(tokenizer, chosen, ["Yes"], ["No"], seed=9773)
 
 The dataset is found by the data-location rule (`common/data_locations.py`): the path as given, then
-`data_files/<name>`, then `$LD_DATA_DIR/<name>`, then the file's public source (`data_files/persona/ends-justify-means.jsonl`
-is `persona/ends-justify-means.jsonl` of the Hub dataset `Anthropic/model-written-evals`). A file in any Hub dataset
-repo can also be written `<org>/<repo>/<path in repo>`, e.g. `Anthropic/model-written-evals/persona/ends-justify-means.jsonl`
-(downloaded with `huggingface_hub`).
+`data_files/<name>`, then `$LD_DATA_DIR/<name>`, then the file's public source
+(`data_files/persona/ends-justify-means.jsonl` is `persona/ends-justify-means.jsonl` of the Hub dataset
+`Anthropic/model-written-evals`). A file in any Hub dataset repo can also be written `<org>/<repo>/<path in repo>`,
+e.g. `Anthropic/model-written-evals/persona/ends-justify-means.jsonl` (downloaded with `huggingface_hub`).
 """
 
 from __future__ import annotations

@@ -118,7 +118,8 @@ def test_interrupted_run_leaves_a_partial_file_that_a_rerun_completes(tmp_path, 
 
 @pytest.mark.parametrize("batch_size, path_name", [("2", "summarize_pair_hidden_states"),
                                                     ("1", "summarize_pair_with_prompt_cache")])
-def test_self_check_rejects_a_model_the_fast_path_does_not_fit(tmp_path, ultrafeedback, monkeypatch, batch_size, path_name):
+def test_self_check_rejects_a_model_the_fast_path_does_not_fit(tmp_path, ultrafeedback, monkeypatch, batch_size,
+                                                              path_name):
     """A model whose fast result differs from its plain forward (simulated by doubling the sums) is refused, on
     the path the batch size selects (packed rows for > 1, prompt cache for 1)."""
     import compute_preference_similarity_per_example as script
