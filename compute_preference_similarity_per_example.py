@@ -1,7 +1,7 @@
 """Per-example preference similarity (CHES, length-normalised CHES, edit distance, final hidden-state product).
 
     python compute_preference_similarity_per_example.py --model smollm2-135m-instruct \
-        --dataset ../shared/data/ultrafeedback/train_1000.jsonl --dataset_format ultrafeedback \
+        --dataset data_files/ultrafeedback/train_1000.jsonl --dataset_format ultrafeedback \
         --num_samples 1000 --seed 0 --max_input_length 512 --output_dir outputs/similarity
 
 In:  a preference data set (`common.preference_data`), a model (`common.models.load_model_and_tokenizer`).

@@ -193,7 +193,7 @@ def adjudicate(model: torch.nn.Module, pairs: list[TokenizedPair], records: list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--dataset", default="../shared/data/ultrafeedback/train_1000.jsonl")
+    parser.add_argument("--dataset", default="data_files/ultrafeedback/train_1000.jsonl")
     parser.add_argument("--num_pairs", type=int, default=1000, help="seeded subsample of the data set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_input_length", type=int, default=512)

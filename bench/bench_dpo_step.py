@@ -233,7 +233,7 @@ def report(args, results: dict[str, list[dict]], counts: dict[str, int], bytes_o
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--dataset", default="../shared/data/ultrafeedback/train_1000.jsonl")
+    parser.add_argument("--dataset", default="data_files/ultrafeedback/train_1000.jsonl")
     parser.add_argument("--num_pairs", type=int, default=8, help="pairs drawn (= the batch: one step per batch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_length", type=int, default=256, help="tokens per prompt + response")

@@ -79,8 +79,8 @@ WORKERS = {"floor": floor_worker, "loaded": loaded_worker, "persona_run": person
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--persona_dataset", default="../shared/data/persona/ends-justify-means.jsonl")
-    parser.add_argument("--dpo_dataset", default="../shared/data/ultrafeedback/train_1000.jsonl")
+    parser.add_argument("--persona_dataset", default="data_files/persona/ends-justify-means.jsonl")
+    parser.add_argument("--dpo_dataset", default="data_files/ultrafeedback/train_1000.jsonl")
     parser.add_argument("--persona_steps", type=int, default=10)
     parser.add_argument("--dataset_steps", type=int, default=2,
                         help="steps of the dataset-level run (>= 2: the optimizer state exists from the 2nd backward on)")

@@ -221,7 +221,7 @@ def report(args, plan: dict, runs: list[dict], bare: list[tuple[float, float]]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--dataset", default="../shared/data/persona/ends-justify-means.jsonl")
+    parser.add_argument("--dataset", default="data_files/persona/ends-justify-means.jsonl")
     parser.add_argument("--num_runs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100, help="training steps per run")
     parser.add_argument("--outputs_dir", default=None, help="where the plan's runs go (default: a temporary dir)")

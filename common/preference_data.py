@@ -3,8 +3,9 @@
 Used by the CHES script (`compute_preference_similarity_per_example.py`) and the dataset-level trainer, so
 both see exactly the same text and token ids.
 
-    examples = load_preference_examples("../shared/data/ultrafeedback/train_1000.jsonl", "ultrafeedback",
+    examples = load_preference_examples("data_files/ultrafeedback/train_1000.jsonl", "ultrafeedback",
                                         num_samples=100, seed=0)
+    hh = load_preference_examples("Anthropic/hh-rlhf/harmless-base", "hh_rlhf", split="test")  # Hub, data_dir
     pair = tokenize_pair(tokenizer, examples[0], max_input_length=512)   # TokenizedPair, or a str skip reason
 
 Formats (`dataset_format`):
@@ -30,6 +31,8 @@ import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+from common.data_locations import is_hub_dataset_id, load_hub_dataset, locate_data_file, parse_hub_dataset
 
 DATASET_FORMATS = ("prompt_chosen_rejected", "ultrafeedback", "hh_rlhf", "sorrybench_prefs")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".csv")
@@ -109,20 +112,26 @@ def _read_local_rows(path: str) -> list[dict]:
 
 
 def _is_local(dataset: str) -> bool:
-    return os.path.exists(dataset) or dataset.endswith(LOCAL_SUFFIXES)
+    """A file name, not a Hub id (a file suffix, a local path prefix, or a place of the data-location rule holds it)."""
+    return not is_hub_dataset_id(dataset)
 
 
 def _load_rows(dataset: str, split: str) -> tuple[Any, str]:
-    """Return (indexable rows, description used in error messages)."""
-    if _is_local(dataset):
-        if not os.path.isfile(dataset):
-            raise FileNotFoundError(f"dataset file not found: {dataset}")
-        if not dataset.endswith(LOCAL_SUFFIXES):
-            raise ValueError(f"dataset file {dataset}: unsupported suffix; expected one of {LOCAL_SUFFIXES}")
-        return _read_local_rows(dataset), f"file {dataset}"
-    import datasets  # imported lazily: slow, and only needed for Hub ids
+    """Return (indexable rows, description used in error messages).
 
-    return datasets.load_dataset(dataset, split=split), f"Hub dataset {dataset} (split {split})"
+    Local files are found by the data-location rule (`common.data_locations.locate_data_file`: the path, then
+    data_files/, then $LD_DATA_DIR, then the file's Hub source); Hub ids (`org/name`, `org/name/data_dir`,
+    `org/name:config`) go to `datasets.load_dataset` (`load_hub_dataset`). Either raises DataNotFoundError
+    naming what was tried and how to get the data.
+    """
+    if _is_local(dataset):
+        path = str(locate_data_file(dataset))
+        if not os.path.isfile(path):
+            raise ValueError(f"dataset {dataset}: {path} is not a file; expected a {'/'.join(LOCAL_SUFFIXES)} file")
+        if not path.endswith(LOCAL_SUFFIXES):
+            raise ValueError(f"dataset file {path}: unsupported suffix; expected one of {LOCAL_SUFFIXES}")
+        return _read_local_rows(path), f"file {path}"
+    return load_hub_dataset(dataset, split), f"{parse_hub_dataset(dataset).describe()} (split {split})"
 
 
 def _response_text(value: Any, column: str, where: str) -> str:
@@ -189,10 +198,12 @@ def _row_to_example(row: dict, dataset_format: str, source_index: int, where: st
 
 def load_preference_examples(dataset: str, dataset_format: str, *, split: str = "train",
                              num_samples: int | None = None, seed: int = 0) -> list[PreferenceExample]:
-    """Load preference pairs from a Hub id (`datasets.load_dataset(dataset, split=split)`) or a local file.
+    """Load preference pairs from a Hub id (`datasets.load_dataset`) or a local file (the data-location rule).
 
     Args:
-        dataset: Hub id, or a local .json/.jsonl/.jsonl.gz/.json.gz/.csv path (`split` is ignored for files).
+        dataset: Hub id (`org/name`; a data directory `org/name/data_dir`, e.g. `Anthropic/hh-rlhf/harmless-base`;
+            a configuration `org/name:config`), or a local .json/.jsonl/.jsonl.gz/.json.gz/.csv file, found as
+            given, under data_files/, or under $LD_DATA_DIR (`common/data_locations.py`; `split` is ignored).
         dataset_format: One of DATASET_FORMATS (see the module docstring).
         split: Hub split name (UltraFeedback binarized: `train_prefs` / `test_prefs`).
         num_samples: Draw this many rows uniformly without replacement (`random.Random(seed).sample`),

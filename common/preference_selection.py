@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from common.data_locations import find_local_data_file, is_hub_dataset_id
 from common.preference_data import PreferenceExample, load_preference_examples
 from common.preference_training_config import PreferenceTrainingConfig
 
@@ -31,8 +31,10 @@ class SelectedExamples:
 
 
 def _same_dataset(recorded: str, configured: str) -> bool:
-    if Path(recorded).exists() and Path(configured).exists():
-        return Path(recorded).resolve() == Path(configured).resolve()
+    """Same file by the data-location rule (e.g. `data_files/x.jsonl` and the $LD_DATA_DIR copy it resolves to)."""
+    recorded_file, configured_file = find_local_data_file(recorded), find_local_data_file(configured)
+    if recorded_file is not None and configured_file is not None:
+        return recorded_file.resolve() == configured_file.resolve()
     return recorded == configured
 
 
@@ -42,7 +44,7 @@ def _check_settings(config: PreferenceTrainingConfig, settings: dict) -> None:
     checks = [("dataset", config.dataset, _same_dataset),
               ("dataset_format", config.dataset_format, lambda a, b: a == b),
               ("max_input_length", config.max_input_length, lambda a, b: a == b)]
-    if not Path(config.dataset).exists():  # a Hub id: the split matters too
+    if is_hub_dataset_id(config.dataset):  # a Hub id: the split matters too
         checks.append(("split", config.dataset_split, lambda a, b: a == b))
     for key, expected, same in checks:
         if key in settings and not same(settings[key], expected):

@@ -35,8 +35,9 @@ class PreferenceTrainingConfig(LossConfig):
             Log-probs and losses are always accumulated in float32.
 
     Parameters that control the data:
-        dataset (`str`, defaults to the UltraFeedback sample `../shared/data/ultrafeedback/train_1000.jsonl`):
-            Hub id or local json/jsonl/jsonl.gz/csv file (`common/preference_data.py`).
+        dataset (`str`, defaults to the UltraFeedback sample `data_files/ultrafeedback/train_1000.jsonl`):
+            Hub id (`org/name`, `org/name/data_dir`, `org/name:config`) or local json/jsonl/jsonl.gz/csv file, found
+            by the data-location rule (as given, data_files/, $LD_DATA_DIR; `common/data_locations.py`).
         dataset_format (`str`, defaults to `"ultrafeedback"`): `prompt_chosen_rejected`, `ultrafeedback`,
             `hh_rlhf` or `sorrybench_prefs`.
         dataset_split (`str`, defaults to `"train"`): Hub split (UltraFeedback binarized: `train_prefs`);
@@ -101,7 +102,7 @@ class PreferenceTrainingConfig(LossConfig):
     lora_rank: int = 8
     dtype: str = "float32"
     # data
-    dataset: str = "../shared/data/ultrafeedback/train_1000.jsonl"
+    dataset: str = "data_files/ultrafeedback/train_1000.jsonl"
     dataset_format: str = "ultrafeedback"
     dataset_split: str = "train"
     max_input_length: int | None = 512

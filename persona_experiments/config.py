@@ -15,8 +15,8 @@ class PersonaConfig(LossConfig):
     """One single-token preference-training run on persona prompts.
 
     Data:
-        dataset: Persona jsonl: local path (relative paths are tried against the working directory, then the
-            project root) or Hub file `<org>/<repo>/<path>`. Default "../shared/data/persona/ends-justify-means.jsonl".
+        dataset: Persona jsonl, found by the data-location rule (as given, data_files/, $LD_DATA_DIR, its Hub
+            source) or a Hub file `<org>/<repo>/<path>`. Default "data_files/persona/ends-justify-means.jsonl".
         num_train_samples: Number of training prompts, -1 = all (after the answer filter). Default 1.
         answer_matching_behavior_to_use: Keep only prompts whose answer_matching_behavior is "Yes" or "No";
             "" keeps both. Default "".

@@ -1,12 +1,14 @@
 """Persona data: load the Anthropic persona jsonl, pick training prompts, map output tokens to ids, build a batch.
 
-    examples = load_persona_examples("../shared/data/persona/ends-justify-means.jsonl")
+    examples = load_persona_examples("data_files/persona/ends-justify-means.jsonl")
     chosen = select_examples(examples, num_train_samples=1, answer_matching_behavior_to_use="Yes", seed=9773)
     batch = build_persona_batch(tokenizer, chosen, ["Yes"], ["No"], seed=9773)
 
-The dataset is a local jsonl file (relative paths are tried against the working directory, then the project
-root) or a file in a Hub dataset repo written `<org>/<repo>/<path in repo>`, e.g.
-`Anthropic/model-written-evals/persona/ends-justify-means.jsonl` (downloaded with `huggingface_hub`).
+The dataset is found by the data-location rule (`common/data_locations.py`): the path as given, then
+`data_files/<name>`, then `$LD_DATA_DIR/<name>`, then the file's public source
+(`data_files/persona/ends-justify-means.jsonl` is `persona/ends-justify-means.jsonl` of the Hub dataset
+`Anthropic/model-written-evals`). A file in any Hub dataset repo can also be written `<org>/<repo>/<path in repo>`,
+e.g. `Anthropic/model-written-evals/persona/ends-justify-means.jsonl` (downloaded with `huggingface_hub`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from common.data_locations import locate_data_file
 from common.preference_data import format_prompt
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PERSONA_DATASET = "../shared/data/persona/ends-justify-means.jsonl"
+DEFAULT_PERSONA_DATASET = "data_files/persona/ends-justify-means.jsonl"
 ANSWERS = ("Yes", "No")
 
 
@@ -78,18 +80,9 @@ class PersonaBatch:
 
 
 def resolve_dataset_file(dataset: str) -> Path:
-    """Local path (as given, then relative to the project root) or a file downloaded from a Hub dataset repo."""
-    for candidate in (Path(dataset), PROJECT_ROOT / dataset):
-        if candidate.is_file():
-            return candidate
-    parts = dataset.split("/")
-    if Path(dataset).is_absolute() or dataset.startswith(".") or len(parts) < 3:
-        raise FileNotFoundError(f"dataset: file not found: {dataset!r} (tried it relative to the working "
-                                f"directory and to the project root {PROJECT_ROOT}); a Hub file is written "
-                                "<org>/<repo>/<path>, e.g. Anthropic/model-written-evals/persona/ends-justify-means.jsonl")
-    from huggingface_hub import hf_hub_download  # only for Hub files
-
-    return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:]), repo_type="dataset"))
+    """The persona file `dataset` names, by the data-location rule with Hub file names (`<org>/<repo>/<path>`)
+    allowed. Raises `common.data_locations.DataNotFoundError` listing the places tried and how to get the file."""
+    return locate_data_file(dataset, hub_file_syntax=True)
 
 
 def load_persona_examples(dataset: str) -> list[PersonaExample]:

@@ -8,40 +8,38 @@ from __future__ import annotations
 
 import csv
 import random
-from pathlib import Path
 from typing import Sequence
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# The offline copy (../shared/data relative to the project root) and the original (gated) Hub data set.
-LOCAL_PROMPTS_PATH = PROJECT_ROOT.parent / "shared" / "data" / "sorrybench" / "sorry_bench_202406.csv"
+from common.data_locations import find_local_data_file, is_hub_dataset_id, load_hub_dataset, locate_data_file
+
+# The conventional local copy (found by the data-location rule: data_files/, then $LD_DATA_DIR) and the original
+# (gated) Hub data set it is taken from.
+PROMPTS_FILE_NAME = "data_files/sorrybench/sorry_bench_202406.csv"
 HUB_PROMPTS_ID = "sorry-bench/sorry-bench-202406"
 
 
 def default_prompts_source() -> str:
-    """The local csv when it exists, else the Hub id."""
-    return str(LOCAL_PROMPTS_PATH) if LOCAL_PROMPTS_PATH.exists() else HUB_PROMPTS_ID
+    """The local csv (`PROMPTS_FILE_NAME` by the data-location rule) when a place holds it, else the Hub id."""
+    local = find_local_data_file(PROMPTS_FILE_NAME)
+    return str(local) if local is not None else HUB_PROMPTS_ID
 
 
 def _read_rows(source: str) -> list[dict]:
-    """Rows with `category` and `prompt`, from a csv/jsonl file or a Hub id.
+    """Rows with `category` and `prompt`, from a csv/jsonl file (data-location rule) or a Hub id.
 
     The Hub data set stores each prompt as `turns` (a one-element list) with a `prompt_style` column; only the
     "base" style is kept (the local csv holds the base prompts only).
     """
-    path = Path(source)
-    if path.suffix == ".csv":
-        if not path.is_file():
-            raise FileNotFoundError(f"prompts file not found: {path}")
-        with path.open(encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
-    if path.suffix in (".jsonl", ".json"):
+    if not is_hub_dataset_id(source):
+        path = locate_data_file(source)  # DataNotFoundError names the places tried and how to get the file
+        if path.suffix == ".csv":
+            with path.open(encoding="utf-8", newline="") as handle:
+                return list(csv.DictReader(handle))
         from common.io_utils import read_jsonl
 
         return read_jsonl(path)
-    import datasets  # lazy: slow import, Hub only
-
     rows = []
-    for row in datasets.load_dataset(source, split="train"):
+    for row in load_hub_dataset(source, split="train"):  # DataNotFoundError when offline or gated without login
         if row.get("prompt_style", "base") != "base":
             continue
         turns = row.get("turns")

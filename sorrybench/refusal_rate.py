@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+from common.data_locations import find_local_data_file
 from common.io_utils import atomic_write_json, read_jsonl
 from sorrybench.generation import GenerationSettings, generate_for_prompts
 from sorrybench.judges import REFUSAL, Judge
@@ -119,10 +120,10 @@ def load_split_prompts(paths: dict[str, str | Path]) -> list[dict]:
         Records `{"example_id": "<split>/<row>", "split", "prompt_index", "category", "prompt"}`.
     """
     prompts = []
-    for split, path in paths.items():
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; expected a {split} file written by "
+    for split, name in paths.items():
+        path = find_local_data_file(name)  # the data-location rule: as given, data_files/, $LD_DATA_DIR
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"{name} not found; expected a {split} file written by "
                                     "sorrybench_create_preferences_dataset.py")
         for row_number, row in enumerate(read_jsonl(path)):
             prompts.append({"example_id": f"{split}/{row_number}", "split": split,

@@ -24,7 +24,8 @@ from common.preference_selection import select_examples  # noqa: E402
 from common.preference_trainer import train_preference_model  # noqa: E402
 from common.preference_training_config import PreferenceTrainingConfig  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrafeedback"
+# Conventional names, resolved by the data-location rule (data_files/, then $LD_DATA_DIR, which torchrun passes on).
+TRAIN_DATASET, EVAL_DATASET = "data_files/ultrafeedback/train_1000.jsonl", "data_files/ultrafeedback/eval_200.jsonl"
 
 
 class NullSink:
@@ -38,7 +39,7 @@ def run_worker(out_dir: Path) -> None:
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     config = PreferenceTrainingConfig(
-        model="tiny-gpt2", dataset=str(DATA / "train_1000.jsonl"), eval_dataset=str(DATA / "eval_200.jsonl"),
+        model="tiny-gpt2", dataset=TRAIN_DATASET, eval_dataset=EVAL_DATASET,
         num_train_samples=8, num_eval_samples=2, max_input_length=32, batch_size=4, epochs=2, optimizer="adam",
         lr=1e-3, outputs_dir=str(out_dir), random_seed=0)
     selected = select_examples(config)

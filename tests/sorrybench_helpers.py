@@ -3,6 +3,7 @@ so tests that need both labels use a judge that decides by a marker instead)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -14,6 +15,8 @@ from sorrybench.judges import COMPLIANCE, REFUSAL, JudgeResult
 
 
 PROMPTS_FILE = "data_files/sorrybench/sorry_bench_202406.csv"
+# 24 prompts written for the tests in the SORRY-Bench schema (`category` "1".."4", `prompt`): no public data needed.
+FIXTURE_PROMPTS_FILE = Path(__file__).resolve().parent / "fixtures" / "sorrybench_prompts.csv"
 
 
 def sorrybench_prompts_file() -> str:
@@ -24,6 +27,11 @@ def sorrybench_prompts_file() -> str:
     if found is None:
         pytest.skip(f"{PROMPTS_FILE} not found (set LD_DATA_DIR to a folder holding sorrybench/sorry_bench_202406.csv)")
     return str(found)
+
+
+def fixture_prompts_file() -> str:
+    """The tests' own 24 SORRY-Bench-schema prompts (always present)."""
+    return str(FIXTURE_PROMPTS_FILE)
 
 
 def tiny_causal_lm():

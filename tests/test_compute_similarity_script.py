@@ -14,9 +14,13 @@ from common.models import load_model_and_tokenizer
 from common.preference_data import load_preference_examples, tokenize_pair
 from compute_preference_similarity_per_example import main
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ULTRAFEEDBACK = str(DATA / "ultrafeedback" / "train_1000.jsonl")
-HH_RLHF = str(DATA / "hh_rlhf" / "harmless_base_test.jsonl.gz")
+from tests.conftest import real_data
+
+
+@pytest.fixture
+def ultrafeedback() -> str:
+    """The real UltraFeedback sample (the test skips without it)."""
+    return str(real_data("ultrafeedback/train_1000.jsonl"))
 
 
 def run(tmp_path: Path, dataset: str, dataset_format: str, *extra: str) -> Path:
@@ -25,8 +29,10 @@ def run(tmp_path: Path, dataset: str, dataset_format: str, *extra: str) -> Path:
                  "--device", "cpu", *extra])
 
 
-@pytest.mark.parametrize("dataset, dataset_format", [(ULTRAFEEDBACK, "ultrafeedback"), (HH_RLHF, "hh_rlhf")])
-def test_end_to_end_matches_library(tmp_path, dataset, dataset_format):
+@pytest.mark.parametrize("data_name, dataset_format", [("ultrafeedback/train_1000.jsonl", "ultrafeedback"),
+                                                       ("hh_rlhf/harmless_base_test.jsonl.gz", "hh_rlhf")])
+def test_end_to_end_matches_library(tmp_path, data_name, dataset_format):
+    dataset = str(real_data(data_name))
     path = run(tmp_path, dataset, dataset_format, "--num_samples", "4", "--seed", "1")
     dataset_name = f"{Path(dataset).parent.name}-{Path(dataset).name.split('.')[0]}"  # e.g. ultrafeedback-train_1000
     assert path.name == f"tiny-gpt2__{dataset_name}__n4__seed1__maxlen64.pt"
@@ -46,12 +52,12 @@ def test_end_to_end_matches_library(tmp_path, dataset, dataset_format):
     assert summary["settings"]["complete"] is True
 
 
-def test_default_batch_size_on_cpu_is_the_prompt_cache_path(tmp_path):
+def test_default_batch_size_on_cpu_is_the_prompt_cache_path(tmp_path, ultrafeedback):
     """Without --batch_size a CPU run uses batch 1 (prompt key/value cache) and gives the batch-2 scores."""
-    default = main(["--model", "tiny-gpt2", "--dataset", ULTRAFEEDBACK, "--dataset_format", "ultrafeedback",
+    default = main(["--model", "tiny-gpt2", "--dataset", ultrafeedback, "--dataset_format", "ultrafeedback",
                     "--num_samples", "3", "--max_input_length", "64", "--output_dir", str(tmp_path / "default"),
                     "--device", "cpu"])
-    packed = run(tmp_path / "packed", ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
+    packed = run(tmp_path / "packed", ultrafeedback, "ultrafeedback", "--num_samples", "3")
     default_results, packed_results = load_similarity_results(default), load_similarity_results(packed)
     assert default_results["settings"]["batch_size"] == 1 and packed_results["settings"]["batch_size"] == 2
     for name in MEASURE_NAMES:
@@ -80,12 +86,12 @@ def test_skipped_row_keeps_its_place_and_overwrite_is_refused(tmp_path):
     assert run(out, str(data), "prompt_chosen_rejected", "--overwrite") == path
 
 
-def test_interrupted_run_leaves_a_partial_file_that_a_rerun_completes(tmp_path, monkeypatch):
+def test_interrupted_run_leaves_a_partial_file_that_a_rerun_completes(tmp_path, ultrafeedback, monkeypatch):
     """3 pairs in batches of 2: the run is interrupted after the first batch (2 rows done), the partial file
     is readable, a rerun with other settings is refused, and a rerun with the same settings finishes it."""
     import compute_preference_similarity_per_example as script
 
-    reference_path = run(tmp_path / "reference", ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
+    reference_path = run(tmp_path / "reference", ultrafeedback, "ultrafeedback", "--num_samples", "3")
     reference = load_similarity_results(reference_path)
     original = script.iterate_pair_measures
 
@@ -96,23 +102,24 @@ def test_interrupted_run_leaves_a_partial_file_that_a_rerun_completes(tmp_path, 
 
     monkeypatch.setattr(script, "iterate_pair_measures", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
+        run(tmp_path, ultrafeedback, "ultrafeedback", "--num_samples", "3")
     monkeypatch.setattr(script, "iterate_pair_measures", original)
-    path = script.output_path(script.parse_args(["--model", "tiny-gpt2", "--dataset", ULTRAFEEDBACK,
+    path = script.output_path(script.parse_args(["--model", "tiny-gpt2", "--dataset", ultrafeedback,
                                                  "--dataset_format", "ultrafeedback", "--num_samples", "3",
                                                  "--max_input_length", "64", "--output_dir", str(tmp_path)]))
     partial = load_similarity_results(path, allow_partial=True)
     assert partial["settings"]["complete"] is False and partial["computed"].tolist().count(True) == 2
     assert torch.isnan(partial["ches_scores"]).sum().item() == 1
     with pytest.raises(SystemExit, match="different settings"):
-        run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3", "--dtype", "bfloat16")
-    run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "3")
+        run(tmp_path, ultrafeedback, "ultrafeedback", "--num_samples", "3", "--dtype", "bfloat16")
+    run(tmp_path, ultrafeedback, "ultrafeedback", "--num_samples", "3")
     torch.testing.assert_close(load_similarity_results(path)["ches_scores"], reference["ches_scores"])
 
 
 @pytest.mark.parametrize("batch_size, path_name", [("2", "summarize_pair_hidden_states"),
                                                     ("1", "summarize_pair_with_prompt_cache")])
-def test_self_check_rejects_a_model_the_fast_path_does_not_fit(tmp_path, monkeypatch, batch_size, path_name):
+def test_self_check_rejects_a_model_the_fast_path_does_not_fit(tmp_path, ultrafeedback, monkeypatch, batch_size,
+                                                              path_name):
     """A model whose fast result differs from its plain forward (simulated by doubling the sums) is refused, on
     the path the batch size selects (packed rows for > 1, prompt cache for 1)."""
     import compute_preference_similarity_per_example as script
@@ -126,4 +133,4 @@ def test_self_check_rejects_a_model_the_fast_path_does_not_fit(tmp_path, monkeyp
 
     monkeypatch.setattr(script, path_name, broken)
     with pytest.raises(RuntimeError, match=f"self-check failed.*batch_size {batch_size} path"):
-        run(tmp_path, ULTRAFEEDBACK, "ultrafeedback", "--num_samples", "2", "--batch_size", batch_size)
+        run(tmp_path, ultrafeedback, "ultrafeedback", "--num_samples", "2", "--batch_size", batch_size)

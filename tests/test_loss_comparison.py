@@ -18,6 +18,7 @@ from common.losses import LOSSES
 from common.runner import main as runner_main
 from loss_comparison_results_printer import RESULTS_FILE, TABLE_FILE, main as printer_main
 from persona_experiments.trainer import FAMILY as PERSONA_FAMILY
+from tests.conftest import DEMO_PERSONA_DATASET
 
 
 def write_run(root: Path, name: str, config: dict, summary: dict | None, status: str = "done") -> Path:
@@ -123,7 +124,8 @@ def test_printer_errors_exit_2(tmp_path, capsys):
 
 def _tiny_persona_plan(outputs_dir: Path) -> dict:
     base = {"experiment_name": "{objective}_s{train_samples_random_seed}", "outputs_dir": str(outputs_dir),
-            "model": "tiny-gpt2", "device": "cpu", "epochs": 3, "lr": 1e-3, "answer_matching_behavior_to_use": "Yes",
+            "model": "tiny-gpt2", "dataset": DEMO_PERSONA_DATASET, "device": "cpu", "epochs": 3, "lr": 1e-3,
+            "answer_matching_behavior_to_use": "Yes",
             "train_samples_random_seed": 1, "objective": "dpo", "save_metric_plots": False,
             "log_top_token_logit_change_interval": None, "grad_entanglement_interval": 1,
             "grad_entanglement_max_examples": 1, "grad_entanglement_params": "last_layer"}

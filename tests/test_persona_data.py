@@ -8,8 +8,10 @@ import pytest
 import torch
 from transformers import GPT2TokenizerFast
 
+from common.data_locations import DataNotFoundError
 from persona_experiments.data import (DEFAULT_PERSONA_DATASET, OutputTokenError, PersonaExample, build_persona_batch,
                                       load_persona_examples, output_token_id, resolve_dataset_file, select_examples)
+from tests.conftest import DEMO_PERSONA_DATASET, real_data
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +21,33 @@ def gpt2_tokenizer():
 
 
 def test_load_real_persona_file():
-    examples = load_persona_examples(DEFAULT_PERSONA_DATASET)  # resolved against the project root
+    real_data("persona/ends-justify-means.jsonl")
+    examples = load_persona_examples(DEFAULT_PERSONA_DATASET)  # the conventional name, found by the data rule
     assert len(examples) == 1000
     assert sum(e.answer_matching_behavior == "Yes" for e in examples) == 500
     assert examples[0].question.startswith("Is the following statement something you would say?")
     assert examples[0].index == 0
 
 
+def test_demo_statements_file_has_the_real_schema_and_both_answers():
+    """The project's own demo prompts: the persona schema (question = the fixed frame around the statement,
+    answers with their leading space), 10 rows answered Yes and 10 No."""
+    path = resolve_dataset_file(DEMO_PERSONA_DATASET)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 20
+    for row in rows:
+        assert set(row) == {"question", "statement", "label_confidence", "answer_matching_behavior",
+                            "answer_not_matching_behavior"}
+        assert row["question"] == f'Is the following statement something you would say?\n"{row["statement"]}"'
+        assert {row["answer_matching_behavior"], row["answer_not_matching_behavior"]} == {" Yes", " No"}
+        assert 0.5 < row["label_confidence"] <= 1
+    examples = load_persona_examples(DEMO_PERSONA_DATASET)
+    assert [e.answer_matching_behavior for e in examples].count("Yes") == 10
+    assert [e.answer_matching_behavior for e in examples].count("No") == 10
+
+
 def test_missing_dataset_file_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="file not found.*project root"):
+    with pytest.raises(DataNotFoundError, match=r"'./no/such/persona.jsonl' not found \(tried: no/such/persona.jsonl"):
         resolve_dataset_file("./no/such/persona.jsonl")
 
 

@@ -12,12 +12,14 @@ from common.runner import main
 from persona_experiments.config import PersonaConfig
 from persona_experiments.trainer import FAMILY
 from persona_single_example_results_printer import main as printer_main
+from tests.conftest import DEMO_PERSONA_DATASET
 
 PLANS_DIR = Path(__file__).resolve().parents[1] / "persona_experiments" / "experiments_plans"
 
 
 def _chained_plan(outputs_dir: Path) -> dict:
-    common = {"outputs_dir": str(outputs_dir), "model": "tiny-gpt2", "device": "cpu", "epochs": 2, "lr": 1e-3,
+    common = {"outputs_dir": str(outputs_dir), "model": "tiny-gpt2", "dataset": DEMO_PERSONA_DATASET, "device": "cpu",
+              "epochs": 2, "lr": 1e-3,
               "answer_matching_behavior_to_use": "Yes", "train_samples_random_seed": 1, "save_metric_plots": False}
     seeds = {"train_samples_random_seed": [1, 2]}
     return {"name": "tiny_sft_dpo", "configurations": [

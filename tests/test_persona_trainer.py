@@ -12,6 +12,7 @@ from persona_experiments.config import PersonaConfig
 from persona_experiments.data import OutputTokenError
 from persona_experiments.recording import TOP_TOKENS_FILE
 from persona_experiments.trainer import TENSORS_FILE, run_persona_experiment
+from tests.conftest import DEMO_PERSONA_DATASET
 
 
 class ListLogger:
@@ -27,8 +28,8 @@ class ListLogger:
 def _run(tmp_path, name, check_config=True, **fields):
     run_dir = tmp_path / name
     run_dir.mkdir()
-    config = PersonaConfig(**{"model": "tiny-gpt2", "epochs": 3, "lr": 1e-3, "answer_matching_behavior_to_use": "Yes",
-                              "random_seed": 1, **fields})
+    config = PersonaConfig(**{"model": "tiny-gpt2", "dataset": DEMO_PERSONA_DATASET, "epochs": 3, "lr": 1e-3,
+                              "answer_matching_behavior_to_use": "Yes", "random_seed": 1, **fields})
     assert not check_config or config.validate() == []
     logger = ListLogger()
     summary = run_persona_experiment(config, RunContext(run_dir, torch.device("cpu"), logger, 1))
@@ -62,9 +63,13 @@ def test_dpo_run_logs_and_writes_outputs(tmp_path):
 
 
 def test_gradient_accumulation_gives_identical_updates(tmp_path):
-    """4 prompts in one full batch vs the same batch in 3 micro-batches (sizes 2, 1, 1): same trajectory."""
+    """4 prompts in one full batch vs the same batch in 3 micro-batches (sizes 2, 1, 1): same trajectory.
+
+    lr 0.01 keeps the IPO loss at its scale (25 -> 18 -> 26): at lr 0.5 plain SGD diverges on some prompt sets
+    (loss 8e5 after one step), and the float32 rounding difference of the two summation orders is then amplified
+    past the relative tolerance, which measures accumulation, not divergence."""
     common = dict(num_train_samples=4, answer_matching_behavior_to_use="", objective="ipo", kl_coeff=0.1,
-                  optimizer="sgd", lr=0.5, epochs=2)
+                  optimizer="sgd", lr=0.01, epochs=2)
     _, single, _ = _run(tmp_path, "ga1", gradient_accumulation=1, **common)
     _, accumulated, _ = _run(tmp_path, "ga3", gradient_accumulation=3, **common)
     for a, b in zip(single, accumulated):

@@ -13,16 +13,17 @@ import pytest
 from common.io_utils import read_json, read_jsonl
 from common.runner import main
 from preference_similarity.experiment import FAMILY
+from tests.conftest import real_data
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ultrafeedback"
 
 
 def write_plan(outputs_dir: Path) -> Path:
+    train, held_out = real_data("ultrafeedback/train_1000.jsonl"), real_data("ultrafeedback/eval_200.jsonl")
     base = {
         "experiment_name": "ddp_check", "outputs_dir": str(outputs_dir), "model": "tiny-gpt2",
-        "dataset": str(DATA / "train_1000.jsonl"), "dataset_format": "ultrafeedback", "num_train_samples": 4,
-        "max_input_length": 32, "eval_dataset": str(DATA / "eval_200.jsonl"), "num_eval_samples": 2,
+        "dataset": str(train), "dataset_format": "ultrafeedback", "num_train_samples": 4,
+        "max_input_length": 32, "eval_dataset": str(held_out), "num_eval_samples": 2,
         "objective": "dpo", "kl_coeff": 0.1, "optimizer": "adam", "lr": 1e-3, "batch_size": 4, "epochs": 3,
         "random_seed": 0, "save_metric_plots": False,
     }

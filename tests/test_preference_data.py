@@ -12,10 +12,8 @@ from common.preference_data import (
     HH_ASSISTANT_TURN, PLAIN_PROMPT_SEPARATOR, PreferenceExample, TokenizedPair, format_prompt,
     load_preference_examples, tokenize_pair,
 )
+from tests.conftest import real_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ULTRAFEEDBACK = DATA / "ultrafeedback" / "train_1000.jsonl"
-HH_RLHF = DATA / "hh_rlhf" / "harmless_base_test.jsonl.gz"
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
 
@@ -36,6 +34,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_ultrafeedback_sample_is_seeded_sorted_and_keeps_metadata():
+    ULTRAFEEDBACK = real_data("ultrafeedback/train_1000.jsonl")
     first = load_preference_examples(str(ULTRAFEEDBACK), "ultrafeedback", num_samples=5, seed=3)
     again = load_preference_examples(str(ULTRAFEEDBACK), "ultrafeedback", num_samples=5, seed=3)
     other = load_preference_examples(str(ULTRAFEEDBACK), "ultrafeedback", num_samples=5, seed=4)
@@ -61,6 +60,7 @@ def test_ultrafeedback_message_lists_use_last_assistant_message(tmp_path):
 
 
 def test_hh_rlhf_splits_at_last_shared_assistant_turn():
+    HH_RLHF = real_data("hh_rlhf/harmless_base_test.jsonl.gz")
     examples = load_preference_examples(str(HH_RLHF), "hh_rlhf")
     with gzip.open(HH_RLHF, "rt") as f:
         rows = [json.loads(line) for line in f]

@@ -17,19 +17,20 @@ import preference_similarity_results_printer as printer
 from common.io_utils import read_json, read_jsonl
 from common.runner import main
 from preference_similarity.experiment import FAMILY
+from tests.conftest import real_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrafeedback"
 MAX_LENGTH = 32
 
 
 def write_plan(tmp_path: Path, similarity_path: Path) -> Path:
+    train, held_out = real_data("ultrafeedback/train_1000.jsonl"), real_data("ultrafeedback/eval_200.jsonl")
     base = {
         "experiment_name": "{pref_similarity_measure}_q{quantile}_seed{random_seed}",
-        "outputs_dir": str(tmp_path / "outputs"), "model": "tiny-gpt2", "dataset": str(DATA / "train_1000.jsonl"),
+        "outputs_dir": str(tmp_path / "outputs"), "model": "tiny-gpt2", "dataset": str(train),
         "dataset_format": "ultrafeedback", "max_input_length": MAX_LENGTH,
         "similarity_results_path": str(similarity_path),
         "pref_similarity_measure": "ches_scores", "quantile": 0.0, "preference_num_samples": 4,
-        "eval_dataset": str(DATA / "eval_200.jsonl"), "num_eval_samples": 2, "objective": "dpo", "kl_coeff": 0.1,
+        "eval_dataset": str(held_out), "num_eval_samples": 2, "objective": "dpo", "kl_coeff": 0.1,
         "optimizer": "adam", "lr": 1e-3, "batch_size": 2, "epochs": 1, "random_seed": 0, "save_metric_plots": False,
     }
     plan = {
@@ -47,8 +48,9 @@ def write_plan(tmp_path: Path, similarity_path: Path) -> Path:
 
 
 def test_similarity_quantile_plan_end_to_end(tmp_path, capsys):
+    train = real_data("ultrafeedback/train_1000.jsonl")
     similarity_path = similarity_script.main([
-        "--model", "tiny-gpt2", "--dataset", str(DATA / "train_1000.jsonl"), "--dataset_format", "ultrafeedback",
+        "--model", "tiny-gpt2", "--dataset", str(train), "--dataset_format", "ultrafeedback",
         "--num_samples", "10", "--seed", "0", "--max_input_length", str(MAX_LENGTH), "--batch_size", "4",
         "--output_dir", str(tmp_path / "similarity"), "--device", "cpu"])
     assert main(FAMILY, ["--plan_config_path", str(write_plan(tmp_path, similarity_path))]) == 0

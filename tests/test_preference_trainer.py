@@ -27,14 +27,15 @@ from common.preference_trainer import TrainingSplit, _step_batches, accumulate_s
 from common.preference_training_config import PreferenceTrainingConfig
 from common.sequence_logprobs import batch_logps_padded, packed_pair_inputs, pair_logps
 from common.tracker import DisplacementTracker
+from tests.conftest import assert_close_at_precision, real_data
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ultrafeedback"
+ULTRAFEEDBACK_TRAIN, ULTRAFEEDBACK_EVAL = "ultrafeedback/train_1000.jsonl", "ultrafeedback/eval_200.jsonl"
 
 
 def real_pairs(tokenizer, count: int, max_input_length: int = 40) -> list[TokenizedPair]:
     """`count` UltraFeedback pairs, truncated so prompts and responses are short, plus one 1-token prompt."""
-    examples = load_preference_examples(str(DATA / "train_1000.jsonl"), "ultrafeedback", num_samples=count, seed=1)
+    examples = load_preference_examples(str(real_data(ULTRAFEEDBACK_TRAIN)), "ultrafeedback", num_samples=count, seed=1)
     pairs = [tokenize_pair(tokenizer, example, max_input_length) for example in examples]
     assert all(isinstance(p, TokenizedPair) for p in pairs)
     return pairs[:-1] + [TokenizedPair([pairs[-1].prompt_ids[-1]], [5, 6, 7], [8], pairs[-1].source_index)]
@@ -93,7 +94,7 @@ def test_shared_prompt_gradients_equal_naive_gradients(model_name):
         chosen, rejected = compute()
         (chosen - 2 * rejected).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    assert_close_at_precision(grads[0], grads[1])  # float32: tolerance from its eps and the gradient's size
 
 
 def float64_model(name: str):
@@ -205,8 +206,9 @@ def test_config_validation_names_the_fields():
 
 
 def small_config(tmp_path: Path, **overrides) -> PreferenceTrainingConfig:
-    fields = dict(model="tiny-gpt2", dataset=str(DATA / "train_1000.jsonl"), eval_dataset=str(DATA / "eval_200.jsonl"),
-                  num_train_samples=6, num_eval_samples=3, max_input_length=32, batch_size=3, epochs=2,
+    fields = dict(model="tiny-gpt2", dataset=str(real_data(ULTRAFEEDBACK_TRAIN)),
+                  eval_dataset=str(real_data(ULTRAFEEDBACK_EVAL)), num_train_samples=6, num_eval_samples=3,
+                  max_input_length=32, batch_size=3, epochs=2,
                   optimizer="adam", lr=1e-3, outputs_dir=str(tmp_path / "outputs"), random_seed=0)
     fields.update(overrides)
     config = PreferenceTrainingConfig(**fields)
@@ -264,6 +266,7 @@ def test_two_processes_match_one_process(tmp_path):
     with the same batch size (to 1e-5); only rank 0 logs (the worker's other ranks would raise)."""
     from tests.preference_ddp_worker import run_worker
 
+    real_data(ULTRAFEEDBACK_TRAIN), real_data(ULTRAFEEDBACK_EVAL)  # the worker reads them by their conventional names
     run_worker(tmp_path / "single")
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                "--master_port", "29517", str(ROOT / "tests" / "preference_ddp_worker.py"),

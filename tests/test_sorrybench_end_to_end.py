@@ -18,14 +18,14 @@ from sorrybench.generation import GenerationSettings
 from sorrybench.judges import REFUSAL
 from sorrybench.pairs import pair_two_responses
 from sorrybench.preference_dataset import DatasetOptions, create_preferences_dataset
-from tests.sorrybench_helpers import EvenLengthRefusalJudge, sorrybench_prompts_file, tiny_classifier
+from tests.sorrybench_helpers import EvenLengthRefusalJudge, fixture_prompts_file, tiny_classifier
 
 GENERATION = GenerationSettings(num_responses=2, max_new_tokens=6, batch_size=4, seed=0)
 
 
 def _options(output_dir, **overrides) -> DatasetOptions:
     return DatasetOptions(**{"output_dir": str(output_dir), "model": "tiny-gpt2", "num_prompts": 12,
-                             "prompts_path": sorrybench_prompts_file(), "generation": GENERATION,
+                             "prompts_path": fixture_prompts_file(), "generation": GENERATION,
                              "gold_preferences": "generic", **overrides})
 
 
@@ -104,7 +104,7 @@ def test_script_reference_flags_with_a_hub_style_reward_model(tmp_path, capsys):
     out = tmp_path / "prefs"
     info = create_script.main(["--model", "tiny-gpt2", "--use_rm", "--reward_model", str(tmp_path / "rm"),
                                "--gpu_id", "0", "--random_seed", "128", "--output_dir", str(out),
-                               "--prompts_path", sorrybench_prompts_file(), "--num_prompts", "4",
+                               "--prompts_path", fixture_prompts_file(), "--num_prompts", "4",
                                "--categories", "1", "2", "--max_output_length", "5", "--batch_size", "2",
                                "--test_ratio", "0.25", "--gold_preferences", "generic"])
     assert info["num_pairs"] == 4 and (info["num_train"], info["num_test"]) == (3, 1)
@@ -140,7 +140,7 @@ def test_script_fails_when_the_model_never_refused(tmp_path, capsys):
     out = tmp_path / "prefs"
     with pytest.raises(SystemExit) as stopped:
         create_script.main(["--model", "tiny-gpt2", "--output_dir", str(out), "--prompts_path",
-                            sorrybench_prompts_file(), "--num_prompts", "3", "--max_new_tokens", "3",
+                            fixture_prompts_file(), "--num_prompts", "3", "--max_new_tokens", "3",
                             "--gold_preferences", "none", "--device", "cpu"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert stopped.value.code == 1 and "the model never refused" in error and "--gold_preferences" in error
