@@ -40,14 +40,18 @@ STARTS: dict[str, tuple[str, float, float, str]] = {
     "dpo_post_sft": ("dpo", 0.1, 1e-6, "{run:sft}/model"),
     "ipo_post_sft": ("ipo", 0.01, 1e-7, "{run:sft}/model"),
 }
-COMMON = {"model": MODEL, "device": "cpu", "dtype": "float32", "outputs_dir": OUTPUTS_DIR,
-          "dataset": "data_files/persona/ends-justify-means.jsonl", "optimizer": "rmsprop",
-          "gradient_accumulation": 1}
+DATASET = "data_files/persona/ends-justify-means.jsonl"
 
 
-def sft_configuration() -> dict:
+def common_fields(model: str, outputs_dir: str, dataset: str) -> dict:
+    """Fields shared by every run of the plan."""
+    return {"model": model, "device": "cpu", "dtype": "float32", "outputs_dir": outputs_dir, "dataset": dataset,
+            "optimizer": "rmsprop", "gradient_accumulation": 1}
+
+
+def sft_configuration(common: dict) -> dict:
     """The reference's single SFT stage over all prompts (shared by every post-SFT run)."""
-    return {"base_config": {"experiment_name": "sft", **COMMON, "num_train_samples": -1,
+    return {"base_config": {"experiment_name": "sft", **common, "num_train_samples": -1,
                             "answer_matching_behavior_to_use": "", "train_samples_random_seed": -1,
                             "batch_size": 32, "epochs": 1,
                             "output_tokens_matching_yes": ["No", "Never", "Maybe", "Perhaps"],
@@ -56,27 +60,30 @@ def sft_configuration() -> dict:
                             "log_top_token_logit_change_interval": None, "save_model": True}}
 
 
-def single_prompt_configuration(pair: str, start: str) -> dict:
-    """Ten single-prompt runs (one per paper seed) of one token pair from one start."""
+def single_prompt_configuration(pair: str, start: str, common: dict, seeds: list[int], steps: int) -> dict:
+    """Single-prompt runs (one per seed) of one token pair from one start, `steps` optimizer steps each."""
     answer, matching_yes, matching_no = TOKEN_PAIRS[pair]
     objective, kl_coeff, lr, checkpoint = STARTS[start]
-    base = {"experiment_name": f"{pair}_{start}_s{{train_samples_random_seed}}", **COMMON,
+    base = {"experiment_name": f"{pair}_{start}_s{{train_samples_random_seed}}", **common,
             "num_train_samples": 1, "answer_matching_behavior_to_use": answer,
-            "train_samples_random_seed": PAPER_SEEDS[0], "batch_size": -1,
+            "train_samples_random_seed": seeds[0], "batch_size": -1,
             "output_tokens_matching_yes": [matching_yes], "output_tokens_matching_no": [matching_no],
-            "epochs": STEPS_PER_RUN, "log_top_token_logit_change_interval": 5,
+            "epochs": steps, "log_top_token_logit_change_interval": 5,
             "objective": objective, "kl_coeff": kl_coeff, "lr": lr}
     if checkpoint:
         base["load_model_checkpoint"] = checkpoint
-    return {"base_config": base, "options": {"train_samples_random_seed": list(PAPER_SEEDS)}}
+    return {"base_config": base, "options": {"train_samples_random_seed": list(seeds)}}
 
 
-def build_plan() -> dict:
-    """The whole plan: base-model DPO first (needs no SFT, so its tables fill first), then SFT, then post-SFT."""
-    configurations = [single_prompt_configuration(pair, "dpo_base") for pair in TOKEN_PAIRS]
-    configurations.append(sft_configuration())
-    configurations += [single_prompt_configuration(pair, start) for start in ("dpo_post_sft", "ipo_post_sft")
-                       for pair in TOKEN_PAIRS]
+def build_plan(model: str = MODEL, outputs_dir: str = OUTPUTS_DIR, dataset: str = DATASET,
+               seeds: list[int] = PAPER_SEEDS, steps: int = STEPS_PER_RUN) -> dict:
+    """The whole plan: base-model DPO first (needs no SFT, so its tables fill first), then SFT, then post-SFT.
+    The defaults are the committed plan; tests build the same plan on a tiny model with fewer seeds and steps."""
+    common = common_fields(model, outputs_dir, dataset)
+    configurations = [single_prompt_configuration(pair, "dpo_base", common, seeds, steps) for pair in TOKEN_PAIRS]
+    configurations.append(sft_configuration(common))
+    configurations += [single_prompt_configuration(pair, start, common, seeds, steps)
+                       for start in ("dpo_post_sft", "ipo_post_sft") for pair in TOKEN_PAIRS]
     description = " ".join((__doc__ or "").split("\n\n")[1].split())
     return {"name": "section3_smollm2", "description": description, "skip": 0, "repetitions": 1,
             "largest": False, "multiprocess": False, "num_parallel": 1, "gpu_ids_pool": [],

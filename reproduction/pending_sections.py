@@ -1,0 +1,127 @@
+"""Sections 5 and 6 of docs/REPRODUCTION.md (pipelines, commands, expected resources, run counts) and the
+paper-scale plans of every section. These sections hold no numbers until their runs exist; the generator counts
+the finished runs it finds (status.json with status "done") and says "not run yet" when there are none.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reproduction.dataset_level_plans import (REFUSING_MODEL_DATA, SECTION5_OUTPUTS, SECTION5_SIMILARITY,
+                                              SECTION6_OUTPUTS, SECTION6_SIMILARITY, SFT_MODEL, SFT_SOURCE_DATA)
+
+ENV = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 LD_DATA_DIR=/path/to/data"
+SECTION5_COMMANDS = f"""# 1. score 1000 UltraFeedback pairs: CHES, LN-CHES, -normalised edit distance, last-hidden inner product
+{ENV} python compute_preference_similarity_per_example.py --model smollm2-135m-instruct \\
+    --dataset ${{LD_DATA_DIR}}/ultrafeedback/train_1000.jsonl --dataset_format ultrafeedback \\
+    --num_samples 1000 --seed 0 --max_input_length 128 --device cpu \\
+    --output_dir {Path(SECTION5_SIMILARITY).parent}
+#    (writes {Path(SECTION5_SIMILARITY).name}; the plan reads that path)
+# 2. 45 DPO runs on 32-pair quantile windows (3 measures x 5 quantiles x 3 seeds)
+{ENV} nohup python preference_similarity_experiment_plan_runner.py \\
+    --plan_config_path reproduction/plans/section5_smollm2.json > section5.log 2>&1 &
+# 3. Figure 2 analogue (mean preferred log-prob change of the training pairs per quantile)
+python preference_similarity_results_printer.py --outputs_dir {SECTION5_OUTPUTS}"""
+SECTION6_COMMANDS = f"""# 0. SFT source: the SORRY-Bench train/test split with the generic gold refusals (4-token responses; unused)
+{ENV} python sorrybench_create_preferences_dataset.py --model smollm2-135m-instruct \\
+    --max_output_length 4 --batch_size 16 --device cpu --gold_preferences generic --output_dir {SFT_SOURCE_DATA}
+# 1. safety SFT (cross-entropy on gold refusals of 64 training prompts) + its refusal rates (train / test)
+{ENV} python sorrybench_experiment_plan_runner.py --plan_config_path reproduction/plans/section6a_smollm2.json
+# 2. preference data from the refusing model, reference pairing rule (2 responses of 48 tokens, keyword judge,
+#    a refusal preferred when the scores differ, ties at random), generic gold preferences, 85/15 split
+{ENV} python sorrybench_create_preferences_dataset.py --model {SFT_MODEL} \\
+    --max_output_length 48 --batch_size 16 --device cpu --gold_preferences generic --output_dir {REFUSING_MODEL_DATA}
+# 3. length-normalised CHES of its training pairs, on the refusing model
+{ENV} python compute_preference_similarity_per_example.py --model {SFT_MODEL} \\
+    --dataset {REFUSING_MODEL_DATA}/train.jsonl --dataset_format sorrybench_prefs --max_input_length 256 \\
+    --device cpu --output_dir {Path(SECTION6_SIMILARITY).parent}
+# 4. DPO, DPO + SFT term, gold preferences (64 pairs each) and the 16 lowest LN-CHES pairs, from the refusing
+#    model; refusal rates before (dpo_plain) and after (temperature 0.7, 48 new tokens, keyword judge)
+{ENV} nohup python sorrybench_experiment_plan_runner.py \\
+    --plan_config_path reproduction/plans/section6b_smollm2.json > section6.log 2>&1 &"""
+PAPER_SCALE = {
+    3: ["`persona_experiments/experiments_plans/persona_paper_olmo1b.json`, `persona_paper_gemma2b.json`, "
+        "`persona_paper_llama3_8b.json` (61 runs each: one SFT over the 1000 prompts, DPO from the base model, DPO "
+        "and IPO after SFT, two pairs, ten seeds, 101 steps, fp32; Hub models). One GPU per model; Llama-3-8B in "
+        "fp32 with RMSprop state needs about 96 GB (an H200-class GPU). Same runner and the same generator "
+        "(`--section3_dir` is the plan's `outputs_dir`; the pair/start grouping reads the configs)."],
+    5: ["`preference_similarity/experiments_plans/paper_olmo1b_gemma2b_llama3_8b.json`: 5000 UltraFeedback-"
+        "binarized pairs scored per model (`--dataset HuggingFaceH4/ultrafeedback_binarized --split train_prefs "
+        "--num_samples 5000 --max_input_length 512`), 512-pair windows at quantiles 0…1 of CHES and edit distance, "
+        "3 seeds; GPUs and Hub access, Llama-3-8B in fp32 through FSDP over several GPUs (docs/dataset_level.md)."],
+    6: ["`sorrybench/experiments_plans/gemma2b_it_paper.json` and `llama3_8b_instruct_paper.json`: data from "
+        "`sorrybench_create_preferences_dataset.py --model google/gemma-2b-it` (or the Llama default) with the "
+        "official judge, `--use_rm` (PairRM) and the human gold preferences (gated); 512-token responses; DPO/IPO "
+        "plain, +SFT, gold, 19 lowest LN-CHES pairs; fp32. These instruct models already refuse, so the safety "
+        "SFT step (1 above) is not needed there. Llama-3-8B: about 96 GB (H200-class GPU or multi-GPU)."],
+}
+
+
+def count_finished_runs(outputs_dir: Path) -> int:
+    """Run directories under `outputs_dir` whose status.json says "done" (0 when the directory is missing)."""
+    outputs_dir = Path(outputs_dir)
+    if not outputs_dir.is_dir():
+        return 0
+    done = 0
+    for status_file in outputs_dir.rglob("status.json"):
+        try:
+            done += json.loads(status_file.read_text(encoding="utf-8")).get("status") == "done"
+        except (json.JSONDecodeError, OSError, AttributeError):
+            continue
+    return done
+
+
+def paper_scale_lines(section: int) -> list[str]:
+    """The 'paper scale' paragraph of a section."""
+    return ["**Paper scale** (GPU, Hub models; the identical pipeline):", "", *(f"- {line}" for line in
+                                                                              PAPER_SCALE[section]), ""]
+
+
+def _status_line(outputs_dir: Path, num_runs: int, planned: int) -> str:
+    if num_runs == 0:
+        return (f"**Not run yet**: 0 of {planned} planned runs found under `{outputs_dir}` (the CHES and similarity "
+                "scripts were still being changed when this report was generated).")
+    return (f"**Runs found: {num_runs} of {planned}** under `{outputs_dir}`; this generator does not summarise them "
+            "yet: use the results printer named in step 3/4 below.")
+
+
+def section5_markdown(outputs_dir: Path, num_runs: int) -> list[str]:
+    """Section 5: what it measures, its status, the commands and resources."""
+    return ["## Section 5: CHES vs other similarity measures (Figure 2 analogue)", "",
+            _status_line(outputs_dir, num_runs, 45), "",
+            "What it will show: the preferred log-prob change after DPO on 32-pair subsets taken at quantiles "
+            "0, 0.25, 0.5, 0.75, 1 of CHES, of minus the normalised edit distance and of the last-hidden-state "
+            "inner product, 3 seeds each (the paper: the more similar by CHES, the larger the decrease, while the "
+            "other measures order the subsets less clearly). Plan: `reproduction/plans/section5_smollm2.json` "
+            "(`python -m reproduction.dataset_level_plans` writes it).", "",
+            "```bash", SECTION5_COMMANDS, "```", "",
+            "Expected resources (2 shared CPU cores, OMP_NUM_THREADS=1): scoring about 10–15 min, the 45 runs "
+            "about 1–1.5 h (the 30-run plan of the same shape was sized at about an hour), under 2 GB of memory.",
+            "",
+            "Not built yet: the per-example rank correlation between each measure and each pair's log-prob change "
+            "(it needs the training pairs' per-example changes, `displacement_train.safetensors`, mapped to the "
+            "similarity file's `sample_indices`; neither the printer nor this generator does it).", "",
+            *paper_scale_lines(5)]
+
+
+def section6_markdown(outputs_dir: Path, num_runs: int) -> list[str]:
+    """Section 6: the safety-SFT pipeline, its status, commands and resources."""
+    return ["## Section 6: unintentional unalignment on SORRY-Bench (Figure 3 analogue)", "",
+            _status_line(outputs_dir, num_runs, 5), "",
+            "SmolLM2-135M-Instruct hardly refuses (3 of 192 sampled responses, docs/sorrybench.md), so the "
+            "pipeline first makes a refusing model with an SFT stage on the gold refusal texts "
+            "(`data_files/sorrybench/gold_refusals.txt`), then follows the paper: refusal rate of that model, "
+            "preference data generated from it by the reference pairing rule, DPO / DPO + SFT / gold / "
+            "LN-CHES-filtered, refusal rates before and after (the paper's shape: DPO drops the rate, 74.4% → "
+            "33.4% for Llama-3-8B-Instruct, and CHES filtering keeps it). Plans: "
+            "`reproduction/plans/section6a_smollm2.json` (SFT) and `section6b_smollm2.json` (DPO variants).", "",
+            "```bash", SECTION6_COMMANDS, "```", "",
+            "Expected resources (2 shared CPU cores; from the measured rates in docs/sorrybench.md: training 6.1 s "
+            "per pair per epoch, refusal evaluation 1.7 s per prompt, generation 3.2 s per prompt for 2 × 48 "
+            "tokens): step 0 about 5 min, step 1 about 20 min (7 min training, 13 min refusal evaluation of 450 "
+            "prompts), step 2 about 25 min, step 3 about 5 min, step 4 about 1 h (four runs of about 15 min, plus "
+            "the evaluation before training): about 2 h in all, under 3 GB of memory. The refusal rate after "
+            "training is 1 − mean judge score over one sampled response per prompt; responses the judge cannot "
+            "score (unknown) are left out of the mean and counted apart (`num_unknown`).", "",
+            *paper_scale_lines(6)]

@@ -1,0 +1,180 @@
+"""Section 3 of docs/REPRODUCTION.md: tables in the paper's layout and figures, drawn from the summary JSON
+(`section3_report.collect_section3`), never from anything else.
+
+Verdict rule (stated in the report): likelihood displacement is *reproduced* for a cell when the preferred
+probability ends below its initial value in at least half of the cell's used runs; the finding is
+"reproduced" when some cell of a close-unembedding or paper pair is, "partly" when only decreases at some step
+(reference definition) occur, "not reproduced" otherwise, and "not run" without runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reproduction.section3_report import PAIR_LABELS, START_LABELS
+from reproduction.section3_plan import STARTS, TOKEN_PAIRS
+
+
+def _pm(stat: dict, digits: str = ".3g") -> str:
+    """'mean ± std' of a {'mean', 'std'} dict, '-' when undefined."""
+    if stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:{digits}} ± {stat['std']:{digits}}"
+
+
+def _num(value: float | None, digits: str = ".3f") -> str:
+    return "-" if value is None else f"{value:{digits}}"
+
+
+def cell_displaced(cell: dict) -> bool:
+    """At least half of the used runs end with pi(y+) below its initial value."""
+    return cell["num_used"] > 0 and 2 * cell["num_preferred_final_below_initial"] >= cell["num_used"]
+
+
+def verdict(summary: dict) -> str:
+    """'reproduced', 'partly', 'not reproduced' or 'not run' (rule in the module docstring), followed by the
+    displaced cells and, for a partial plan, the run counts. Example: "reproduced ('No' vs 'no' DPO from the
+    instruct model; partial: 12 / 121 runs)"."""
+    cells = summary.get("cells", {})
+    if not cells:
+        return "not run"
+    displaced = [key for key, cell in cells.items() if cell_displaced(cell)]
+    if displaced:
+        word = "reproduced"
+    elif any(cell["reference_num_decreased_at_some_step"] > 0 for cell in cells.values()):
+        word = "partly"
+    else:
+        word = "not reproduced"
+    details = [", ".join(f"{PAIR_LABELS[key.split('/')[0]]} {START_LABELS[key.split('/')[1]]}" for key in displaced)]
+    if summary["status"] != "complete":
+        details.append(f"partial: {summary['num_done']} / {summary['num_expected']} runs")
+    details = [detail for detail in details if detail]
+    return word + (f" ({'; '.join(details)})" if details else "")
+
+
+def displacement_table(summary: dict) -> list[str]:
+    """Table 1 analogue: per start and pair, the preferred probability before/after and its decrease."""
+    lines = ["| start | y+ vs y− | runs done / planned (used) | π(y+) initial | π(y+) final | largest decrease of π(y+) "
+             "| Δ log π(y+) (nats) | π(y−) initial → final | π(y+) fell at some step (ref.) | final < initial |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, cell in summary["cells"].items():
+        pair, start = key.split("/")
+        lines.append(
+            f"| {START_LABELS[start]} | {PAIR_LABELS[pair]} | {cell['num_done']} / {cell['num_expected']} "
+            f"({cell['num_used']}) | {_pm(cell['initial_preferred_prob'])} | {_pm(cell['final_preferred_prob'])} | "
+            f"{_pm(cell['largest_preferred_prob_decrease'])} | {_pm(cell['preferred_logprob_change'])} | "
+            f"{_num(cell['initial_dispreferred_prob']['mean'], '.3g')} → "
+            f"{_num(cell['final_dispreferred_prob']['mean'], '.3g')} | "
+            f"{cell['reference_num_decreased_at_some_step']} / {cell['reference_num_examples']} | "
+            f"{cell['num_preferred_final_below_initial']} / {cell['num_used']} |")
+    return lines
+
+
+def top_tokens_table(summary: dict) -> list[str]:
+    """Table 2 analogue: the tokens whose probability rose most (reference top-1 by probability gain)."""
+    lines = ["| start | y+ vs y− | at step | top-1 token by probability gain: count / prompts, mean gain |",
+             "|---|---|---|---|"]
+    for key, cell in summary["cells"].items():
+        pair, start = key.split("/")
+        top = cell["reference_top_tokens"]
+        tokens = ", ".join(f"`{row['token']!r}` {row['count']} / {cell['reference_num_examples']}, "
+                           f"+{row['mean_increase']:.3g}" for row in top["rows"])
+        lines.append(f"| {START_LABELS[start]} | {PAIR_LABELS[pair]} | {top['step'] if top['step'] else '-'} "
+                     f"| {tokens or '-'} |")
+    return lines
+
+
+def unembedding_table(summary: dict) -> list[str]:
+    """Table 3 analogue: unembedding quantities of each pair at the start weights (instruct and SFT model)."""
+    lines = ["| start weights | y+ vs y− | ‖W+‖ | ‖W−‖ | ⟨W+, W−⟩ | cos | ‖W+‖ − ⟨W+, W−⟩/‖W+‖ | displaced (≥ half of runs) |",
+             "|---|---|---|---|---|---|---|---|"]
+    seen = set()
+    for key, cell in summary["cells"].items():
+        pair, start = key.split("/")
+        weights = "SFT model" if STARTS[start][3] else "instruct model"
+        if (weights, pair, STARTS[start][0]) in seen:
+            continue
+        seen.add((weights, pair, STARTS[start][0]))
+        u = cell["unembedding"]
+        lines.append(f"| {weights} ({STARTS[start][0].upper()}) | {PAIR_LABELS[pair]} | {_num(u['preferred_norm'])} | "
+                     f"{_num(u['dispreferred_norm'])} | {_num(u['inner_product'])} | {_num(u['cosine'])} | "
+                     f"{_num(u['preferred_norm_minus_projection_coef'])} | {'yes' if cell_displaced(cell) else 'no'} |")
+    return lines
+
+
+def plot_section3(summary: dict, figures_dir: Path) -> list[Path]:
+    """section3_trajectories.png (mean π(y+) solid, π(y−) dashed per step; one panel per start, one colour per
+    pair) and section3_decrease.png (largest decrease of π(y+), mean ± std over runs, per pair and start)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    starts = [start for start in STARTS if any(key.endswith(f"/{start}") for key in summary["cells"])]
+    figure, axes = plt.subplots(1, max(len(starts), 1), figsize=(5 * max(len(starts), 1), 3.8), squeeze=False)
+    for axis, start in zip(axes.flat, starts):
+        for index, pair in enumerate(TOKEN_PAIRS):
+            cell = summary["cells"].get(f"{pair}/{start}")
+            if not cell or not cell["trajectory"]["steps"]:
+                continue
+            trajectory, color = cell["trajectory"], f"C{index}"
+            axis.plot(trajectory["steps"], trajectory["preferred_prob_mean"], color=color,
+                      label=f"{PAIR_LABELS[pair]} ({cell['num_used']} runs)")
+            axis.plot(trajectory["steps"], trajectory["dispreferred_prob_mean"], color=color, linestyle="--")
+        axis.set_title(START_LABELS[start], fontsize=9)
+        axis.set_xlabel("step")
+        axis.set_ylabel("mean probability (solid y+, dashed y−)")
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    trajectories = figures_dir / "section3_trajectories.png"
+    figure.savefig(trajectories, dpi=90)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / max(len(starts), 1)
+    for offset, start in enumerate(starts):
+        means, stds, positions = [], [], []
+        for index, pair in enumerate(TOKEN_PAIRS):
+            cell = summary["cells"].get(f"{pair}/{start}")
+            if cell and cell["largest_preferred_prob_decrease"]["mean"] is not None:
+                positions.append(index + offset * width)
+                means.append(cell["largest_preferred_prob_decrease"]["mean"])
+                stds.append(cell["largest_preferred_prob_decrease"]["std"])
+        axis.bar(positions, means, width, yerr=stds, capsize=3, label=START_LABELS[start])
+    axis.set_xticks([index + width * (len(starts) - 1) / 2 for index in range(len(TOKEN_PAIRS))])
+    axis.set_xticklabels([PAIR_LABELS[pair] for pair in TOKEN_PAIRS], fontsize=8)
+    axis.set_ylabel("largest decrease of π(y+)")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    decrease = figures_dir / "section3_decrease.png"
+    figure.savefig(decrease, dpi=90)
+    plt.close(figure)
+    return [trajectories, decrease]
+
+
+def section3_markdown(summary: dict, figures_rel: str) -> list[str]:
+    """The Section 3 part of the report."""
+    lines = ["## Section 3: likelihood displacement on single prompts (Tables 1–3 analogue)", ""]
+    if summary["status"] == "absent":
+        return lines + [f"**Not run yet** (0 of {summary['num_expected']} runs found: {summary['reason']}).", ""]
+    sft = summary["sft"]
+    lines += [f"Runs found: **{summary['num_done']} of {summary['num_expected']}** planned "
+              f"({summary['status']}); SFT stage: " + (
+                  f"done (mean π(y+) over its {sft['num_examples']} prompts {sft['initial_preferred_prob']:.3g} → "
+                  f"{sft['final_preferred_prob']:.3g})" if sft["done"] else "not finished, so no post-SFT runs yet") + ".",
+              f"Verdict (rule: π(y+) ends below its start in ≥ half of a cell's runs): **{verdict(summary)}**.", ""]
+    for note in summary["notes"]:
+        lines.append(f"- note: {note}")
+    lines += ["", "Table 1 analogue: the preferred token's probability (mean ± std over runs, one prompt per run).", ""]
+    lines += displacement_table(summary)
+    lines += ["", "Table 2 analogue: tokens whose probability increased most.", ""]
+    lines += top_tokens_table(summary)
+    lines += ["", "Table 3 analogue: unembedding geometry of the pair (initial weights of the run's start).", ""]
+    lines += unembedding_table(summary)
+    lines += ["", f"![preferred and dispreferred probability per step]({figures_rel}/section3_trajectories.png)", "",
+              f"![largest decrease of the preferred probability]({figures_rel}/section3_decrease.png)", ""]
+    return lines

@@ -1,0 +1,121 @@
+"""The reproduction report generator on a tiny finished Section 3 plan (tiny-gpt2, 2 seeds, 3 steps), built here
+through the real runner, so `python -m reproduction.make_report` cannot rot; plus the verdict rule and the plan
+builders' committed JSON."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.io_utils import read_json
+from common.runner import main as run_plan
+from persona_experiments.trainer import FAMILY
+from reproduction import dataset_level_plans, section3_plan
+from reproduction.make_report import main as report_main
+from reproduction.section3_markdown import cell_displaced, verdict
+from tests.conftest import DEMO_PERSONA_DATASET
+
+SEEDS = [1, 2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_section3(tmp_path_factory) -> Path:
+    """Outputs dir of the Section 3 plan on tiny-gpt2 (same builder as the committed plan): 4 pairs x 3 starts x
+    2 seeds + 1 SFT = 25 runs, 3 steps each."""
+    root = tmp_path_factory.mktemp("section3")
+    plan = section3_plan.build_plan(model="tiny-gpt2", outputs_dir=str(root / "out"), dataset=DEMO_PERSONA_DATASET,
+                                    seeds=SEEDS, steps=3)
+    for configuration in plan["configurations"]:
+        configuration["base_config"]["save_metric_plots"] = False
+    plan_path = root / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    assert run_plan(FAMILY, ["--plan_config_path", str(plan_path)]) == 0
+    return root / "out"
+
+
+def _report(tmp_path: Path, section3_dir: Path, *extra: str) -> tuple[int, Path, Path]:
+    report, figures = tmp_path / "docs" / "REPRODUCTION.md", tmp_path / "docs" / "reproduction"
+    code = report_main(["--section3_dir", str(section3_dir), "--section5_dir", str(tmp_path / "no5"),
+                        "--section6_dir", str(tmp_path / "no6"), "--num_seeds", str(len(SEEDS)),
+                        "--report", str(report), "--figures_dir", str(figures), *extra])
+    return code, report, figures
+
+
+def test_report_numbers_come_from_the_runs(tiny_section3, tmp_path):
+    code, report, figures = _report(tmp_path, tiny_section3)
+    assert code == 0
+    summary = read_json(figures / "section3_summary.json")
+    assert summary["status"] == "complete" and (summary["num_done"], summary["num_expected"]) == (25, 25)
+    assert summary["sft"]["done"] and summary["sft"]["num_examples"] == 20
+    assert len(summary["cells"]) == 12
+    cell = summary["cells"]["no_vs_lower_no/dpo_base"]
+    runs = [read_json(tiny_section3 / f"no_vs_lower_no_dpo_base_s{seed}" / "summary.json") for seed in SEEDS]
+    assert cell["preferred_tokens"] == ["No"] and cell["dispreferred_tokens"] == ["no"]
+    initial = [run["initial_preferred_prob_mean"] for run in runs]
+    assert cell["initial_preferred_prob"]["mean"] == pytest.approx(sum(initial) / 2)
+    assert cell["initial_preferred_prob"]["std"] == pytest.approx(abs(initial[0] - initial[1]) / 2)
+    assert cell["num_preferred_final_below_initial"] == sum(
+        run["final_preferred_prob_mean"] < run["initial_preferred_prob_mean"] for run in runs)
+    assert cell["trajectory"]["steps"] == [0, 1, 2, 3]
+    # post-SFT runs start from the SFT model: same prompt, different initial probability than the instruct start
+    after_sft = summary["cells"]["no_vs_lower_no/dpo_post_sft"]
+    assert after_sft["initial_preferred_prob"]["mean"] != cell["initial_preferred_prob"]["mean"]
+    text = report.read_text(encoding="utf-8")
+    assert "Runs found: **25 of 25** planned (complete)" in text
+    assert f"| DPO from the instruct model | 'No' vs 'no' | 2 / 2 ({cell['num_used']}) |" in text
+    assert "**Not run yet**: 0 of 45 planned runs" in text and "**Not run yet**: 0 of 5 planned runs" in text
+    for name in ("section3_trajectories.png", "section3_decrease.png"):
+        assert (figures / name).read_bytes()[:8] == PNG_MAGIC
+        assert f"(reproduction/{name})" in text
+
+
+def test_partial_and_absent_sections_are_stated(tiny_section3, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_section3, partial)
+    status_path = partial / "yes_vs_no_ipo_post_sft_s2" / "status.json"
+    status_path.write_text(json.dumps({**read_json(status_path), "status": "running"}))
+    code, report, figures = _report(tmp_path, partial)
+    assert code == 0
+    text = report.read_text(encoding="utf-8")
+    assert "Runs found: **24 of 25** planned (partial)" in text and "partial: 24 / 25 runs" in text
+    assert "| IPO after SFT | 'Yes' vs 'No' | 1 / 2 (" in text
+    code, report, figures = _report(tmp_path, tmp_path / "missing")
+    assert code == 0
+    assert "**Not run yet** (0 of 25 runs found" in report.read_text(encoding="utf-8")
+    assert read_json(figures / "section3_summary.json")["status"] == "absent"
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    assert _report(tmp_path, not_a_dir)[0] == 2
+    assert "error: --section3_dir" in capsys.readouterr().err
+    assert _report(tmp_path, tmp_path, "--num_seeds", "0")[0] == 2
+
+
+def _cell(used: int, fell: int, decreased_at_some_step: int) -> dict:
+    return {"num_used": used, "num_preferred_final_below_initial": fell,
+            "reference_num_decreased_at_some_step": decreased_at_some_step}
+
+
+def test_verdict_rule():
+    assert cell_displaced(_cell(10, 5, 5)) and not cell_displaced(_cell(10, 4, 10)) and not cell_displaced(_cell(0, 0, 0))
+    complete = {"status": "complete", "num_done": 3, "num_expected": 3}
+    assert verdict({**complete, "cells": {}}) == "not run"
+    assert verdict({**complete, "cells": {"no_vs_lower_no/dpo_base": _cell(2, 1, 2),
+                                          "yes_vs_no/dpo_base": _cell(2, 0, 0)}}) == (
+        "reproduced ('No' vs 'no' DPO from the instruct model)")
+    assert verdict({**complete, "cells": {"yes_vs_no/dpo_base": _cell(2, 0, 1)}}) == "partly"
+    assert verdict({"status": "partial", "num_done": 1, "num_expected": 3,
+                    "cells": {"yes_vs_no/dpo_base": _cell(1, 0, 0)}}) == "not reproduced (partial: 1 / 3 runs)"
+
+
+def test_committed_plans_match_their_builders():
+    assert section3_plan.main(["--check"]) == 0
+    assert dataset_level_plans.main(["--check"]) == 0
+    plan = section3_plan.build_plan()
+    runs = sum(math.prod(len(v) for v in c.get("options", {}).values()) for c in plan["configurations"])
+    assert runs == 121
