@@ -6,7 +6,9 @@
 Section 5 (`section5_smollm2.json`, preference_similarity_experiment_plan_runner.py): DPO (beta 0.1, RMSprop lr
 1e-6, batch 8, 1 epoch = 4 steps) on 32-pair windows of 1000 scored UltraFeedback pairs, at quantiles
 0/0.25/0.5/0.75/1 of CHES, of minus the normalised edit distance and of the last-hidden-state inner product,
-3 seeds: 45 runs; 16 held-out pairs of eval_200 are tracked too.
+3 seeds: 45 runs; 16 held-out pairs of eval_200 are tracked too. For the per-example rank correlation, 3 more
+runs train on 128 pairs drawn at random (data_seed 0, 1, 2; 16 steps): each pair's preferred log-prob change
+against its score under each measure.
 Section 6 (sorrybench_experiment_plan_runner.py), two plans around two scripts (docs/REPRODUCTION.md lists the
 commands): `section6a_smollm2.json` makes SmolLM2 refuse (cross-entropy on the gold refusal texts of 64
 training prompts, RMSprop lr 5e-6, batch 8, 1 epoch, saved) and measures its refusal rate; after the preference
@@ -34,6 +36,7 @@ SECTION6_SIMILARITY = f"{SECTION6_OUTPUTS}/similarity/model__reproduction_refusa
 SIMILARITY_MEASURES = ["ches_scores", "minus_normalized_edit_distances", "last_hidden_embedding_inner_prods"]
 QUANTILES = [0.0, 0.25, 0.5, 0.75, 1.0]
 SEEDS = [0, 1, 2]
+RANDOM_SUBSET_SIZE = 128
 PLAN_HEADER = {"skip": 0, "repetitions": 1, "largest": False, "multiprocess": False, "num_parallel": 1,
                "gpu_ids_pool": []}
 
@@ -54,8 +57,14 @@ def section5_plan() -> dict:
             "objective": "dpo", "kl_coeff": 0.1, "optimizer": "rmsprop", "lr": 1e-6, "batch_size": 8,
             "gradient_accumulation": 1, "epochs": 1, "random_seed": 0}
     options = {"pref_similarity_measure": SIMILARITY_MEASURES, "quantile": QUANTILES, "random_seed": SEEDS}
+    random_subset = {key: value for key, value in base.items()
+                     if key not in ("similarity_results_path", "pref_similarity_measure", "quantile",
+                                    "preference_num_samples")}
+    random_subset.update({"experiment_name": f"uf_random{RANDOM_SUBSET_SIZE}_seed{{data_seed}}",
+                          "num_train_samples": RANDOM_SUBSET_SIZE})
     return {"name": "section5_smollm2", "description": _description(1), **PLAN_HEADER,
-            "configurations": [{"base_config": base, "options": options}]}
+            "configurations": [{"base_config": base, "options": options},
+                               {"base_config": random_subset, "options": {"data_seed": SEEDS}}]}
 
 
 def _sorrybench_base(name: str, dataset_dir: str, **fields) -> dict:

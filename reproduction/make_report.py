@@ -24,6 +24,7 @@ from reproduction.pending_sections import count_finished_runs, paper_scale_lines
 from reproduction.section3_markdown import plot_section3, section3_markdown, verdict
 from reproduction.section3_plan import OUTPUTS_DIR, PAPER_SEEDS
 from reproduction.section3_report import collect_section3
+from reproduction.section5_report import collect_section5, plot_section5, section5_result_lines
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HEADER = """# Reproduction of Razin et al. 2025 on the offline CPU model
@@ -62,7 +63,7 @@ def headline(section3: dict, section5_runs: int, section6_runs: int) -> list[str
             f"| likelihood displacement on single prompts; close unembeddings displace (Sec. 3) | "
             f"{verdict(section3)} | {section3['num_done']} / {section3['num_expected']} runs, Section 3 tables |",
             f"| CHES predicts displacement better than edit distance / hidden-state similarity (Sec. 5) | "
-            f"{'not run yet' if section5_runs == 0 else 'runs found, not summarised by this generator yet'} | "
+            f"{'not run yet' if section5_runs == 0 else 'see Section 5 (no verdict rule yet)'} | "
             f"{section5_runs} finished runs |",
             f"| DPO on refusal data lowers the refusal rate; CHES filtering keeps it (Sec. 6) | "
             f"{'not run yet' if section6_runs == 0 else 'runs found, not summarised by this generator yet'} | "
@@ -78,10 +79,17 @@ def make_report(section3_dir: Path, section5_dir: Path, section6_dir: Path, repo
     if section3["cells"]:
         plot_section3(section3, figures_dir)
     section5_runs, section6_runs = count_finished_runs(section5_dir), count_finished_runs(section6_dir)
+    section5_lines = None
+    if section5_runs:
+        section5 = collect_section5(section5_dir)
+        atomic_write_json(figures_dir / "section5_summary.json", section5)
+        figure = plot_section5(section5, figures_dir)
+        section5_lines = section5_result_lines(section5) + (
+            [f"![preferred log-prob change per quantile]({_relative(figure, report.parent)})", ""] if figure else [])
     lines = [HEADER, *headline(section3, section5_runs, section6_runs),
              f"Section 3 runs read from `{section3_dir}`.", "",
              *section3_markdown(section3, _relative(figures_dir, report.parent)), *paper_scale_lines(3),
-             *section5_markdown(section5_dir, section5_runs),
+             *section5_markdown(section5_dir, section5_runs, section5_lines),
              *section6_markdown(section6_dir, section6_runs)]
     report.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(report, "\n".join(lines).rstrip() + "\n")

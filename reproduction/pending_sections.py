@@ -18,7 +18,7 @@ SECTION5_COMMANDS = f"""# 1. score 1000 UltraFeedback pairs: CHES, LN-CHES, -nor
     --num_samples 1000 --seed 0 --max_input_length 128 --device cpu \\
     --output_dir {Path(SECTION5_SIMILARITY).parent}
 #    (writes {Path(SECTION5_SIMILARITY).name}; the plan reads that path)
-# 2. 45 DPO runs on 32-pair quantile windows (3 measures x 5 quantiles x 3 seeds)
+# 2. 45 DPO runs on 32-pair quantile windows (3 measures x 5 quantiles x 3 seeds) + 3 random 128-pair runs
 {ENV} nohup python preference_similarity_experiment_plan_runner.py \\
     --plan_config_path reproduction/plans/section5_smollm2.json > section5.log 2>&1 &
 # 3. Figure 2 analogue (mean preferred log-prob change of the training pairs per quantile)
@@ -78,30 +78,36 @@ def paper_scale_lines(section: int) -> list[str]:
                                                                               PAPER_SCALE[section]), ""]
 
 
-def _status_line(outputs_dir: Path, num_runs: int, planned: int) -> str:
+def _status_line(outputs_dir: Path, num_runs: int, planned: int, summarised: bool = False) -> str:
     if num_runs == 0:
         return (f"**Not run yet**: 0 of {planned} planned runs found under `{outputs_dir}` (the CHES and similarity "
                 "scripts were still being changed when this report was generated).")
-    return (f"**Runs found: {num_runs} of {planned}** under `{outputs_dir}`; this generator does not summarise them "
-            "yet: use the results printer named in step 3/4 below.")
+    state = "complete" if num_runs >= planned else "partial"
+    if summarised:
+        return f"**Runs found: {num_runs} of {planned}** under `{outputs_dir}` ({state})."
+    return (f"**Runs found: {num_runs} of {planned}** under `{outputs_dir}` ({state}); this generator does not "
+            "summarise them yet: use the results printer of the last step below.")
 
 
-def section5_markdown(outputs_dir: Path, num_runs: int) -> list[str]:
-    """Section 5: what it measures, its status, the commands and resources."""
+def section5_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] | None = None) -> list[str]:
+    """Section 5: status, the results when runs exist (`result_lines`), what it measures, commands, resources."""
     return ["## Section 5: CHES vs other similarity measures (Figure 2 analogue)", "",
-            _status_line(outputs_dir, num_runs, 45), "",
+            _status_line(outputs_dir, num_runs, 48, summarised=result_lines is not None), "",
+            *(result_lines or []),
             "What it will show: the preferred log-prob change after DPO on 32-pair subsets taken at quantiles "
             "0, 0.25, 0.5, 0.75, 1 of CHES, of minus the normalised edit distance and of the last-hidden-state "
             "inner product, 3 seeds each (the paper: the more similar by CHES, the larger the decrease, while the "
             "other measures order the subsets less clearly). Plan: `reproduction/plans/section5_smollm2.json` "
-            "(`python -m reproduction.dataset_level_plans` writes it).", "",
+            "plus 3 random-subset runs (`python -m reproduction.dataset_level_plans` writes it).", "",
             "```bash", SECTION5_COMMANDS, "```", "",
             "Expected resources (2 shared CPU cores, OMP_NUM_THREADS=1): scoring about 10–15 min, the 45 runs "
-            "about 1–1.5 h (the 30-run plan of the same shape was sized at about an hour), under 2 GB of memory.",
+            "about 1–1.5 h (the 30-run plan of the same shape was sized at about an hour), the 3 random-subset runs "
+            "(16 steps each) about 15 min more; under 2 GB of memory.",
             "",
-            "Not built yet: the per-example rank correlation between each measure and each pair's log-prob change "
-            "(it needs the training pairs' per-example changes, `displacement_train.safetensors`, mapped to the "
-            "similarity file's `sample_indices`; neither the printer nor this generator does it).", "",
+            "Per-example rank correlation: the plan's 3 random-subset runs (128 pairs each, no filter) give each "
+            "pair's preferred log-prob change (`displacement_train.safetensors`); the generator matches them to "
+            "the similarity file by dataset row and reports Spearman's rho per measure "
+            "(`reproduction/section5_report.py`).", "",
             *paper_scale_lines(5)]
 
 

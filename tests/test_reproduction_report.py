@@ -7,6 +7,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.io_utils import read_json
@@ -66,7 +67,7 @@ def test_report_numbers_come_from_the_runs(tiny_section3, tmp_path):
     text = report.read_text(encoding="utf-8")
     assert "Runs found: **25 of 25** planned (complete)" in text
     assert f"| DPO from the instruct model | 'No' vs 'no' | 2 / 2 ({cell['num_used']}) |" in text
-    assert "**Not run yet**: 0 of 45 planned runs" in text and "**Not run yet**: 0 of 5 planned runs" in text
+    assert "**Not run yet**: 0 of 48 planned runs" in text and "**Not run yet**: 0 of 5 planned runs" in text
     for name in ("section3_trajectories.png", "section3_decrease.png"):
         assert (figures / name).read_bytes()[:8] == PNG_MAGIC
         assert f"(reproduction/{name})" in text
@@ -119,3 +120,63 @@ def test_committed_plans_match_their_builders():
     plan = section3_plan.build_plan()
     runs = sum(math.prod(len(v) for v in c.get("options", {}).values()) for c in plan["configurations"])
     assert runs == 121
+
+
+def test_average_ranks_and_spearman():
+    from reproduction.section5_report import average_ranks, spearman
+
+    assert average_ranks(np.array([10.0, 20.0, 20.0, 5.0])).tolist() == [2.0, 3.5, 3.5, 1.0]
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([3.0, 1.0, 2.0])) == pytest.approx(-0.5)
+    assert math.isnan(spearman(np.array([1.0]), np.array([2.0])))
+    assert math.isnan(spearman(np.array([1.0, 1.0]), np.array([2.0, 3.0])))
+
+
+def _write_section5_runs(root: Path) -> Path:
+    """A similarity file (4 scored rows, one NaN) and two finished runs by hand: a window run and a random one."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ches.ches import LENGTH_NAMES, MEASURE_NAMES
+
+    similarity = root / "similarity.pt"
+    scores = {"ches_scores": [0.1, 0.4, math.nan, 0.3]}
+    results = {"settings": {"complete": True}, "sample_indices": torch.tensor([5, 7, 9, 11]),
+               "skip_reasons": ["", "", "too long", ""], "computed": torch.tensor([True, True, False, True])}
+    results.update({name: torch.tensor(scores.get(name, [1.0, 2.0, math.nan, 3.0]), dtype=torch.float64)
+                    for name in MEASURE_NAMES})
+    results.update({name: torch.tensor([3, 4, -1, 5]) for name in LENGTH_NAMES})
+    torch.save(results, similarity)
+    outputs = root / "section5"
+    window, random_run = outputs / "uf_ches_scores_q0-0_seed0", outputs / "uf_random128_seed0"
+    for run_dir, config, summary in (
+            (window, {"model": "tiny-gpt2", "objective": "dpo", "pref_similarity_measure": "ches_scores",
+                      "quantile": 0.0, "similarity_results_path": str(similarity)},
+             {"eval_metrics/train/preferred_logprobs_change_mean": -0.25}),
+            (random_run, {"model": "tiny-gpt2", "objective": "dpo", "similarity_results_path": None}, {})):
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps(config))
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        (run_dir / "status.json").write_text(json.dumps({"status": "done"}))
+    save_file({"per_example/example_ids": torch.tensor([11, 5, 7, 9]),
+               "per_example/preferred_logprob_change": torch.tensor([-0.2, 0.5, -1.0, 0.0], dtype=torch.float64)},
+              str(random_run / "displacement_train.safetensors"))
+    return outputs
+
+
+def test_section5_windows_and_per_example_correlation(tmp_path, tiny_section3):
+    from reproduction.section5_report import collect_section5
+
+    outputs = _write_section5_runs(tmp_path)
+    summary = collect_section5(outputs)
+    assert [(row["measure"], row["quantile"], row["mean"]) for row in summary["windows"]] == [("ches_scores", 0.0, -0.25)]
+    # rows 11, 5, 7 (row 9 has no score): CHES [0.3, 0.1, 0.4] vs change [-0.2, 0.5, -1.0]: ranks reversed
+    ches = summary["correlations"]["ches_scores"]
+    assert ches["mean"] == pytest.approx(-1.0) and ches["runs"][0]["num_pairs"] == 3
+    code = report_main(["--section3_dir", str(tiny_section3), "--section5_dir", str(outputs), "--section6_dir",
+                        str(tmp_path / "none"), "--num_seeds", "2", "--report", str(tmp_path / "R.md"),
+                        "--figures_dir", str(tmp_path / "fig")])
+    assert code == 0
+    text = (tmp_path / "R.md").read_text(encoding="utf-8")
+    assert "**Runs found: 2 of 48**" in text and "| ches_scores | -1.000 ± 0.000 | 3 |" in text
+    assert (tmp_path / "fig" / "section5_quantiles.png").read_bytes()[:8] == PNG_MAGIC
+    assert read_json(tmp_path / "fig" / "section5_summary.json")["num_random_subset_runs"] == 1
