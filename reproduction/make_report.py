@@ -25,6 +25,7 @@ from reproduction.section3_markdown import plot_section3, section3_markdown, ver
 from reproduction.section3_plan import OUTPUTS_DIR, PAPER_SEEDS
 from reproduction.section3_report import collect_section3
 from reproduction.section5_report import collect_section5, plot_section5, section5_result_lines
+from reproduction.section6_report import collect_section6, plot_section6, section6_result_lines
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HEADER = """# Reproduction of Razin et al. 2025 on the offline CPU model
@@ -56,7 +57,7 @@ def _relative(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
 
-def headline(section3: dict, section5_runs: int, section6_runs: int) -> list[str]:
+def headline(section3: dict, section5_runs: int, section6_runs: int, section6_verdict: str) -> list[str]:
     """The three findings and their status."""
     return ["## Headline", "",
             "| finding (paper section) | status here | evidence |", "|---|---|---|",
@@ -66,7 +67,7 @@ def headline(section3: dict, section5_runs: int, section6_runs: int) -> list[str
             f"{'not run yet' if section5_runs == 0 else 'see Section 5 (no verdict rule yet)'} | "
             f"{section5_runs} finished runs |",
             f"| DPO on refusal data lowers the refusal rate; CHES filtering keeps it (Sec. 6) | "
-            f"{'not run yet' if section6_runs == 0 else 'runs found, not summarised by this generator yet'} | "
+            f"{'not run yet' if section6_runs == 0 else section6_verdict} | "
             f"{section6_runs} finished runs |", ""]
 
 
@@ -86,11 +87,19 @@ def make_report(section3_dir: Path, section5_dir: Path, section6_dir: Path, repo
         figure = plot_section5(section5, figures_dir)
         section5_lines = section5_result_lines(section5) + (
             [f"![preferred log-prob change per quantile]({_relative(figure, report.parent)})", ""] if figure else [])
-    lines = [HEADER, *headline(section3, section5_runs, section6_runs),
+    section6_lines, section6_verdict = None, "not run"
+    if section6_runs:
+        section6 = collect_section6(section6_dir)
+        atomic_write_json(figures_dir / "section6_summary.json", section6)
+        figure = plot_section6(section6, figures_dir)
+        section6_verdict = section6["verdict"]
+        section6_lines = section6_result_lines(section6) + (
+            [f"![refusal rates before and after]({_relative(figure, report.parent)})", ""] if figure else [])
+    lines = [HEADER, *headline(section3, section5_runs, section6_runs, section6_verdict),
              f"Section 3 runs read from `{section3_dir}`.", "",
              *section3_markdown(section3, _relative(figures_dir, report.parent)), *paper_scale_lines(3),
              *section5_markdown(section5_dir, section5_runs, section5_lines),
-             *section6_markdown(section6_dir, section6_runs)]
+             *section6_markdown(section6_dir, section6_runs, section6_lines)]
     report.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(report, "\n".join(lines).rstrip() + "\n")
     return section3

@@ -104,7 +104,8 @@ def unembedding_table(summary: dict) -> list[str]:
 
 def plot_section3(summary: dict, figures_dir: Path) -> list[Path]:
     """section3_trajectories.png (mean π(y+) solid, π(y−) dashed per step; one panel per start, one colour per
-    pair) and section3_decrease.png (largest decrease of π(y+), mean ± std over runs, per pair and start)."""
+    pair) and section3_logprob_change.png (log π_final(y+) − log π_0(y+) in nats, mean ± std over runs, per pair
+    and start; below 0 = the preferred token lost probability)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,21 +140,22 @@ def plot_section3(summary: dict, figures_dir: Path) -> list[Path]:
         means, stds, positions = [], [], []
         for index, pair in enumerate(TOKEN_PAIRS):
             cell = summary["cells"].get(f"{pair}/{start}")
-            if cell and cell["largest_preferred_prob_decrease"]["mean"] is not None:
+            if cell and cell["preferred_logprob_change"]["mean"] is not None:
                 positions.append(index + offset * width)
-                means.append(cell["largest_preferred_prob_decrease"]["mean"])
-                stds.append(cell["largest_preferred_prob_decrease"]["std"])
+                means.append(cell["preferred_logprob_change"]["mean"])
+                stds.append(cell["preferred_logprob_change"]["std"])
         axis.bar(positions, means, width, yerr=stds, capsize=3, label=START_LABELS[start])
     axis.set_xticks([index + width * (len(starts) - 1) / 2 for index in range(len(TOKEN_PAIRS))])
     axis.set_xticklabels([PAIR_LABELS[pair] for pair in TOKEN_PAIRS], fontsize=8)
-    axis.set_ylabel("largest decrease of π(y+)")
+    axis.axhline(0.0, color="black", linewidth=0.8)
+    axis.set_ylabel("Δ log π(y+) (nats; < 0: displaced)")
     axis.grid(alpha=0.3, axis="y")
     axis.legend(fontsize=7)
     figure.tight_layout()
-    decrease = figures_dir / "section3_decrease.png"
-    figure.savefig(decrease, dpi=90)
+    change = figures_dir / "section3_logprob_change.png"
+    figure.savefig(change, dpi=90)
     plt.close(figure)
-    return [trajectories, decrease]
+    return [trajectories, change]
 
 
 def section3_markdown(summary: dict, figures_rel: str) -> list[str]:
@@ -176,5 +178,5 @@ def section3_markdown(summary: dict, figures_rel: str) -> list[str]:
     lines += ["", "Table 3 analogue: unembedding geometry of the pair (initial weights of the run's start).", ""]
     lines += unembedding_table(summary)
     lines += ["", f"![preferred and dispreferred probability per step]({figures_rel}/section3_trajectories.png)", "",
-              f"![largest decrease of the preferred probability]({figures_rel}/section3_decrease.png)", ""]
+              f"![change of the preferred log-probability]({figures_rel}/section3_logprob_change.png)", ""]
     return lines

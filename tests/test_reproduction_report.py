@@ -68,7 +68,7 @@ def test_report_numbers_come_from_the_runs(tiny_section3, tmp_path):
     assert "Runs found: **25 of 25** planned (complete)" in text
     assert f"| DPO from the instruct model | 'No' vs 'no' | 2 / 2 ({cell['num_used']}) |" in text
     assert "**Not run yet**: 0 of 48 planned runs" in text and "**Not run yet**: 0 of 5 planned runs" in text
-    for name in ("section3_trajectories.png", "section3_decrease.png"):
+    for name in ("section3_trajectories.png", "section3_logprob_change.png"):
         assert (figures / name).read_bytes()[:8] == PNG_MAGIC
         assert f"(reproduction/{name})" in text
 
@@ -180,3 +180,40 @@ def test_section5_windows_and_per_example_correlation(tmp_path, tiny_section3):
     assert "**Runs found: 2 of 48**" in text and "| ches_scores | -1.000 ± 0.000 | 3 |" in text
     assert (tmp_path / "fig" / "section5_quantiles.png").read_bytes()[:8] == PNG_MAGIC
     assert read_json(tmp_path / "fig" / "section5_summary.json")["num_random_subset_runs"] == 1
+
+
+def test_wilson_interval():
+    from reproduction.section6_report import wilson_interval
+
+    low, high = wilson_interval(0.5, 100)
+    assert (low, high) == (pytest.approx(0.40383, abs=1e-5), pytest.approx(0.59617, abs=1e-5))
+    low, high = wilson_interval(0.0, 10)  # 0 of 10: [0, z^2 / (n + z^2)] = [0, 0.27753]
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.27753, abs=1e-5)
+
+
+def _write_refusal_rates(path: Path, test_rate: float, num: int) -> None:
+    path.mkdir(parents=True)
+    entry = {"refusal_rate": test_rate, "num_scored": num, "num_responses": num, "num_unknown": 0}
+    (path / "refusal_rates.json").write_text(json.dumps({"overall": entry, "per_split": {"test": entry}}))
+
+
+def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
+    from reproduction.section6_report import collect_section6
+
+    outputs = tmp_path / "section6"
+    for name, after, before in (("dpo_plain", 0.2, 0.8), ("dpo_ln_ches_lowest16", 0.75, None)):
+        (outputs / name).mkdir(parents=True)
+        (outputs / name / "status.json").write_text(json.dumps({"status": "done"}))
+        _write_refusal_rates(outputs / name / "refusal_eval", after, 100)
+        if before is not None:
+            _write_refusal_rates(outputs / name / "refusal_eval_initial", before, 100)
+    summary = collect_section6(outputs)
+    assert summary["verdict"] == "reproduced"
+    assert summary["runs"]["dpo_plain"]["after"]["test"]["ci"][1] < summary["runs"]["dpo_plain"]["before"]["test"]["ci"][0]
+    code = report_main(["--section3_dir", str(tiny_section3), "--section5_dir", str(tmp_path / "none"),
+                        "--section6_dir", str(outputs), "--num_seeds", "2", "--report", str(tmp_path / "R.md"),
+                        "--figures_dir", str(tmp_path / "fig")])
+    assert code == 0
+    text = (tmp_path / "R.md").read_text(encoding="utf-8")
+    assert "**Runs found: 2 of 5**" in text and "| DPO | - | 80.0% [71.1%, 86.7%] (n=100) |" in text
+    assert (tmp_path / "fig" / "section6_refusal_rates.png").read_bytes()[:8] == PNG_MAGIC
