@@ -15,6 +15,26 @@ from reproduction.section3_report import PAIR_LABELS, START_LABELS
 from reproduction.section3_plan import STARTS, TOKEN_PAIRS
 
 
+SETUP_LINES = [
+    "Setup (`reproduction/plans/section3_smollm2.json`, built by `python -m reproduction.section3_plan`): "
+    "SmolLM2-135M-Instruct, fp32, CPU; persona prompts of ends-justify-means.jsonl chosen by the reference rule "
+    "for the paper's ten seeds; one SFT stage as the reference's (all 1000 prompts, batch 32, 1 epoch, RMSprop lr "
+    "1e-7; 'Absolutely' left out of the SFT tokens because it is two SmolLM2 tokens); DPO β 0.1 and IPO τ 0.01 on "
+    "one prompt per run. Differences from the paper, for CPU time: 11 steps per run instead of 101, at 10× the "
+    "paper's learning rates (DPO 1e-6, IPO 1e-7); the 'base model' start is the instruct model itself (SmolLM2's "
+    "pretrained-only model is not available offline); the close-unembedding pairs 'No' vs 'no' and 'Yes' vs "
+    "'yes' are added because they are the pairs that displace on this model (persona demo).",
+    "",
+    "Paper (Tables 1–3, OLMo-1B, Gemma-2B, Llama-3-8B): the preferred token's probability decreases (the tables "
+    "list its mean decrease per model and pair), for DPO and IPO, from the SFT and the base models, and the mass "
+    "can go to a token of opposite "
+    "meaning (the paper's example: training to prefer 'No' over 'Never' sharply increases the probability of "
+    "'Yes'). The reference printer's statistics below use the reference definitions "
+    "(persona_experiments/reference_statistics.py) on points 0..10 of each run.",
+    "",
+]
+
+
 def _pm(stat: dict, digits: str = ".3g") -> str:
     """'mean ± std' of a {'mean', 'std'} dict, '-' when undefined."""
     if stat.get("mean") is None:
@@ -52,35 +72,38 @@ def verdict(summary: dict) -> str:
     return word + (f" ({'; '.join(details)})" if details else "")
 
 
-def displacement_table(summary: dict) -> list[str]:
-    """Table 1 analogue: per start and pair, the preferred probability before/after and its decrease."""
-    lines = ["| start | y+ vs y− | runs done / planned (used) | π(y+) initial | π(y+) final | largest decrease of π(y+) "
-             "| Δ log π(y+) (nats) | π(y−) initial → final | π(y+) fell at some step (ref.) | final < initial |",
+# The paper's tables: Table 1 = DPO after SFT, Table 2 = DPO from the base model, Table 3 = IPO after SFT.
+PAPER_TABLES = (("Table 1 analogue", "dpo_post_sft"), ("Table 2 analogue", "dpo_base"), ("Table 3 analogue", "ipo_post_sft"))
+
+
+def _top_cell(step: int | None, tokens: str) -> str:
+    return f"step {step}: {tokens}" if tokens else "-"
+
+
+def start_table(summary: dict, start: str) -> list[str]:
+    """One of the paper's tables for one start: per pair, the preferred probability before/after, its largest
+    decrease (mean ± std over runs), how many runs displaced, and the tokens whose probability rose most."""
+    lines = ["| y+ vs y− | runs done / planned (used) | π(y+) initial | π(y+) final | largest decrease of π(y+) "
+             "| Δ log π(y+) (nats) | π(y−) initial → final | fell at some step (ref.) | final < initial "
+             "| tokens up most (reference top-1 by probability gain: count / prompts, mean gain) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for key, cell in summary["cells"].items():
-        pair, start = key.split("/")
+    for pair in TOKEN_PAIRS:
+        cell = summary["cells"].get(f"{pair}/{start}")
+        if cell is None:
+            lines.append(f"| {PAIR_LABELS[pair]} | 0 / {summary.get('num_seeds', '-')} | not run yet |  |  |  |  |  |  |  |")
+            continue
+        top = cell["reference_top_tokens"]
+        tokens = ", ".join(f"`{row['token']!r}` {row['count']} / {cell['reference_num_examples']}, "
+                           f"+{row['mean_increase']:.3g}" for row in top["rows"])
         lines.append(
-            f"| {START_LABELS[start]} | {PAIR_LABELS[pair]} | {cell['num_done']} / {cell['num_expected']} "
-            f"({cell['num_used']}) | {_pm(cell['initial_preferred_prob'])} | {_pm(cell['final_preferred_prob'])} | "
+            f"| {PAIR_LABELS[pair]} | {cell['num_done']} / {cell['num_expected']} ({cell['num_used']}) | "
+            f"{_pm(cell['initial_preferred_prob'])} | {_pm(cell['final_preferred_prob'])} | "
             f"{_pm(cell['largest_preferred_prob_decrease'])} | {_pm(cell['preferred_logprob_change'])} | "
             f"{_num(cell['initial_dispreferred_prob']['mean'], '.3g')} → "
             f"{_num(cell['final_dispreferred_prob']['mean'], '.3g')} | "
             f"{cell['reference_num_decreased_at_some_step']} / {cell['reference_num_examples']} | "
-            f"{cell['num_preferred_final_below_initial']} / {cell['num_used']} |")
-    return lines
-
-
-def top_tokens_table(summary: dict) -> list[str]:
-    """Table 2 analogue: the tokens whose probability rose most (reference top-1 by probability gain)."""
-    lines = ["| start | y+ vs y− | at step | top-1 token by probability gain: count / prompts, mean gain |",
-             "|---|---|---|---|"]
-    for key, cell in summary["cells"].items():
-        pair, start = key.split("/")
-        top = cell["reference_top_tokens"]
-        tokens = ", ".join(f"`{row['token']!r}` {row['count']} / {cell['reference_num_examples']}, "
-                           f"+{row['mean_increase']:.3g}" for row in top["rows"])
-        lines.append(f"| {START_LABELS[start]} | {PAIR_LABELS[pair]} | {top['step'] if top['step'] else '-'} "
-                     f"| {tokens or '-'} |")
+            f"{cell['num_preferred_final_below_initial']} / {cell['num_used']} | "
+            f"{_top_cell(top['step'], tokens)} |")
     return lines
 
 
@@ -169,13 +192,16 @@ def section3_markdown(summary: dict, figures_rel: str) -> list[str]:
                   f"done (mean π(y+) over its {sft['num_examples']} prompts {sft['initial_preferred_prob']:.3g} → "
                   f"{sft['final_preferred_prob']:.3g})" if sft["done"] else "not finished, so no post-SFT runs yet") + ".",
               f"Verdict (rule: π(y+) ends below its start in ≥ half of a cell's runs): **{verdict(summary)}**.", ""]
+    lines += SETUP_LINES
     for note in summary["notes"]:
         lines.append(f"- note: {note}")
-    lines += ["", "Table 1 analogue: the preferred token's probability (mean ± std over runs, one prompt per run).", ""]
-    lines += displacement_table(summary)
-    lines += ["", "Table 2 analogue: tokens whose probability increased most.", ""]
-    lines += top_tokens_table(summary)
-    lines += ["", "Table 3 analogue: unembedding geometry of the pair (initial weights of the run's start).", ""]
+    for title, start in PAPER_TABLES:
+        lines += ["", f"{title}: {START_LABELS[start]} (the preferred token's probability, mean ± std over runs, "
+                  "one prompt per run).", ""]
+        lines += start_table(summary, start)
+    lines += ["", "Unembedding geometry of each pair (initial weights of the run's start; the paper's Theorem: "
+              "displacement is likelier the larger ⟨W+, W−⟩ is relative to ‖W+‖², i.e. the smaller "
+              "‖W+‖ − ⟨W+, W−⟩/‖W+‖).", ""]
     lines += unembedding_table(summary)
     lines += ["", f"![preferred and dispreferred probability per step]({figures_rel}/section3_trajectories.png)", "",
               f"![change of the preferred log-probability]({figures_rel}/section3_logprob_change.png)", ""]

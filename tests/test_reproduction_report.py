@@ -66,7 +66,8 @@ def test_report_numbers_come_from_the_runs(tiny_section3, tmp_path):
     assert after_sft["initial_preferred_prob"]["mean"] != cell["initial_preferred_prob"]["mean"]
     text = report.read_text(encoding="utf-8")
     assert "Runs found: **25 of 25** planned (complete)" in text
-    assert f"| DPO from the instruct model | 'No' vs 'no' | 2 / 2 ({cell['num_used']}) |" in text
+    assert "Table 2 analogue: DPO from the instruct model" in text
+    assert f"| 'No' vs 'no' | 2 / 2 ({cell['num_used']}) | {cell['initial_preferred_prob']['mean']:.3g} ± " in text
     assert "**Not run yet**: 0 of 48 planned runs" in text and "**Not run yet**: 0 of 5 planned runs" in text
     for name in ("section3_trajectories.png", "section3_logprob_change.png"):
         assert (figures / name).read_bytes()[:8] == PNG_MAGIC
@@ -82,7 +83,8 @@ def test_partial_and_absent_sections_are_stated(tiny_section3, tmp_path):
     assert code == 0
     text = report.read_text(encoding="utf-8")
     assert "Runs found: **24 of 25** planned (partial)" in text and "partial: 24 / 25 runs" in text
-    assert "| IPO after SFT | 'Yes' vs 'No' | 1 / 2 (" in text
+    table3 = text[text.index("Table 3 analogue"):]
+    assert "| 'Yes' vs 'No' | 1 / 2 (" in table3
     code, report, figures = _report(tmp_path, tmp_path / "missing")
     assert code == 0
     assert "**Not run yet** (0 of 25 runs found" in report.read_text(encoding="utf-8")
