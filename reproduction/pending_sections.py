@@ -102,7 +102,8 @@ def section5_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] 
             "```bash", SECTION5_COMMANDS, "```", "",
             "Expected resources (2 shared CPU cores, OMP_NUM_THREADS=1): scoring about 10–15 min, the 45 runs "
             "about 1–1.5 h (the 30-run plan of the same shape was sized at about an hour), the 3 random-subset runs "
-            "(16 steps each) about 15 min more; under 2 GB of memory.",
+            "(16 steps each) about 15 min more; about 4 GB of memory (bench/RESULTS.md: 4.2 GiB peak for a "
+            "dataset-level SmolLM2 run of 8 pairs x 256 tokens).",
             "",
             "Per-example rank correlation: the plan's 3 random-subset runs (128 pairs each, no filter) give each "
             "pair's preferred log-prob change (`displacement_train.safetensors`); the generator matches them to "
@@ -128,7 +129,8 @@ def section6_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] 
             "per pair per epoch, refusal evaluation 1.7 s per prompt, generation 3.2 s per prompt for 2 × 48 "
             "tokens): step 0 about 5 min, step 1 about 20 min (7 min training, 13 min refusal evaluation of 450 "
             "prompts), step 2 about 25 min, step 3 about 5 min, step 4 about 1 h (four runs of about 15 min, plus "
-            "the evaluation before training): about 2 h in all, under 3 GB of memory. The refusal rate after "
+            "the evaluation before training): about 2 h in all, about 4–5 GB of memory (bench/RESULTS.md). The "
+            "refusal rate after "
             "training is 1 − mean judge score over one sampled response per prompt; responses the judge cannot "
             "score (unknown) are left out of the mean and counted apart (`num_unknown`).", "",
             *paper_scale_lines(6)]

@@ -181,6 +181,23 @@ def plot_section3(summary: dict, figures_dir: Path) -> list[Path]:
     return [trajectories, change]
 
 
+def run_lines(summary: dict) -> list[str]:
+    """How to run the section, and the wall time its finished runs took here (status.json)."""
+    seconds = summary.get("wall_seconds", {})
+    single = seconds.get("all", 0.0) - seconds.get("sft", 0.0)
+    single_runs = summary["num_done"] - (1 if summary["sft"]["done"] else 0)
+    measured = (f"Measured here (2 CPU cores shared with other jobs, OMP_NUM_THREADS=1): {single / 60:.1f} min for "
+                f"{single_runs} single-prompt runs ({single / max(single_runs, 1):.0f} s each)"
+                + (f", {seconds['sft'] / 60:.1f} min for the SFT stage" if summary["sft"]["done"] else "") + ".")
+    return ["Run (resumable; a rerun skips finished runs), then regenerate this report:", "", "```bash",
+            "OMP_NUM_THREADS=1 LD_DATA_DIR=/path/to/data nohup python persona_single_example_experiment_plan_runner.py \\",
+            "    --plan_config_path reproduction/plans/section3_smollm2.json > section3.log 2>&1 &",
+            "python -m reproduction.make_report --section3_dir outputs/reproduction/section3", "```", "",
+            "Expected resources: about 1 h on 2 otherwise idle cores (the SFT stage about 30 min, the 120 runs of 11 "
+            "steps about 30 s each), about 3 GB of memory (2.3 GB resident measured during the single-prompt runs), "
+            "0.54 GB of disk for the SFT model. " + measured, ""]
+
+
 def section3_markdown(summary: dict, figures_rel: str) -> list[str]:
     """The Section 3 part of the report."""
     lines = ["## Section 3: likelihood displacement on single prompts (Tables 1–3 analogue)", ""]
@@ -192,7 +209,7 @@ def section3_markdown(summary: dict, figures_rel: str) -> list[str]:
                   f"done (mean π(y+) over its {sft['num_examples']} prompts {sft['initial_preferred_prob']:.3g} → "
                   f"{sft['final_preferred_prob']:.3g})" if sft["done"] else "not finished, so no post-SFT runs yet") + ".",
               f"Verdict (rule: π(y+) ends below its start in ≥ half of a cell's runs): **{verdict(summary)}**.", ""]
-    lines += SETUP_LINES
+    lines += SETUP_LINES + run_lines(summary)
     for note in summary["notes"]:
         lines.append(f"- note: {note}")
     for title, start in PAPER_TABLES:

@@ -106,6 +106,19 @@ def summarize_cell(runs: list[RunRecord], expected: int) -> dict:
     }
 
 
+def _run_seconds(runs: list[RunRecord]) -> float:
+    """Sum of the runs' wall-clock seconds as the runner recorded them (status.json `seconds`; 0 when absent)."""
+    from common.io_utils import read_json
+
+    total = 0.0
+    for run in runs:
+        try:
+            total += float(read_json(run.run_dir / "status.json").get("seconds") or 0.0)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def collect_section3(experiments_dir: Path, num_seeds: int) -> dict:
     """Summary of a Section 3 outputs directory: cells keyed "pair/start", the SFT stage, notes, counts.
 
@@ -130,7 +143,10 @@ def collect_section3(experiments_dir: Path, num_seeds: int) -> dict:
             "final_preferred_prob": sft_runs[0].summary.get("final_preferred_prob_mean"),
             "num_examples": sft_runs[0].summary.get("num_examples")} if sft_runs else {"done": False})
     num_done = sum(len(group) for group in groups.values())
+    seconds = {key: _run_seconds([run for (pair, start), group in groups.items() if key in (start, "all")
+                                  for run in group]) for key in ("sft", "all")}
     num_expected = num_seeds * len(TOKEN_PAIRS) * len(STARTS) + 1
     status = "complete" if num_done >= num_expected else "partial"
     return {"status": status, "experiments_dir": str(experiments_dir), "num_done": num_done,
-            "num_expected": num_expected, "num_seeds": num_seeds, "sft": sft, "cells": cells, "notes": notes}
+            "num_expected": num_expected, "num_seeds": num_seeds, "sft": sft, "cells": cells, "notes": notes,
+            "wall_seconds": seconds}
