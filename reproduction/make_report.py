@@ -57,14 +57,15 @@ def _relative(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
 
-def headline(section3: dict, section5_runs: int, section6_runs: int, section6_verdict: str) -> list[str]:
+def headline(section3: dict, section5_runs: int, section5_verdict: str, section6_runs: int,
+             section6_verdict: str) -> list[str]:
     """The three findings and their status."""
     return ["## Headline", "",
             "| finding (paper section) | status here | evidence |", "|---|---|---|",
             f"| likelihood displacement on single prompts; close unembeddings displace (Sec. 3) | "
             f"{verdict(section3)} | {section3['num_done']} / {section3['num_expected']} runs, Section 3 tables |",
             f"| CHES predicts displacement better than edit distance / hidden-state similarity (Sec. 5) | "
-            f"{'not run yet' if section5_runs == 0 else 'see Section 5 (no verdict rule yet)'} | "
+            f"{'not run yet' if section5_runs == 0 else section5_verdict} | "
             f"{section5_runs} finished runs |",
             f"| DPO on refusal data lowers the refusal rate; CHES filtering keeps it (Sec. 6) | "
             f"{'not run yet' if section6_runs == 0 else section6_verdict} | "
@@ -80,9 +81,10 @@ def make_report(section3_dir: Path, section5_dir: Path, section6_dir: Path, repo
     if section3["cells"]:
         plot_section3(section3, figures_dir)
     section5_runs, section6_runs = count_finished_runs(section5_dir), count_finished_runs(section6_dir)
-    section5_lines = None
+    section5_lines, section5_verdict = None, "not run"
     if section5_runs:
         section5 = collect_section5(section5_dir)
+        section5_verdict = section5["verdict"]
         atomic_write_json(figures_dir / "section5_summary.json", section5)
         figure = plot_section5(section5, figures_dir)
         section5_lines = section5_result_lines(section5) + (
@@ -95,7 +97,7 @@ def make_report(section3_dir: Path, section5_dir: Path, section6_dir: Path, repo
         section6_verdict = section6["verdict"]
         section6_lines = section6_result_lines(section6) + (
             [f"![refusal rates before and after]({_relative(figure, report.parent)})", ""] if figure else [])
-    lines = [HEADER, *headline(section3, section5_runs, section6_runs, section6_verdict),
+    lines = [HEADER, *headline(section3, section5_runs, section5_verdict, section6_runs, section6_verdict),
              f"Section 3 runs read from `{section3_dir}`.", "",
              *section3_markdown(section3, _relative(figures_dir, report.parent)), *paper_scale_lines(3),
              *section5_markdown(section5_dir, section5_runs, section5_lines),

@@ -12,6 +12,9 @@ Two results, both read from run directories (nothing is recomputed with a model)
 CHES and LN-CHES are large when y+ and y- are similar, so they should correlate negatively with the change
 (more similar, larger decrease); so should minus the edit distance and the hidden-state inner product if they
 predicted displacement as well.
+Verdict: "reproduced" when CHES's mean rho is negative and below those of the edit distance and the hidden-state
+inner product, "partly" when it is negative but not the lowest, "not reproduced" otherwise, "not run" without
+random-subset runs.
 """
 
 from __future__ import annotations
@@ -106,10 +109,23 @@ def collect_section5(outputs_dir: Path, similarity_path: Path | None = None) -> 
                                               tensors["per_example/preferred_logprob_change"])
             for measure, value in result.items():
                 correlations.setdefault(measure, []).append({"run": run_dir.name, **value})
-    return {"windows": windows, "similarity_path": None if similarity_path is None else str(similarity_path),
-            "correlations": {measure: {"runs": rows, **_mean_std([row["rho"] for row in rows])}
-                             for measure, rows in correlations.items()},
+    summary_correlations = {measure: {"runs": rows, **_mean_std([row["rho"] for row in rows])}
+                            for measure, rows in correlations.items()}
+    return {"windows": windows, "verdict": verdict(summary_correlations), "similarity_path": None if similarity_path is None else str(similarity_path),
+            "correlations": summary_correlations,
             "num_random_subset_runs": len(random_runs), "notes": notes}
+
+
+def verdict(correlations: dict) -> str:
+    """The module docstring's rule on the mean rho per measure."""
+    ches = (correlations.get("ches_scores") or {}).get("mean")
+    if ches is None:
+        return "not run"
+    others = [(correlations.get(name) or {}).get("mean") for name in ("minus_normalized_edit_distances",
+                                                                       "last_hidden_embedding_inner_prods")]
+    if ches < 0 and all(other is None or ches < other for other in others):
+        return "reproduced"
+    return "partly" if ches < 0 else "not reproduced"
 
 
 def _finished(run_dir: Path) -> bool:
@@ -143,7 +159,8 @@ def _random_subset_runs(outputs_dir: Path) -> list[Path]:
 
 def section5_result_lines(summary: dict) -> list[str]:
     """Markdown tables of the windows and the correlations."""
-    lines = ["Quantile windows: mean preferred log-prob change of the training pairs (nats; mean ± std over seeds).",
+    lines = [f"Verdict (rule in reproduction/section5_report.py): **{summary['verdict']}**.", "",
+             "Quantile windows: mean preferred log-prob change of the training pairs (nats; mean ± std over seeds).",
              "", "| measure | quantile | runs | Δ log π(y+) | fraction of pairs whose π(y+) fell |", "|---|---|---|---|---|"]
     for row in summary["windows"]:
         fraction = row["frac_preferred_decreased_mean"]

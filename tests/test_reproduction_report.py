@@ -174,6 +174,9 @@ def test_section5_windows_and_per_example_correlation(tmp_path, tiny_section3):
     # rows 11, 5, 7 (row 9 has no score): CHES [0.3, 0.1, 0.4] vs change [-0.2, 0.5, -1.0]: ranks reversed
     ches = summary["correlations"]["ches_scores"]
     assert ches["mean"] == pytest.approx(-1.0) and ches["runs"][0]["num_pairs"] == 3
+    # the other measures score rows 11, 5, 7 as [3, 1, 2]: rho -0.5, less negative than CHES
+    assert summary["correlations"]["minus_normalized_edit_distances"]["mean"] == pytest.approx(-0.5)
+    assert summary["verdict"] == "reproduced"
     code = report_main(["--section3_dir", str(tiny_section3), "--section5_dir", str(outputs), "--section6_dir",
                         str(tmp_path / "none"), "--num_seeds", "2", "--report", str(tmp_path / "R.md"),
                         "--figures_dir", str(tmp_path / "fig")])
@@ -182,6 +185,19 @@ def test_section5_windows_and_per_example_correlation(tmp_path, tiny_section3):
     assert "**Runs found: 2 of 48**" in text and "| ches_scores | -1.000 ± 0.000 | 3 |" in text
     assert (tmp_path / "fig" / "section5_quantiles.png").read_bytes()[:8] == PNG_MAGIC
     assert read_json(tmp_path / "fig" / "section5_summary.json")["num_random_subset_runs"] == 1
+
+
+def test_section5_verdict_rule():
+    from reproduction.section5_report import verdict
+
+    def rhos(ches, edit, hidden):
+        return {"ches_scores": {"mean": ches}, "minus_normalized_edit_distances": {"mean": edit},
+                "last_hidden_embedding_inner_prods": {"mean": hidden}}
+
+    assert verdict({}) == "not run"
+    assert verdict(rhos(-0.4, -0.1, 0.2)) == "reproduced"
+    assert verdict(rhos(-0.4, -0.5, 0.2)) == "partly"
+    assert verdict(rhos(0.1, -0.5, 0.2)) == "not reproduced"
 
 
 def test_wilson_interval():
