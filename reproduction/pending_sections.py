@@ -21,7 +21,8 @@ SECTION5_COMMANDS = f"""# 1. score 1000 UltraFeedback pairs: CHES, LN-CHES, -nor
 # 2. 45 DPO runs on 32-pair quantile windows (3 measures x 5 quantiles x 3 seeds) + 3 random 128-pair runs
 {ENV} nohup python preference_similarity_experiment_plan_runner.py \\
     --plan_config_path reproduction/plans/section5_smollm2.json > section5.log 2>&1 &
-# 3. Figure 2 analogue (mean preferred log-prob change of the training pairs per quantile)
+# 3. Figure 2 analogue and per-example correlations into this report (the printer alone: the windows only)
+python -m reproduction.make_report --section5_dir {SECTION5_OUTPUTS}
 python preference_similarity_results_printer.py --outputs_dir {SECTION5_OUTPUTS}"""
 SECTION6_COMMANDS = f"""# 0. SFT source: the SORRY-Bench train/test split with the generic gold refusals (4-token responses; unused)
 {ENV} python sorrybench_create_preferences_dataset.py --model smollm2-135m-instruct \\
@@ -39,7 +40,9 @@ SECTION6_COMMANDS = f"""# 0. SFT source: the SORRY-Bench train/test split with t
 # 4. DPO, DPO + SFT term, gold preferences (64 pairs each) and the 16 lowest LN-CHES pairs, from the refusing
 #    model; refusal rates before (dpo_plain) and after (temperature 0.7, 48 new tokens, keyword judge)
 {ENV} nohup python sorrybench_experiment_plan_runner.py \\
-    --plan_config_path reproduction/plans/section6b_smollm2.json > section6.log 2>&1 &"""
+    --plan_config_path reproduction/plans/section6b_smollm2.json > section6.log 2>&1 &
+# 5. refusal rates with 95% intervals into this report
+python -m reproduction.make_report --section6_dir {SECTION6_OUTPUTS}"""
 PAPER_SCALE = {
     3: ["`persona_experiments/experiments_plans/persona_paper_olmo1b.json`, `persona_paper_gemma2b.json`, "
         "`persona_paper_llama3_8b.json` (61 runs each: one SFT over the 1000 prompts, DPO from the base model, DPO "
