@@ -12,7 +12,7 @@ from reproduction.dataset_level_plans import (REFUSING_MODEL_DATA, SECTION5_OUTP
                                               SECTION6_OUTPUTS, SECTION6_SIMILARITY, SFT_MODEL, SFT_SOURCE_DATA)
 
 ENV = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 LD_DATA_DIR=/path/to/data"
-SECTION5_COMMANDS = f"""# 1. score 1000 UltraFeedback pairs: CHES, LN-CHES, -normalised edit distance, last-hidden inner product
+SECTION5_COMMANDS = f"""# 1. score 1000 UltraFeedback pairs: CHES, LN-CHES, -edit distance, last-hidden inner product
 {ENV} python compute_preference_similarity_per_example.py --model smollm2-135m-instruct \\
     --dataset ${{LD_DATA_DIR}}/ultrafeedback/train_1000.jsonl --dataset_format ultrafeedback \\
     --num_samples 1000 --seed 0 --max_input_length 128 --device cpu \\
@@ -24,7 +24,7 @@ SECTION5_COMMANDS = f"""# 1. score 1000 UltraFeedback pairs: CHES, LN-CHES, -nor
 # 3. Figure 2 analogue and per-example correlations into this report (the printer alone: the windows only)
 python -m reproduction.make_report --section5_dir {SECTION5_OUTPUTS}
 python preference_similarity_results_printer.py --outputs_dir {SECTION5_OUTPUTS}"""
-SECTION6_COMMANDS = f"""# 0. SFT source: the SORRY-Bench train/test split with the generic gold refusals (4-token responses; unused)
+SECTION6_COMMANDS = f"""# 0. SFT source: SORRY-Bench train/test split, generic gold refusals (4-token responses, unused)
 {ENV} python sorrybench_create_preferences_dataset.py --model smollm2-135m-instruct \\
     --max_output_length 4 --batch_size 16 --device cpu --gold_preferences generic --output_dir {SFT_SOURCE_DATA}
 # 1. safety SFT (cross-entropy on gold refusals of 64 training prompts) + its refusal rates (train / test)

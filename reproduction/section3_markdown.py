@@ -73,7 +73,8 @@ def verdict(summary: dict) -> str:
 
 
 # The paper's tables: Table 1 = DPO after SFT, Table 2 = DPO from the base model, Table 3 = IPO after SFT.
-PAPER_TABLES = (("Table 1 analogue", "dpo_post_sft"), ("Table 2 analogue", "dpo_base"), ("Table 3 analogue", "ipo_post_sft"))
+PAPER_TABLES = (("Table 1 analogue", "dpo_post_sft"), ("Table 2 analogue", "dpo_base"),
+                ("Table 3 analogue", "ipo_post_sft"))
 
 
 def _top_cell(step: int | None, tokens: str) -> str:
@@ -90,7 +91,8 @@ def start_table(summary: dict, start: str) -> list[str]:
     for pair in TOKEN_PAIRS:
         cell = summary["cells"].get(f"{pair}/{start}")
         if cell is None:
-            lines.append(f"| {PAIR_LABELS[pair]} | 0 / {summary.get('num_seeds', '-')} | not run yet |  |  |  |  |  |  |  |")
+            planned = summary.get("num_seeds", "-")
+            lines.append(f"| {PAIR_LABELS[pair]} | 0 / {planned} | not run yet |" + "  |" * 7)
             continue
         top = cell["reference_top_tokens"]
         tokens = ", ".join(f"`{row['token']!r}` {row['count']} / {cell['reference_num_examples']}, "
@@ -109,7 +111,8 @@ def start_table(summary: dict, start: str) -> list[str]:
 
 def unembedding_table(summary: dict) -> list[str]:
     """Table 3 analogue: unembedding quantities of each pair at the start weights (instruct and SFT model)."""
-    lines = ["| start weights | y+ vs y− | ‖W+‖ | ‖W−‖ | ⟨W+, W−⟩ | cos | ‖W+‖ − ⟨W+, W−⟩/‖W+‖ | displaced (≥ half of runs) |",
+    lines = ["| start weights | y+ vs y− | ‖W+‖ | ‖W−‖ | ⟨W+, W−⟩ | cos | ‖W+‖ − ⟨W+, W−⟩/‖W+‖ "
+             "| displaced (≥ half of runs) |",
              "|---|---|---|---|---|---|---|---|"]
     seen = set()
     for key, cell in summary["cells"].items():
@@ -190,7 +193,8 @@ def run_lines(summary: dict) -> list[str]:
                 f"{single_runs} single-prompt runs ({single / max(single_runs, 1):.0f} s each)"
                 + (f", {seconds['sft'] / 60:.1f} min for the SFT stage" if summary["sft"]["done"] else "") + ".")
     return ["Run (resumable; a rerun skips finished runs), then regenerate this report:", "", "```bash",
-            "OMP_NUM_THREADS=1 LD_DATA_DIR=/path/to/data nohup python persona_single_example_experiment_plan_runner.py \\",
+            "OMP_NUM_THREADS=1 LD_DATA_DIR=/path/to/data nohup python "
+            "persona_single_example_experiment_plan_runner.py \\",
             "    --plan_config_path reproduction/plans/section3_smollm2.json > section3.log 2>&1 &",
             "python -m reproduction.make_report --section3_dir outputs/reproduction/section3", "```", "",
             "Expected resources: about 1 h on 2 otherwise idle cores (the SFT stage about 30 min, the 120 runs of 11 "
@@ -207,7 +211,8 @@ def section3_markdown(summary: dict, figures_rel: str) -> list[str]:
     lines += [f"Runs found: **{summary['num_done']} of {summary['num_expected']}** planned "
               f"({summary['status']}); SFT stage: " + (
                   f"done (mean π(y+) over its {sft['num_examples']} prompts {sft['initial_preferred_prob']:.3g} → "
-                  f"{sft['final_preferred_prob']:.3g})" if sft["done"] else "not finished, so no post-SFT runs yet") + ".",
+                  f"{sft['final_preferred_prob']:.3g})" if sft["done"] else
+                  "not finished, so no post-SFT runs yet") + ".",
               f"Verdict (rule: π(y+) ends below its start in ≥ half of a cell's runs): **{verdict(summary)}**.", ""]
     lines += SETUP_LINES + run_lines(summary)
     for note in summary["notes"]:

@@ -40,9 +40,9 @@ def cell_of(config: dict) -> tuple[str, str] | None:
     key = (config.get("answer_matching_behavior_to_use"), *(config.get("output_tokens_matching_yes") or ["?"])[:1],
            *(config.get("output_tokens_matching_no") or ["?"])[:1])
     pair = next((name for name, value in TOKEN_PAIRS.items() if value == key), None)
+    from_checkpoint = bool(config.get("load_model_checkpoint"))
     start = next((name for name, (objective, _, _, checkpoint) in STARTS.items()
-                  if objective == config.get("objective") and bool(checkpoint) == bool(config.get("load_model_checkpoint"))),
-                 None)
+                  if objective == config.get("objective") and bool(checkpoint) == from_checkpoint), None)
     return (pair, start) if pair and start else None
 
 

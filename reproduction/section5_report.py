@@ -111,7 +111,8 @@ def collect_section5(outputs_dir: Path, similarity_path: Path | None = None) -> 
                 correlations.setdefault(measure, []).append({"run": run_dir.name, **value})
     summary_correlations = {measure: {"runs": rows, **_mean_std([row["rho"] for row in rows])}
                             for measure, rows in correlations.items()}
-    return {"windows": windows, "verdict": verdict(summary_correlations), "similarity_path": None if similarity_path is None else str(similarity_path),
+    return {"windows": windows, "verdict": verdict(summary_correlations),
+            "similarity_path": None if similarity_path is None else str(similarity_path),
             "correlations": summary_correlations,
             "num_random_subset_runs": len(random_runs), "notes": notes}
 
@@ -161,7 +162,8 @@ def section5_result_lines(summary: dict) -> list[str]:
     """Markdown tables of the windows and the correlations."""
     lines = [f"Verdict (rule in reproduction/section5_report.py): **{summary['verdict']}**.", "",
              "Quantile windows: mean preferred log-prob change of the training pairs (nats; mean ± std over seeds).",
-             "", "| measure | quantile | runs | Δ log π(y+) | fraction of pairs whose π(y+) fell |", "|---|---|---|---|---|"]
+             "", "| measure | quantile | runs | Δ log π(y+) | fraction of pairs whose π(y+) fell |",
+             "|---|---|---|---|---|"]
     for row in summary["windows"]:
         fraction = row["frac_preferred_decreased_mean"]
         lines.append(f"| {row['measure']} | {row['quantile']:g} | {row['num_runs']} | {row['mean']:.3g} ± "

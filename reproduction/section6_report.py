@@ -88,8 +88,8 @@ def section6_result_lines(summary: dict) -> list[str]:
     lines = [f"Verdict (rule in reproduction/section6_report.py): **{summary['verdict']}**.", "",
              "| run | before: train | before: test | after: train | after: test |", "|---|---|---|---|---|"]
     for name, run in summary["runs"].items():
-        lines.append(f"| {RUN_LABELS.get(name, name)} | {_cell(run['before'], 'train')} | "
-                     f"{_cell(run['before'], 'test')} | {_cell(run['after'], 'train')} | {_cell(run['after'], 'test')} |")
+        cells = [_cell(run[when], split) for when in ("before", "after") for split in ("train", "test")]
+        lines.append(f"| {RUN_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

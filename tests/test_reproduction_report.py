@@ -105,7 +105,8 @@ def _cell(used: int, fell: int, decreased_at_some_step: int) -> dict:
 
 
 def test_verdict_rule():
-    assert cell_displaced(_cell(10, 5, 5)) and not cell_displaced(_cell(10, 4, 10)) and not cell_displaced(_cell(0, 0, 0))
+    assert cell_displaced(_cell(10, 5, 5))
+    assert not cell_displaced(_cell(10, 4, 10)) and not cell_displaced(_cell(0, 0, 0))
     complete = {"status": "complete", "num_done": 3, "num_expected": 3}
     assert verdict({**complete, "cells": {}}) == "not run"
     assert verdict({**complete, "cells": {"no_vs_lower_no/dpo_base": _cell(2, 1, 2),
@@ -170,7 +171,8 @@ def test_section5_windows_and_per_example_correlation(tmp_path, tiny_section3):
 
     outputs = _write_section5_runs(tmp_path)
     summary = collect_section5(outputs)
-    assert [(row["measure"], row["quantile"], row["mean"]) for row in summary["windows"]] == [("ches_scores", 0.0, -0.25)]
+    windows = [(row["measure"], row["quantile"], row["mean"]) for row in summary["windows"]]
+    assert windows == [("ches_scores", 0.0, -0.25)]
     # rows 11, 5, 7 (row 9 has no score): CHES [0.3, 0.1, 0.4] vs change [-0.2, 0.5, -1.0]: ranks reversed
     ches = summary["correlations"]["ches_scores"]
     assert ches["mean"] == pytest.approx(-1.0) and ches["runs"][0]["num_pairs"] == 3
@@ -227,7 +229,8 @@ def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
             _write_refusal_rates(outputs / name / "refusal_eval_initial", before, 100)
     summary = collect_section6(outputs)
     assert summary["verdict"] == "reproduced"
-    assert summary["runs"]["dpo_plain"]["after"]["test"]["ci"][1] < summary["runs"]["dpo_plain"]["before"]["test"]["ci"][0]
+    plain = summary["runs"]["dpo_plain"]
+    assert plain["after"]["test"]["ci"][1] < plain["before"]["test"]["ci"][0]
     code = report_main(["--section3_dir", str(tiny_section3), "--section5_dir", str(tmp_path / "none"),
                         "--section6_dir", str(outputs), "--num_seeds", "2", "--report", str(tmp_path / "R.md"),
                         "--figures_dir", str(tmp_path / "fig")])
