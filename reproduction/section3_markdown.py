@@ -197,8 +197,9 @@ def run_lines(summary: dict) -> list[str]:
             "persona_single_example_experiment_plan_runner.py \\",
             "    --plan_config_path reproduction/plans/section3_smollm2.json > section3.log 2>&1 &",
             "python -m reproduction.make_report --section3_dir outputs/reproduction/section3", "```", "",
-            "Expected resources: about 1 h on 2 otherwise idle cores (the SFT stage about 30 min, the 120 runs of 11 "
-            "steps about 30 s each), about 3 GB of memory (2.3 GB resident measured during the single-prompt runs), "
+            "Expected resources: about 1 h on 2 otherwise idle cores (bench/RESULTS.md: 1.2 s per SmolLM2 step, so "
+            "about 18 s per 11-step run with its setup, 120 runs ≈ 36 min, plus the SFT stage ≈ 30 min); about 3 GB "
+            "of memory (2.3 GB resident measured during the single-prompt runs), "
             "0.54 GB of disk for the SFT model. " + measured, ""]
 
 
