@@ -184,6 +184,18 @@ def plot_section3(summary: dict, figures_dir: Path) -> list[Path]:
     return [trajectories, change]
 
 
+def summary_lines(summary: dict) -> list[str]:
+    """One sentence per start: in how many runs of each pair π(y+) ended below its start, and the mean change."""
+    lines = []
+    for _, start in PAPER_TABLES:
+        parts = [f"{PAIR_LABELS[pair]} {cell['num_preferred_final_below_initial']} / {cell['num_used']} runs "
+                 f"(Δ log π(y+) {_pm(cell['preferred_logprob_change'])})"
+                 for pair in TOKEN_PAIRS if (cell := summary["cells"].get(f"{pair}/{start}"))]
+        if parts:
+            lines.append(f"- {START_LABELS[start]}: π(y+) ended below its start for " + "; ".join(parts) + ".")
+    return lines + ([""] if lines else [])
+
+
 def run_lines(summary: dict) -> list[str]:
     """How to run the section, and the wall time its finished runs took here (status.json)."""
     seconds = summary.get("wall_seconds", {})
@@ -215,7 +227,7 @@ def section3_markdown(summary: dict, figures_rel: str) -> list[str]:
                   f"{sft['final_preferred_prob']:.3g})" if sft["done"] else
                   "not finished, so no post-SFT runs yet") + ".",
               f"Verdict (rule: π(y+) ends below its start in ≥ half of a cell's runs): **{verdict(summary)}**.", ""]
-    lines += SETUP_LINES + run_lines(summary)
+    lines += summary_lines(summary) + SETUP_LINES + run_lines(summary)
     for note in summary["notes"]:
         lines.append(f"- note: {note}")
     for title, start in PAPER_TABLES:

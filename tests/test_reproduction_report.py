@@ -67,6 +67,7 @@ def test_report_numbers_come_from_the_runs(tiny_section3, tmp_path):
     text = report.read_text(encoding="utf-8")
     assert "Runs found: **25 of 25** planned (complete)" in text
     assert "Table 2 analogue: DPO from the instruct model" in text
+    assert f"'No' vs 'no' {cell['num_preferred_final_below_initial']} / 2 runs (Δ log π(y+) " in text
     assert f"| 'No' vs 'no' | 2 / 2 ({cell['num_used']}) | {cell['initial_preferred_prob']['mean']:.3g} ± " in text
     assert "**Not run yet**: 0 of 48 planned runs" in text and "**Not run yet**: 0 of 5 planned runs" in text
     for name in ("section3_trajectories.png", "section3_logprob_change.png"):
