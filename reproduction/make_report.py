@@ -16,6 +16,7 @@ seeds is not positive.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -52,8 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _relative(path: Path, start: Path) -> str:
     """`path` relative to the directory `start` (for links inside the report), with forward slashes."""
-    import os
-
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
 
