@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common.io_utils import atomic_write_json, atomic_write_text
 from reproduction.pending_sections import count_finished_runs, paper_scale_lines, section5_markdown, section6_markdown
-from reproduction.section3_markdown import plot_section3, section3_markdown, verdict
+from reproduction.section3_markdown import cell_displaced, plot_section3, section3_markdown, verdict
 from reproduction.section3_plan import OUTPUTS_DIR, PAPER_SEEDS
 from reproduction.section3_report import collect_section3
 from reproduction.section5_report import collect_section5, plot_section5, section5_result_lines
@@ -56,13 +56,26 @@ def _relative(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
 
+PAPER_PAIRS = ("yes_vs_no", "no_vs_never")
+
+
+def _displaced_cells(section3: dict) -> str:
+    """'cells displaced k / n, of them the paper's pairs j / m' (a cell = pair x start)."""
+    cells = section3.get("cells", {})
+    paper = {key: cell for key, cell in cells.items() if key.split("/")[0] in PAPER_PAIRS}
+    displaced, paper_displaced = (sum(cell_displaced(cell) for cell in group.values()) for group in (cells, paper))
+    return (f"cells (pair × start) displaced: {displaced} / {len(cells)}; of the paper's pairs "
+            f"('Yes' vs 'No', 'No' vs 'Never'): {paper_displaced} / {len(paper)}")
+
+
 def headline(section3: dict, section5_runs: int, section5_verdict: str, section6_runs: int,
              section6_verdict: str) -> list[str]:
     """The three findings and their status."""
     return ["## Headline", "",
             "| finding (paper section) | status here | evidence |", "|---|---|---|",
             f"| likelihood displacement on single prompts; close unembeddings displace (Sec. 3) | "
-            f"{verdict(section3)} | {section3['num_done']} / {section3['num_expected']} runs, Section 3 tables |",
+            f"{verdict(section3)} | {section3['num_done']} / {section3['num_expected']} runs; "
+            f"{_displaced_cells(section3)} |",
             f"| CHES predicts displacement better than edit distance / hidden-state similarity (Sec. 5) | "
             f"{'not run yet' if section5_runs == 0 else section5_verdict} | "
             f"{section5_runs} finished runs |",
