@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from common.io_utils import atomic_write_json, finished_runs_or_none
-from persona_experiments.results import ResultsError, find_runs, format_table, plot_trajectories, summarize_runs
+from persona_experiments.results import checked_run, format_table, plot_trajectories, summarize_runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", type=Path, default=None,
                         help="where results.json and trajectories.png go (default: --experiments_dir)")
     args = parser.parse_args(argv)
-    found = finished_runs_or_none(lambda: find_runs(args.experiments_dir), ResultsError, str(args.experiments_dir))
+    found = finished_runs_or_none([args.experiments_dir], checked_run)
     if found is None:
         return 2
     runs, notes = found
