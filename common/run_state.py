@@ -113,9 +113,10 @@ def _changed_keys(old: dict, new: dict) -> list[str]:
 
 
 def finished_state(run_dir: Path, config: RunConfig, identity: dict) -> tuple[bool, str]:
-    """(True, "") when `run_dir` holds a finished run of exactly this config and these inputs; else (False, why)."""
+    """(True, "") when `run_dir` holds a finished run of exactly this config and these inputs; else (False, why),
+    where why is "" for a run never started here."""
     if read_marker(run_dir) is None:
-        return False, "not run yet"
+        return False, ""
     status = read_status(run_dir)
     if status.get("status") != "done":
         return False, f"previous attempt is {status.get('status') or 'missing'}"

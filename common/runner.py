@@ -159,8 +159,8 @@ def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | Non
             config = spec.config
             seed_everything(config.random_seed)
             device = resolve_device(config.device, assigned_gpu)
-            log.info("run %s on %s, seed %d (%s), config %s", spec.name, device, config.random_seed, redo_reason,
-                     config_to_dict(config))
+            log.info("run %s on %s, seed %d (%s), config %s", spec.name, device, config.random_seed,
+                     f"redone: {redo_reason}" if redo_reason else "first run", config_to_dict(config))
             metrics_logger = _NullMetricsLogger() if not is_main else MetricsLogger(
                 spec.run_dir, use_wandb=config.use_wandb, wandb_project=config.wandb_project,
                 wandb_run_name=spec.name, wandb_config=config_to_dict(config))
@@ -322,6 +322,7 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     parser.add_argument("--ray_address", default=None, help="Ray cluster address (default: start a local one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ld").setLevel(logging.INFO)  # the plan log gets why runs are redone, whatever the root level
     try:
         plan = load_plan(args.plan_config_path, family.config_cls)
     except PlanError as err:

@@ -28,6 +28,7 @@ class ToyConfig(RunConfig):
     sleep_per_step: float = 0.0  # seconds to sleep after each step (concurrency tests)
     kill_self_at_step: int = -1  # the run's process kills itself with SIGKILL at this step (-1: never)
     interrupt_at_step: int = -1  # raise KeyboardInterrupt at this step, as Ctrl-C would (-1: never)
+    wait_for_file: str = ""  # after step 0, wait until this file exists (lets a test order two processes)
 
     @classmethod
     def input_file_fields(cls) -> tuple[str, ...]:
@@ -64,6 +65,8 @@ def run_toy(config: ToyConfig, ctx: RunContext) -> dict:
         if step == config.interrupt_at_step:
             raise KeyboardInterrupt
         time.sleep(config.sleep_per_step)
+        while step == 0 and config.wait_for_file and not Path(config.wait_for_file).exists():
+            time.sleep(0.05)
     previous = None
     if config.load_model_checkpoint:
         previous = (ctx.run_dir.parent / config.load_model_checkpoint).exists() or None
