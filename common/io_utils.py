@@ -53,9 +53,9 @@ def atomic_write_via(path: Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
         os.close(fd)
         write(tmp_name)
+        os.chmod(tmp_name, 0o666 & ~current_umask())  # after writing: some writers replace the file they are given
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
