@@ -75,7 +75,8 @@ def input_fingerprint(value: str) -> dict[str, Any] | None:
     if path is None:
         return None
     if path.is_dir():
-        return {"files": {str(p.relative_to(path)): file_fingerprint(p) for p in sorted(path.rglob("*")) if p.is_file()}}
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return {"files": {str(p.relative_to(path)): file_fingerprint(p) for p in files}}
     return file_fingerprint(path)
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from common.config import ExperimentFamily
 from common.io_utils import read_json, read_jsonl
 from common.models import load_model_and_tokenizer, save_model
+from common.plan import load_plan
 from common.run_state import MARKER_FILE, claim_run_dir, file_fingerprint
 from common.runner import EXIT_INTERRUPTED, execute_run, main
-from common.config import ExperimentFamily
-from common.plan import load_plan
 from tests.toy_family import TOY_FAMILY, ToyConfig, run_toy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,8 @@ def test_another_plans_finished_run_is_kept_unless_rerun(tmp_path, capsys):
     capsys.readouterr()
     assert main(TOY_FAMILY, ["--plan_config_path", str(plan_b)]) == 1
     assert "holds a finished run of another plan" in capsys.readouterr().out
-    assert read_json(out / "run" / "summary.json") == summary_a and read_json(out / "run" / "config.json")["target"] == 1
+    assert read_json(out / "run" / "summary.json") == summary_a
+    assert read_json(out / "run" / "config.json")["target"] == 1.0
     assert main(TOY_FAMILY, ["--plan_config_path", str(plan_b), "--rerun"]) == 0
     assert read_json(out / "run" / "config.json")["target"] == 2.0
 

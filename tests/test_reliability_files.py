@@ -16,10 +16,11 @@ import loss_comparison_results_printer
 import persona_single_example_results_printer
 import preference_similarity_results_printer
 from common import models
-from common.io_utils import atomic_write_json, read_json, read_jsonl
+from common.io_utils import atomic_write_json, read_jsonl
 from common.model_files import MANIFEST_FILE, converted_cache_problem, safetensors_problem, write_manifest
 from common.models import ModelLoadError, load_model_and_tokenizer, save_model
 from common.reference_cache import save_cached_logps
+from common.run_state import MARKER_FILE
 from common.runner import main
 from persona_experiments.data import output_token_problems
 from tests.toy_family import TOY_FAMILY
@@ -67,7 +68,7 @@ def test_written_files_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
     run_dir = tmp_path / "out" / "r"
     files = [tmp_path / "a.json", tmp_path / "cache" / "c.safetensors", tmp_path / "model" / "config.json",
              tmp_path / "out" / "plan.plan_status.json"]
-    files += [run_dir / name for name in ("config.json", "status.json", "summary.json", "metrics.jsonl", ".ld_run.json")]
+    files += [run_dir / name for name in ("config.json", "status.json", "summary.json", "metrics.jsonl", MARKER_FILE)]
     assert {str(p): oct(p.stat().st_mode & 0o777) for p in files} == {str(p): oct(file_mode) for p in files}
     assert oct((tmp_path / "model").stat().st_mode & 0o777) == oct(dir_mode)
 
@@ -92,7 +93,7 @@ def test_loss_comparison_printer_skips_wrong_shape_runs(tmp_path, capsys):
     write_run(tmp_path, "beta_string", {**good, "kl_coeff": "high"}, DISPLACEMENT_SUMMARY)
     assert loss_comparison_results_printer.main(["--experiments_dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert f"note: skipping run {tmp_path / 'config_list'}: config.json holds a JSON list, expected an object" in printed
+    assert f"skipping run {tmp_path / 'config_list'}: config.json holds a JSON list, expected an object" in printed
     assert f"note: skipping run {tmp_path / 'summary_string'}: summary.json holds a JSON str" in printed
     assert f"note: skipping run {tmp_path / 'beta_string'}: its config.json/summary.json do not have" in printed
     assert "1 finished run(s)" in printed
