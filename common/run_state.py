@@ -151,8 +151,10 @@ def claim_run_dir(run_dir: Path, run_name: str, plan_key: str, replace_finished:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         marker = read_marker(run_dir)
         if marker is None:
+            legacy = (run_dir / "status.json").is_file() and (run_dir / "config.json").is_file()
+            hint = " (a run directory from before ownership markers? delete it to redo the run)" if legacy else ""
             raise RunDirError(f"{run_dir} exists and was not made by this toolkit (no {MARKER_FILE}); refusing to "
-                              "delete it: move it away or choose another experiment_name/outputs_dir")
+                              f"delete it: move it away or choose another experiment_name/outputs_dir{hint}")
         other_plan = marker.get("plan") != plan_key
         if other_plan and read_status(run_dir).get("status") == "done" and not replace_finished:
             raise RunDirError(f"{run_dir} holds a finished run of another plan ({marker.get('plan')}) with a "
