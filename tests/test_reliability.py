@@ -226,3 +226,27 @@ def test_sigint_to_a_plan_process_records_interrupted(tmp_path, num_parallel):
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: interrupted (Ctrl-C)")
     for i in range(num_parallel):
         assert read_json(out / f"r{i}" / "status.json")["status"] == "interrupted"
+
+
+def test_describe_exit():
+    from common.worker_pool import describe_exit
+
+    assert describe_exit(-9) == "killed by signal SIGKILL (9)"
+    assert describe_exit(-2) == "killed by signal SIGINT (2)"
+    assert describe_exit(3) == "exited with code 3"
+
+
+def test_family_configs_declare_their_input_file_fields():
+    import dataclasses
+
+    from common.preference_training_config import PreferenceTrainingConfig
+    from persona_experiments.config import PersonaConfig
+    from sorrybench.experiment import SorryBenchConfig
+
+    assert PersonaConfig.input_file_fields() == ("dataset", "load_model_checkpoint")
+    assert PreferenceTrainingConfig.input_file_fields() == ("dataset", "eval_dataset", "similarity_results_path",
+                                                            "load_model_checkpoint")
+    assert SorryBenchConfig.input_file_fields() == PreferenceTrainingConfig.input_file_fields()
+    for config_cls in (PersonaConfig, PreferenceTrainingConfig, SorryBenchConfig, ToyConfig):
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        assert set(config_cls.input_file_fields()) <= names, config_cls
