@@ -66,7 +66,7 @@ def status_is(run_dir: Path, state: str) -> bool:
 
 
 # 1. ownership ---------------------------------------------------------------------------------------------------
-def test_foreign_model_folder_under_outputs_dir_is_never_deleted(tmp_path, capsys):
+def test_foreign_model_folder_under_outputs_dir_is_never_deleted(tmp_path):
     out = tmp_path / "out"
     model, tokenizer = load_model_and_tokenizer("tiny-gpt2")
     save_model(model, tokenizer, out / "my_model")
@@ -76,8 +76,8 @@ def test_foreign_model_folder_under_outputs_dir_is_never_deleted(tmp_path, capsy
     assert main(TOY_FAMILY, ["--plan_config_path", str(plan)]) == 1
     assert sorted(p.name for p in (out / "my_model").iterdir()) == before  # nothing deleted, nothing added
     assert (out / "my_model" / "notes.txt").read_text() == "my notes"
-    printed = capsys.readouterr().out
-    assert f"{out / 'my_model'} exists and was not made by this toolkit" in printed
+    (result,) = read_json(out / "p.plan_status.json")["runs"]
+    assert result["error"].startswith(f"{out / 'my_model'} exists and was not made by this toolkit")
 
 
 # 2. identity of a finished run = config + inputs + parents ------------------------------------------------------
