@@ -170,15 +170,15 @@ def test_done_is_not_written_into_a_directory_taken_over_during_the_run(tmp_path
 
 
 # 4. another plan's finished run in the same directory -----------------------------------------------------------
-def test_another_plans_finished_run_is_kept_unless_rerun(tmp_path, capsys):
+def test_another_plans_finished_run_is_kept_unless_rerun(tmp_path):
     out = tmp_path / "out"
     plan_a = write_plan(tmp_path / "a.json", [run("run", out, target=1.0)])
     plan_b = write_plan(tmp_path / "b.json", [run("run", out, target=2.0)])
     assert main(TOY_FAMILY, ["--plan_config_path", str(plan_a)]) == 0
     summary_a = read_json(out / "run" / "summary.json")
-    capsys.readouterr()
     assert main(TOY_FAMILY, ["--plan_config_path", str(plan_b)]) == 1
-    assert "holds a finished run of another plan" in capsys.readouterr().out
+    (result,) = read_json(out / "b.plan_status.json")["runs"]
+    assert result["error"].startswith(f"{out / 'run'} holds a finished run of another plan ({plan_a.resolve()})")
     assert read_json(out / "run" / "summary.json") == summary_a
     assert read_json(out / "run" / "config.json")["target"] == 1.0
     assert main(TOY_FAMILY, ["--plan_config_path", str(plan_b), "--rerun"]) == 0
