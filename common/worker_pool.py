@@ -13,6 +13,7 @@ import concurrent.futures as futures
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import threading
 from typing import Any, Callable
@@ -36,13 +37,14 @@ def _worker_main(connection: multiprocessing.connection.Connection) -> None:
     """Loop of a worker process: receive (fn, args), send back (True, result) or (False, exception)."""
     while True:
         try:
-            message = connection.recv()
+            message = connection.recv_bytes()
         except (EOFError, KeyboardInterrupt):
             return
-        if message is None:
-            return
-        fn, args = message
         try:
+            call = pickle.loads(message)  # here, so that a call that cannot be unpickled is reported, not fatal
+            if call is None:
+                return
+            fn, args = call
             outcome: tuple[bool, Any] = (True, fn(*args))
         except BaseException as error:  # noqa: BLE001 - forwarded to the caller
             outcome = (False, error)
