@@ -44,6 +44,13 @@ def current_umask() -> int:
     return mask
 
 
+def honour_umask(root: Path) -> None:
+    """Give `root` and everything under it the modes plain `mkdir`/`open` would: 0777 / 0666 minus the umask."""
+    umask = current_umask()
+    for path in [Path(root), *Path(root).rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def atomic_write_via(path: Path, write: Callable[[str], None]) -> None:
     """Atomically create/replace `path` with what `write(tmp_path)` writes to a temporary sibling file.
 

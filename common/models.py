@@ -51,7 +51,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast,
                           LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
 
-from common.io_utils import current_umask
+from common.io_utils import honour_umask
 from common.model_files import converted_cache_problem, tokenizer_file_problems, weights_problems, write_manifest
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,9 @@ def _atomic_directory(target: Path, keep_complete_existing: bool = False) -> Ite
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; a plain mkdir honours the umask
     try:
         yield tmp
+        honour_umask(tmp)  # safetensors writes its files 0600
         if keep_complete_existing and (target / "config.json").is_file():
             return
         old = None

@@ -21,6 +21,7 @@ from common.model_files import MANIFEST_FILE, converted_cache_problem, safetenso
 from common.models import ModelLoadError, load_model_and_tokenizer, save_model
 from common.reference_cache import save_cached_logps
 from common.run_state import MARKER_FILE
+from common.tracker import DisplacementTracker
 from common.runner import main
 from persona_experiments.data import output_token_problems
 from tests.toy_family import TOY_FAMILY
@@ -59,6 +60,9 @@ def test_written_files_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
         save_cached_logps(tmp_path / "cache" / "c.safetensors", torch.zeros(2), torch.zeros(2), {"k": 1})
         model, tokenizer = load_model_and_tokenizer("tiny-gpt2")
         save_model(model, tokenizer, tmp_path / "model")
+        tracker = DisplacementTracker(1)
+        tracker.update(0, torch.tensor([-0.5]), torch.tensor([-0.7]))
+        tracker.save_tensors(tmp_path / "tracker.safetensors")
         plan = tmp_path / "plan.json"
         plan.write_text(json.dumps({"configurations": [{"base_config": {
             "experiment_name": "r", "outputs_dir": str(tmp_path / "out"), "save_metric_plots": False}}]}))
@@ -67,6 +71,7 @@ def test_written_files_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
         os.umask(previous)
     run_dir = tmp_path / "out" / "r"
     files = [tmp_path / "a.json", tmp_path / "cache" / "c.safetensors", tmp_path / "model" / "config.json",
+             tmp_path / "model" / "model.safetensors", tmp_path / "tracker.safetensors",
              tmp_path / "out" / "plan.plan_status.json"]
     files += [run_dir / name for name in ("config.json", "status.json", "summary.json", "metrics.jsonl", MARKER_FILE)]
     assert {str(p): oct(p.stat().st_mode & 0o777) for p in files} == {str(p): oct(file_mode) for p in files}
