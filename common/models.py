@@ -380,8 +380,10 @@ def load_model_and_tokenizer(
     return net, tokenizer
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Write `model` and `tokenizer` to `out_dir` (replaced atomically) as a loadable HF directory.
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
+               state_dict: dict | None = None) -> Path:
+    """Write `model` and `tokenizer` to `out_dir` (replaced atomically, files 0666 minus the umask) as a loadable
+    HF directory; `state_dict` (e.g. gathered from FSDP shards) replaces the model's own weights when given.
 
     A `peft.PeftModel` saves its adapter only (adapter_config.json + adapter_model.safetensors), nothing merged:
     load it back with `checkpoint=out_dir, is_lora_checkpoint=True` and the same base `model`.
@@ -389,6 +391,6 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
     """
     out_dir = Path(out_dir)
     with _atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(tmp)
     return out_dir
