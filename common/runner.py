@@ -34,7 +34,7 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -100,6 +100,15 @@ def launch_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def _from_main(state, value: Any) -> Any:
+    """`value` as the main process has it, on every process of a multi-process launch (a sync point too)."""
+    if state is None:
+        return value
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def _log_to_run_dir(run_dir: Path, file_name: str) -> Callable[[], None]:
     """Send every log record (INFO and up) to `run_dir/file_name` too; returns the function that undoes it."""
     handler = logging.FileHandler(run_dir / file_name, encoding="utf-8")
@@ -135,24 +144,25 @@ def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | Non
         if state is not None:
             state.wait_for_everyone()  # the main process holds the lock before anyone reads the old status
         identity = run_identity(spec.config, spec.references)
-        already_done, redo_reason = finished_state(spec.run_dir, spec.config, identity)
-        if state is not None:
-            state.wait_for_everyone()  # every process has read the old status before the main one cleans up
+        # the main process's decision holds for all; every process has read the old status before it cleans up
+        already_done, redo_reason = _from_main(state, finished_state(spec.run_dir, spec.config, identity))
         if already_done and not rerun:
             return RunResult(spec.name, "cached", 0.0, str(spec.run_dir))
         redo_reason = "--rerun" if already_done else redo_reason
         status = {"status": "running", "started_at": started, "overrides": spec.overrides, "identity": identity,
                   "redo_reason": redo_reason, "pid": os.getpid()}
+        refusal = None
         if is_main:
             try:
                 attempt = claim_run_dir(spec.run_dir, spec.name, plan_key, replace_finished=rerun)
+                atomic_write_json(spec.run_dir / "config.json", config_to_dict(spec.config))
+                atomic_write_json(spec.run_dir / "status.json", status)
             except RunDirError as error:
-                log.error("run %s: %s", spec.name, error)
-                return RunResult(spec.name, "failed", 0.0, str(spec.run_dir), str(error), redo_reason)
-            atomic_write_json(spec.run_dir / "config.json", config_to_dict(spec.config))
-            atomic_write_json(spec.run_dir / "status.json", status)
-        if state is not None:
-            state.wait_for_everyone()
+                refusal = str(error)
+        refusal = _from_main(state, refusal)  # the other processes wait until the directory is ready (or refused)
+        if refusal:
+            log.error("run %s: %s", spec.name, refusal)
+            return RunResult(spec.name, "failed", 0.0, str(spec.run_dir), refusal, redo_reason)
         undo_logging = _log_to_run_dir(spec.run_dir, "run.log" if is_main else f"run.rank{state.process_index}.log")
         metrics_logger = None
         try:
