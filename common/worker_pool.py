@@ -119,7 +119,10 @@ class IsolatedProcessPool(futures.Executor):
             self._busy.discard(worker)
             if worker.process.is_alive():
                 self._idle.append(worker)
-        future.set_result(outcome[1]) if outcome[0] else future.set_exception(outcome[1])
+        if outcome[0]:
+            future.set_result(outcome[1])
+        else:
+            future.set_exception(outcome[1])
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
         if kwargs:
