@@ -4,8 +4,8 @@
         [--metric eval_metrics/train/preferred_logprobs_change_mean] [--save_dir DIR]
 
 In:  the run directories under `--outputs_dir` (each with `config.json` and `summary.json`, as written by
-     `preference_similarity_experiment_plan_runner.py`); runs without a similarity file or still running are
-     skipped. Reads JSON only.
+     `preference_similarity_experiment_plan_runner.py`); runs without a similarity file, still running, or with
+     files of the wrong shape are skipped and listed (`common.io_utils.finished_runs_or_none`). Reads JSON only.
 Out (in `--save_dir`, default `--outputs_dir`):
      similarity_quantiles.png   one line per (model, objective, measure): x = quantile, y = mean over seeds of
                                 `--metric`, error bars = std over seeds (population)
@@ -23,27 +23,23 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from common.io_utils import FinishedRun, finished_runs_or_none
+
 DEFAULT_METRIC = "eval_metrics/train/preferred_logprobs_change_mean"
 FRACTION_METRIC = "eval_metrics/train/frac_preferred_logprobs_decreased"
 OUTPUT_STEM = "similarity_quantiles"
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def collect_runs(outputs_dir: Path) -> list[tuple[Path, dict, dict]]:
-    """(run dir, config, summary) of every finished similarity-filtered run directly under `outputs_dir`."""
-    runs = []
-    for run_dir in sorted(p for p in Path(outputs_dir).iterdir() if p.is_dir()):
-        config, summary = _read_json(run_dir / "config.json"), _read_json(run_dir / "summary.json")
-        if config is None or summary is None or not config.get("similarity_results_path"):
-            continue
-        runs.append((run_dir, config, summary))
-    return runs
+def similarity_run(run: FinishedRun, metric: str) -> tuple[Path, dict, dict] | str:
+    """(run dir, config, summary) of a finished similarity-filtered run, or a note saying why it is skipped.
+    A config/summary of the wrong shape raises (the shared discovery skips the run with a note)."""
+    if not run.config.get("similarity_results_path"):
+        return f"skipping {run.run_dir}: no similarity_results_path (not a similarity-filtered run)"
+    if not isinstance(run.summary.get(metric), (int, float)):
+        return f"skipping {run.run_dir}: summary.json has {metric} = {run.summary.get(metric)!r}, expected a number"
+    entry = (run.run_dir, run.config, run.summary)
+    format_table(aggregate([entry], metric), metric)  # the grouping fields must have usable types
+    return entry
 
 
 def aggregate(runs: list[tuple[Path, dict, dict]], metric: str) -> list[dict]:
@@ -120,11 +116,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"summary.json key. Default {DEFAULT_METRIC}")
     parser.add_argument("--save_dir", type=Path, default=None, help="where to write the PNG/MD/JSON")
     args = parser.parse_args(argv)
-    if not args.outputs_dir.is_dir():
-        raise SystemExit(f"--outputs_dir {args.outputs_dir}: not a directory")
-    rows = aggregate(collect_runs(args.outputs_dir), args.metric)
-    if not rows:
-        raise SystemExit(f"no finished similarity-filtered runs with `{args.metric}` under {args.outputs_dir}")
+    found = finished_runs_or_none([args.outputs_dir], lambda run: similarity_run(run, args.metric))
+    if found is None:
+        raise SystemExit(2)
+    rows = aggregate(found[0], args.metric)
     save_dir = args.save_dir or args.outputs_dir
     save_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(rows, args.metric)

@@ -63,6 +63,13 @@ class RunConfig:
     num_gpus: float = 0.0
     num_cpus: float = 1.0
 
+    @classmethod
+    def input_file_fields(cls) -> tuple[str, ...]:
+        """Names of the fields that hold paths of input files or directories the run reads (data sets,
+        similarity files, checkpoints). Plan validation checks they exist (unless a `{run:...}` makes them), and
+        a finished run's identity includes a fingerprint of each (`common.run_state`). Default: none."""
+        return ()
+
     def validate(self) -> list[str]:
         """Cross-field checks. Returns a list of problems (empty if valid); subclasses extend it."""
         problems = []

@@ -80,7 +80,7 @@ def plot_metric_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_jsonl(metrics_path) if Path(metrics_path).exists() else []
+    records = read_jsonl(metrics_path, allow_partial_last_line=True) if Path(metrics_path).exists() else []
     curves: dict[str, tuple[list[float], list[float]]] = {}
     for record in records:
         for key, value in record.items():

@@ -66,6 +66,7 @@ class RunSpec:
     configuration_index: int
     overrides: dict[str, Any]  # the option values that made this run
     depends_on: tuple[str, ...] = ()
+    references: dict[str, Path] = field(default_factory=dict)  # every `{run:NAME}` target -> its directory
 
 
 @dataclass
@@ -294,7 +295,8 @@ def parse_plan(raw: dict[str, Any], plan_path: Path, config_cls: type[RunConfig]
             continue
         problems += [f"{where}: {problem}" for problem in config.validate()]
         dependencies = tuple(dict.fromkeys(r for r in referenced if r in kept_names))
-        runs.append(RunSpec(name, run_dir, config, index, overrides, dependencies))
+        runs.append(RunSpec(name, run_dir, config, index, overrides, dependencies,
+                            {r: run_dirs[r] for r in dict.fromkeys(referenced)}))
     if problems:
         raise PlanError(plan_path, list(dict.fromkeys(problems)))
     legacy = sorted({k for c in settings["configurations"] for k in c["base_config"] if k in LEGACY_IGNORED_FIELDS})

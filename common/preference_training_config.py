@@ -129,6 +129,10 @@ class PreferenceTrainingConfig(LossConfig):
     save_model: bool = False
     reference_cache_dir: str | None = None
 
+    @classmethod
+    def input_file_fields(cls) -> tuple[str, ...]:
+        return ("dataset", "eval_dataset", "similarity_results_path", "load_model_checkpoint")
+
     def validate(self) -> list[str]:
         """Loss/run checks plus the cross-field rules of this trainer (each message names the field)."""
         problems = super().validate()

@@ -90,6 +90,10 @@ class PersonaConfig(LossConfig):
     save_finegrained_token_metrics: bool = False
     save_model: bool = False
 
+    @classmethod
+    def input_file_fields(cls) -> tuple[str, ...]:
+        return ("dataset", "load_model_checkpoint")
+
     def validate(self) -> list[str]:
         """Base and loss checks plus the persona fields' ranges and cross-field rules."""
         problems = super().validate()
