@@ -322,6 +322,9 @@ def _run_directories(expanded: list, settings: dict[str, Any], problems: list[st
                 continue
             if run_dir.resolve() in seen_dirs:
                 problems.append(f"{where}: duplicate run directory {run_dir} (put the option fields in experiment_name)")
+            elif name in run_dirs:
+                problems.append(f"{where}: experiment_name also used for {run_dirs[name]} (names identify runs, e.g. "
+                                "in {run:NAME}); put the fields that differ in experiment_name")
             seen_dirs.add(run_dir.resolve())
             run_dirs[name] = run_dir
             if position >= settings["skip"]:
