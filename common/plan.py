@@ -303,7 +303,8 @@ def _plan_settings(raw: Any, problems: list[str]) -> dict[str, Any]:
     return settings
 
 
-def _run_directories(expanded: list, settings: dict[str, Any], problems: list[str]) -> tuple[dict, list]:
+def _run_directories(expanded: list, settings: dict[str, Any], problems: list[str],
+                     check_skip: bool = True) -> tuple[dict, list]:
     """Name and directory of every run (all repetitions), and the runs `skip` keeps with their seeds."""
     repetitions = settings["repetitions"]
     suffixes = [f"_rep{r}" for r in range(repetitions)] if repetitions > 1 else [""]
@@ -332,7 +333,7 @@ def _run_directories(expanded: list, settings: dict[str, Any], problems: list[st
                 seed = derive_seed(name) if seed == -1 else repetition_seed(seed, repetition)
                 pending.append((index, {**values, "random_seed": seed}, overrides, name, run_dir, suffix))
     total = len(expanded) * len(suffixes)
-    if expanded and settings["skip"] >= len(expanded):
+    if check_skip and expanded and settings["skip"] >= len(expanded):
         problems.append(f"'skip' {settings['skip']} drops every run ({len(expanded)} configuration(s) expand to "
                         f"{total} run(s)); lower it")
     for outputs_dir in dict.fromkeys(Path(values["outputs_dir"]) for _, values, _ in expanded):
@@ -356,9 +357,10 @@ def parse_plan(raw: Any, plan_path: Path, config_cls: type[RunConfig], *, saniti
     for index, configuration in enumerate(settings["configurations"]):
         expanded += [(index, *pair) for pair in _expand_configuration(index, configuration, config_cls, problems,
                                                                        notes, sanitize_names)]
-    if problems:
-        raise PlanError(plan_path, list(dict.fromkeys(problems)))
-    run_dirs, pending = _run_directories(expanded, settings, problems)
+    # Configurations with field problems expanded to nothing; the others are still checked run by run below,
+    # so one pass reports every problem (the skip count is only judged when every configuration expanded).
+    all_expanded = not problems
+    run_dirs, pending = _run_directories(expanded, settings, problems, all_expanded)
     kept_names = {entry[3] for entry in pending}
     config_field_names = {f.name for f in dataclasses.fields(config_cls)}
     runs = []
