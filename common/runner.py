@@ -258,6 +258,14 @@ class _ConsoleFormatter(logging.Formatter):
         return super().format(quiet) + " (traceback in the run's run.log and status.json)"
 
 
+def configure_console_logging() -> None:
+    """INFO logging on the console, without tracebacks (those go to run.log and status.json)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for console in logging.getLogger().handlers:
+        if type(console) is logging.StreamHandler:
+            console.setFormatter(_ConsoleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+
 def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     """Command-line entry point shared by every `*_experiment_plan_runner.py`. Returns the exit code."""
     parser = argparse.ArgumentParser(description=f"Run a {family.name} experiment plan.")
@@ -267,10 +275,7 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     parser.add_argument("--ray_address", default=None, help="Ray cluster address (default: start a local one)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for console in logging.getLogger().handlers:  # tracebacks go to run.log / status.json, not the console
-        if type(console) is logging.StreamHandler:
-            console.setFormatter(_ConsoleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    configure_console_logging()
     try:
         plan = load_plan(args.plan_config_path, family.config_cls)
     except PlanError as err:
