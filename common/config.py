@@ -82,10 +82,19 @@ class RunConfig:
 
     @classmethod
     def input_file_fields(cls) -> tuple[str, ...]:
-        """Names of the fields that hold paths of files or directories the run reads (data sets, similarity
-        files, checkpoints). Default: none. Plan validation checks that each exists unless a `{run:...}` of the
-        plan produces it; the run identity fingerprints them."""
+        """Names of the fields that hold paths of input files or directories the run reads (data sets,
+        similarity files, checkpoints). Plan validation checks they exist (unless a `{run:...}` makes them), and
+        a finished run's identity includes a fingerprint of each (`common.run_state`). Default: none."""
         return ()
+
+    def validate(self) -> list[str]:
+        """Cross-field checks. Returns a list of problems (empty if valid); subclasses extend it."""
+        problems = []
+        if not -1 <= self.random_seed < MAX_SEED:
+            problems.append(f"random_seed must be in [0, 2**32) or -1 (derive from name), got {self.random_seed}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            problems.append(f"device must be 'auto', 'cpu' or 'cuda:N', got {self.device!r}")
+        return problems
 
     @classmethod
     def input_file_hint(cls, field_name: str, value: str) -> str:
@@ -98,15 +107,6 @@ class RunConfig:
         """Checks `validate` could not do without loading, converting or downloading something; they run when
         the run starts. One line each, reported once per plan (e.g. "token check deferred to run start")."""
         return []
-
-    def validate(self) -> list[str]:
-        """Cross-field checks. Returns a list of problems (empty if valid); subclasses extend it."""
-        problems = []
-        if not -1 <= self.random_seed < MAX_SEED:
-            problems.append(f"random_seed must be in [0, 2**32) or -1 (derive from name), got {self.random_seed}")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            problems.append(f"device must be 'auto', 'cpu' or 'cuda:N', got {self.device!r}")
-        return problems
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -138,6 +138,10 @@ class PreferenceTrainingConfig(LossConfig):
     save_model: bool = False
     reference_cache_dir: str | None = None
 
+    @classmethod
+    def input_file_fields(cls) -> tuple[str, ...]:
+        return ("dataset", "eval_dataset", "similarity_results_path", "load_model_checkpoint")
+
     def validate(self) -> list[str]:
         """Loss/run checks plus the cross-field rules of this trainer (each message names the field)."""
         problems = super().validate()
@@ -189,10 +193,6 @@ class PreferenceTrainingConfig(LossConfig):
         if self.quantile is not None and self.preference_num_samples is None:
             problems.append(f"quantile={self.quantile} needs preference_num_samples (the window size k)")
         return problems
-
-    @classmethod
-    def input_file_fields(cls) -> tuple[str, ...]:
-        return ("dataset", "eval_dataset", "similarity_results_path", "load_model_checkpoint")
 
     @classmethod
     def input_file_hint(cls, field_name: str, value: str) -> str:

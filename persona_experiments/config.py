@@ -128,43 +128,9 @@ class PersonaConfig(LossConfig):
     save_finegrained_token_metrics: bool = False
     save_model: bool = False
 
-    def __post_init__(self) -> None:
-        if self.log_top_token_logit_change_interval is not None and self.log_top_token_logit_change_interval <= 0:
-            self.log_top_token_logit_change_interval = None  # the reference's -1: no intermediate points
-
     @classmethod
     def input_file_fields(cls) -> tuple[str, ...]:
         return ("dataset", "load_model_checkpoint")
-
-    @classmethod
-    def input_file_hint(cls, field_name: str, value: str) -> str:
-        return cls.INPUT_FILE_HINTS.get(field_name) or super().input_file_hint(field_name, value)
-
-    def deferred_checks(self) -> list[str]:
-        if self.model and tokenizer_without_conversion(self.model) is None:
-            return [f"token check deferred to run start: the tokenizer of model {self.model!r} is not available "
-                    "without conversion or download (output tokens are checked when each run starts)"]
-        return []
-
-    def output_token_problems(self) -> list[str]:
-        """Each output/tracked token must be one vocabulary token (only when the tokenizer is local, see
-        `deferred_checks`); a tokenizer that is there but does not load is a problem, never a silent skip."""
-        if not self.model or tokenizer_without_conversion(self.model) is None:
-            return []
-        try:
-            tokenizer = _local_tokenizer(self.model)
-        except ValueError as error:
-            return [str(error)]
-        if tokenizer is None:  # a local model directory without tokenizer files: nothing to check against
-            return []
-        problems = []
-        for name in ("output_tokens_matching_yes", "output_tokens_matching_no", "track_logits_for_tokens"):
-            for token in getattr(self, name):
-                try:
-                    output_token_id(tokenizer, token, name)
-                except OutputTokenError as error:
-                    problems.append(str(error))
-        return problems
 
     def validate(self) -> list[str]:
         """Base and loss checks plus the persona fields' ranges and cross-field rules."""
@@ -218,6 +184,40 @@ class PersonaConfig(LossConfig):
         if self.num_top_tokens < 1:
             problems.append(f"num_top_tokens must be >= 1, got {self.num_top_tokens}")
         return problems + self.output_token_problems()
+
+    def __post_init__(self) -> None:
+        if self.log_top_token_logit_change_interval is not None and self.log_top_token_logit_change_interval <= 0:
+            self.log_top_token_logit_change_interval = None  # the reference's -1: no intermediate points
+
+    @classmethod
+    def input_file_hint(cls, field_name: str, value: str) -> str:
+        return cls.INPUT_FILE_HINTS.get(field_name) or super().input_file_hint(field_name, value)
+
+    def deferred_checks(self) -> list[str]:
+        if self.model and tokenizer_without_conversion(self.model) is None:
+            return [f"token check deferred to run start: the tokenizer of model {self.model!r} is not available "
+                    "without conversion or download (output tokens are checked when each run starts)"]
+        return []
+
+    def output_token_problems(self) -> list[str]:
+        """Each output/tracked token must be one vocabulary token (only when the tokenizer is local, see
+        `deferred_checks`); a tokenizer that is there but does not load is a problem, never a silent skip."""
+        if not self.model or tokenizer_without_conversion(self.model) is None:
+            return []
+        try:
+            tokenizer = _local_tokenizer(self.model)
+        except ValueError as error:
+            return [str(error)]
+        if tokenizer is None:  # a local model directory without tokenizer files: nothing to check against
+            return []
+        problems = []
+        for name in ("output_tokens_matching_yes", "output_tokens_matching_no", "track_logits_for_tokens"):
+            for token in getattr(self, name):
+                try:
+                    output_token_id(tokenizer, token, name)
+                except OutputTokenError as error:
+                    problems.append(str(error))
+        return problems
 
     def resolved_train_samples_seed(self) -> int:
         """train_samples_random_seed, or random_seed when it is -1."""
