@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.io_utils import read_json
-from common.plan import load_plan
+from common.plan import PlanError, load_plan
 from common.plan_checks import repetition_seed
 from common.runner import main
 from tests.toy_family import TOY_FAMILY, ToyConfig
@@ -207,3 +207,43 @@ def test_valid_plan_still_loads(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(toy_plan(tmp_path / "out", base={"lr": 0.5})))
     assert load_plan(path, ToyConfig).runs[0].config.lr == 0.5
+
+
+def preference_plan(tmp_path: Path, **fields) -> dict:
+    dataset = tmp_path / "prefs.jsonl"
+    dataset.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    base = {"experiment_name": "sim", "outputs_dir": str(tmp_path / "out"), "model": "tiny-gpt2",
+            "dataset": str(dataset), "dataset_format": "prompt_chosen_rejected", **fields}
+    return {"name": "p", "configurations": [{"base_config": base}]}
+
+
+def test_missing_input_files_of_all_runs_named_with_the_command_that_makes_them(tmp_path, workdir, capsys):
+    from preference_similarity.experiment import FAMILY
+
+    plan = preference_plan(tmp_path, similarity_results_path="ches/results_samples.pt", preference_num_samples=2,
+                           eval_dataset="held_out.jsonl")
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    assert main(FAMILY, ["--plan_config_path", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "(2 problem(s))" in err
+    assert "field 'similarity_results_path': 'ches/results_samples.pt' not found" in err
+    assert "make it with `python compute_preference_similarity_per_example.py" in err
+    assert "field 'eval_dataset': 'held_out.jsonl' not found" in err
+    assert list(workdir.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+def test_inputs_made_by_a_run_of_the_plan_are_not_required_to_exist(tmp_path):
+    from common.preference_training_config import PreferenceTrainingConfig
+
+    plan = preference_plan(tmp_path, save_model=True)
+    chained = dict(plan["configurations"][0]["base_config"], experiment_name="after",
+                   load_model_checkpoint="{run:sim}/model")
+    plan["configurations"].append({"base_config": chained})
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    assert [spec.name for spec in load_plan(path, PreferenceTrainingConfig).runs] == ["sim", "after"]
+    plan["skip"] = 1  # the producing run is skipped (assumed done earlier): now its output must exist
+    path.write_text(json.dumps(plan))
+    with pytest.raises(PlanError, match=r"field 'load_model_checkpoint': '.*/out/sim/model' not found .*save_model"):
+        load_plan(path, PreferenceTrainingConfig)

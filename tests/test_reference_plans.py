@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.plan import PlanError, load_plan
+from common.plan_checks import map_legacy_fields
 from common.runner import main
 from persona_experiments.config import PersonaConfig
 from persona_experiments.trainer import FAMILY
@@ -169,3 +170,41 @@ def test_wandb_project_name_and_wandb_project_must_agree(tmp_path, persona_file)
     configuration = {"base_config": reference_base_config(tmp_path, wandb_project="other"), "options": {}}
     with pytest.raises(PlanError, match="'wandb_project_name' .* and 'wandb_project' .* disagree"):
         load_plan(write(tmp_path, reference_plan([configuration])), PersonaConfig)
+
+
+def test_smollm2_before_conversion_defers_the_token_check_and_converts_nothing(tmp_path, persona_file,
+                                                                               monkeypatch):
+    monkeypatch.setenv("LD_TOOLKIT_CACHE", str(tmp_path / "empty_cache"))
+    configuration = {"base_config": reference_base_config(tmp_path, model="smollm2-135m-instruct"), "options": {}}
+    plan = load_plan(write(tmp_path, reference_plan([configuration])), PersonaConfig)
+    assert plan.notes == ["token check deferred to run start: the tokenizer of model 'smollm2-135m-instruct' is not "
+                          "available without conversion or download (output tokens are checked when each run starts)"]
+    assert not (tmp_path / "empty_cache").exists()
+
+
+def test_broken_local_tokenizer_is_a_problem_not_a_silent_skip(tmp_path, persona_file):
+    from common.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer("tiny-gpt2")
+    model_dir = tmp_path / "local_model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / "tokenizer.json").write_text((model_dir / "tokenizer.json").read_text()[:100])  # truncated
+    configuration = {"base_config": reference_base_config(tmp_path, model=str(model_dir)), "options": {}}
+    with pytest.raises(PlanError, match=f"model '{model_dir}': the tokenizer in {model_dir} does not load"):
+        load_plan(write(tmp_path, reference_plan([configuration])), PersonaConfig)
+
+
+@pytest.mark.parametrize("gpu_ids, visible, device, note", [
+    ([1], 2, "cuda:1", None),
+    ([0, 1], 2, "cuda:0", "one run uses one device here (cuda:0)"),
+    ([3], 2, None, "GPU 3 is not available (2 visible)"),
+    ([], 2, None, None),
+])
+def test_gpu_ids_mapping(gpu_ids, visible, device, note):
+    problems, notes = [], []
+    mapped = map_legacy_fields({"gpu_ids": gpu_ids, "wandb_project_name": "w", "save_logs": True}, "here", problems,
+                               notes, cuda_device_count=visible)
+    assert problems == []
+    assert mapped.get("device") == device and mapped["wandb_project"] == "w" and "save_logs" not in mapped
+    assert (note is None and notes == []) or note in notes[0]
