@@ -247,3 +247,22 @@ def test_inputs_made_by_a_run_of_the_plan_are_not_required_to_exist(tmp_path):
     path.write_text(json.dumps(plan))
     with pytest.raises(PlanError, match=r"field 'load_model_checkpoint': '.*/out/sim/model' not found .*save_model"):
         load_plan(path, PreferenceTrainingConfig)
+
+
+def test_failed_run_prints_one_error_line_and_keeps_the_traceback_in_run_log(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(toy_plan(tmp_path / "out", base={"fail": True})))
+    command = "from common.runner import main; from tests.toy_family import TOY_FAMILY; raise SystemExit(main(TOY_FAMILY))"
+    result = subprocess.run([sys.executable, "-c", command, "--plan_config_path", str(path)], cwd=root,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [f"error: 1 run(s) failed, first x: RuntimeError: toy failure requested "
+                           f"(traceback in {tmp_path / 'out' / 'x'}/run.log)"]
+    assert "Traceback" in (tmp_path / "out" / "x" / "run.log").read_text()
+    assert "Traceback" in read_json(tmp_path / "out" / "x" / "status.json")["traceback"]
