@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import argparse
 
-from common.single_run import ReferenceDefaults, add_dataset_training_flags, dataset_training_fields, run_dir_name, run_single
+from common.single_run import (ReferenceDefaults, add_dataset_training_flags, dataset_training_fields, run_dir_name,
+                               run_single)
 from preference_similarity.experiment import FAMILY
 
 DEFAULTS = ReferenceDefaults(wandb_project="common_dpo", model="allenai/OLMo-1B", learning_rate=1e-7, quantile=1.0,
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preference_dataset_path", default="HuggingFaceH4/ultrafeedback_binarized",
                         help="Hub id or local preference file")
     parser.add_argument("--dataset_format", default="ultrafeedback",
-                        help="ultrafeedback, prompt_chosen_rejected, hh_rlhf or sorrybench_prefs (not a reference flag)")
+                        help="ultrafeedback, prompt_chosen_rejected, hh_rlhf or sorrybench_prefs "
+                             "(not a reference flag)")
     parser.add_argument("--dataset_split", default="train_prefs", help="Hub split (ignored for local files)")
     args = parser.parse_args(argv)
     values, ignored = dataset_training_fields(args)

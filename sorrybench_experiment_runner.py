@@ -17,7 +17,8 @@ import argparse
 import dataclasses
 
 from common.cli import add_bool_flag, fail
-from common.single_run import ReferenceDefaults, add_dataset_training_flags, dataset_training_fields, run_dir_name, run_single
+from common.single_run import (ReferenceDefaults, add_dataset_training_flags, dataset_training_fields, run_dir_name,
+                               run_single)
 from sorrybench.experiment import FAMILY, SorryBenchConfig
 
 DEFAULTS = ReferenceDefaults(wandb_project="sorrybench_dpo", model="meta-llama/Meta-Llama-3-8B-Instruct",
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.use_gold_preferences:
         if "use_gold_preferences" not in {f.name for f in dataclasses.fields(SorryBenchConfig)}:
             fail("--use_gold_preferences: here gold pairs are built when the data set is created "
-                 "(sorrybench_create_preferences_dataset.py with its gold options); pass that data set as --dataset_path")
+                 "(sorrybench_create_preferences_dataset.py with its gold options); pass that data set as "
+                 "--dataset_path")
         values["use_gold_preferences"] = True
     return run_single(FAMILY, values, ignored, f"{args.output_dir}/{args.wandb_project}", run_dir_name(args.run_name),
                       {"dataset": "dataset_path", "eval_dataset": "dataset_path"})

@@ -37,10 +37,11 @@ from typing import Any
 
 import torch
 
-from common.config import (FIELD_ALIASES, FILL_THIS_IN, LEGACY_IGNORED_FIELDS, LEGACY_MAPPED_FIELDS, LEGACY_RENAMED_FIELDS,
-                           RunConfig)
+from common.config import (FILL_THIS_IN, LEGACY_IGNORED_FIELDS, LEGACY_MAPPED_FIELDS,
+                           LEGACY_RENAMED_FIELDS, RunConfig)
 from common.plan_checks import (fill_this_in_problems, map_legacy_fields, missing_input_files, name_problem,
-                                outputs_dir_problem, repetition_seed, seed_problems, summarize_missing_inputs)
+                                outputs_dir_problem, repetition_seed, seed_problems, suggest_fields,
+                                summarize_missing_inputs, type_name)
 from common.plan_json import read_plan_json
 
 TEMPLATE_PATTERN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -148,13 +149,6 @@ def _fill_templates(values: dict[str, Any], where: str, problems: list[str]) -> 
     return resolved
 
 
-def suggest_fields(key: str, known: list[str]) -> list[str]:
-    """Closest field names to an unknown `key`: its alias (`learning_rate` -> `lr`), then spelling neighbours."""
-    alias = FIELD_ALIASES.get(key)
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    return list(dict.fromkeys(([alias] if alias in known else []) + close))[:3]
-
-
 def _check_fields(config_cls: type[RunConfig], values: dict[str, Any], where: str, problems: list[str],
                  check_required: bool = True) -> None:
     """Append a problem for every unknown field, wrongly typed value, placeholder, out-of-range seed and
@@ -171,20 +165,12 @@ def _check_fields(config_cls: type[RunConfig], values: dict[str, Any], where: st
                     else f"; the fields are documented in {config_cls.__module__}.{config_cls.__name__}")
             problems.append(f"{where}: unknown field '{key}'{hint}")
         elif not _type_matches(value, hints[key]) and value != FILL_THIS_IN:
-            problems.append(f"{where}: field '{key}' must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+            problems.append(f"{where}: field '{key}' must be {type_name(hints[key])}, "
+                            f"got {type(value).__name__} {value!r}")
     for name, f in known.items() if check_required else ():
         no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if no_default and name not in values:
             problems.append(f"{where}: missing required field '{name}'")
-
-
-def _type_name(annotation: Any) -> str:
-    """'str', 'int or null', 'list[str]' for an annotation (the way a plan author reads it)."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return "null"
-    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 def _expand_configuration(
@@ -322,7 +308,8 @@ def _run_directories(expanded: list, settings: dict[str, Any], problems: list[st
                 problems.append(f"{where}: {problem}")
                 continue
             if run_dir.resolve() in seen_dirs:
-                problems.append(f"{where}: duplicate run directory {run_dir} (put the option fields in experiment_name)")
+                problems.append(f"{where}: duplicate run directory {run_dir} "
+                                "(put the option fields in experiment_name)")
             elif name in run_dirs:
                 problems.append(f"{where}: experiment_name also used for {run_dirs[name]} (names identify runs, e.g. "
                                 "in {run:NAME}); put the fields that differ in experiment_name")

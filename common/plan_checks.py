@@ -1,23 +1,42 @@
-"""Plan-level rules used by `common/plan.py`: names, the outputs directory, reference-plan fields, input files,
-and the seeds of repetitions. Every function returns problems (one line each) instead of raising, so a plan's
+"""Plan-level rules used by `common/plan.py`: field-name suggestions, names, the outputs directory, reference-plan
+fields, input files, and the seeds of repetitions. Every function returns problems (one line each) instead of raising, so a plan's
 problems are all reported in one pass.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
-from common.config import (FILL_THIS_IN, LEGACY_IGNORED_FIELDS, LEGACY_MAPPED_FIELDS, LEGACY_RENAMED_FIELDS,
-                           MAX_SEED, RunConfig)
+from common.config import (FIELD_ALIASES, FILL_THIS_IN, LEGACY_IGNORED_FIELDS, LEGACY_MAPPED_FIELDS,
+                           LEGACY_RENAMED_FIELDS, MAX_SEED, RunConfig)
 from common.data_locations import (HUB_SOURCES, candidate_paths, find_local_data_file, is_hub_dataset_id,
                                    relative_data_name)
 
 MAX_NAME_BYTES = 255  # the usual file-name limit (ext4, APFS, NTFS)
 REPETITION_SEED_STRIDE = 1_000_003  # a prime: seeds of repetitions of nearby base seeds rarely collide
 RUN_REFERENCE = re.compile(r"\{run:([^{}]+)\}")
+
+
+def suggest_fields(key: str, known: list[str]) -> list[str]:
+    """Closest field names to an unknown `key`: its alias (`learning_rate` -> `lr`), then spelling neighbours."""
+    alias = FIELD_ALIASES.get(key)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    return list(dict.fromkeys(([alias] if alias in known else []) + close))[:3]
+
+
+def type_name(annotation: Any) -> str:
+    """'str', 'int or null', 'list[str]' for an annotation (the way a plan author reads it)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 def name_problem(name: str, what: str, reserve_bytes: int = 0) -> str | None:
@@ -126,7 +145,8 @@ def _hub_disabled() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def missing_input_files(config: RunConfig, unresolved: dict[str, Any], kept_run_names: set[str]) -> list[tuple[str, str]]:
+def missing_input_files(config: RunConfig, unresolved: dict[str, Any],
+                        kept_run_names: set[str]) -> list[tuple[str, str]]:
     """(field, problem) for every input file of `config` that exists at no place of the data-location rule.
 
     Skipped: empty values, conventional names with a Hub source (`HUB_SOURCES`) unless HF_HUB_OFFLINE is set,
@@ -137,7 +157,9 @@ def missing_input_files(config: RunConfig, unresolved: dict[str, Any], kept_run_
     for field_name in config.input_file_fields():
         value = getattr(config, field_name)
         raw = unresolved.get(field_name, value)
-        if not value or not isinstance(value, str) or (isinstance(raw, str) and _produced_by_plan_run(raw, kept_run_names)):
+        if not value or not isinstance(value, str):
+            continue
+        if isinstance(raw, str) and _produced_by_plan_run(raw, kept_run_names):
             continue
         if find_local_data_file(value) is not None or is_hub_dataset_id(value):
             continue

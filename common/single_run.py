@@ -32,7 +32,8 @@ from common.runner import configure_console_logging, format_results_table, run_p
 FLAG_OF_FIELD = {
     "lr": "learning_rate", "epochs": "num_train_epochs", "eval_every": "eval_every_epochs",
     "optimizer": "optimizer_name", "random_seed": "seed", "data_seed": "random_seed_for_training_example_selection",
-    "similarity_results_path": "preference_similarity_path", "quantile": "use_samples_with_preference_similarity_quantile",
+    "similarity_results_path": "preference_similarity_path",
+    "quantile": "use_samples_with_preference_similarity_quantile",
     "batch_size": "batch_size_per_gpu_proc", "gradient_accumulation": "gradient_accumulation_steps",
     "save_model": "save_at_end", "preference_num_samples": "preference_num_samples", "model": "model",
     "objective": "objective", "kl_coeff": "kl_coeff", "sft_coeff": "sft_coeff",

@@ -256,7 +256,8 @@ def test_failed_run_prints_one_error_line_and_keeps_the_traceback_in_run_log(tmp
     root = Path(__file__).resolve().parents[1]
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(toy_plan(tmp_path / "out", base={"fail": True})))
-    command = "from common.runner import main; from tests.toy_family import TOY_FAMILY; raise SystemExit(main(TOY_FAMILY))"
+    command = ("from common.runner import main; from tests.toy_family import TOY_FAMILY; "
+               "raise SystemExit(main(TOY_FAMILY))")
     result = subprocess.run([sys.executable, "-c", command, "--plan_config_path", str(path)], cwd=root,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
