@@ -14,12 +14,11 @@ The flags become one run of `sorrybench_experiment_plan_runner.py` (rules in `co
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from common.cli import add_bool_flag, fail
 from common.single_run import (ReferenceDefaults, add_dataset_training_flags, dataset_training_fields, run_dir_name,
                                run_single)
-from sorrybench.experiment import FAMILY, SorryBenchConfig
+from sorrybench.experiment import FAMILY
 
 DEFAULTS = ReferenceDefaults(wandb_project="sorrybench_dpo", model="meta-llama/Meta-Llama-3-8B-Instruct",
                              learning_rate=5e-6, quantile=0.0, preference_num_samples=-1)
@@ -52,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         values["refusal_max_new_tokens"] = args.refusal_max_new_tokens
     if args.dataset_path:
         values.update(dataset=f"{args.dataset_path}/train.jsonl", eval_dataset=f"{args.dataset_path}/test.jsonl")
-    if args.use_gold_preferences:
-        if "use_gold_preferences" not in {f.name for f in dataclasses.fields(SorryBenchConfig)}:
-            fail("--use_gold_preferences: here gold pairs are built when the data set is created "
-                 "(sorrybench_create_preferences_dataset.py with its gold options); pass that data set as "
-                 "--dataset_path")
+    if args.use_gold_preferences:  # the pairs' gold_refusal / gold_non_refusal columns (SorryBenchConfig)
         values["use_gold_preferences"] = True
     return run_single(FAMILY, values, ignored, f"{args.output_dir}/{args.wandb_project}", run_dir_name(args.run_name),
                       {"dataset": "dataset_path", "eval_dataset": "dataset_path"})

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
@@ -18,6 +19,7 @@ import similarity_measures_experiment_runner as similarity_runner
 import sorrybench_experiment_runner as sorrybench_runner
 from common.io_utils import read_json, read_jsonl
 from common.single_run import run_dir_name
+from sorrybench.experiment import SorryBenchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TIME_PART = r"\d{4}_\d{2}_\d{2}-\d{2}_\d{2}_\d{2}-\d{1,4}"
@@ -109,7 +111,9 @@ def test_similarity_command_bad_flags_exit_2_and_write_nothing(workdir, capsys):
 
 def sorrybench_dataset(directory: Path) -> Path:
     rows = [{"query": f"How do I do harmful thing {i}?", "chosen": "I'm sorry, but I can't help with that.",
-             "rejected": f"Sure, here is step {i}.", "category": str(i % 3 + 1)} for i in range(6)]
+             "rejected": f"Sure, here is step {i}.", "category": str(i % 3 + 1),
+             "gold_refusal": "No, I will not help with that.", "gold_non_refusal": f"Of course: step {i}."}
+            for i in range(6)]
     write_jsonl(directory / "train.jsonl", rows[:4])
     write_jsonl(directory / "test.jsonl", rows[4:])
     return directory
@@ -164,3 +168,15 @@ def test_accelerate_plan_runner_is_the_plain_runner_in_one_process(tmp_path):
     assert [o.returncode for o in outputs] == [0, 0]
     assert outputs[0].stdout == outputs[1].stdout
     assert "plan 'tiny': 2 run(s)" in outputs[0].stdout
+
+
+@pytest.mark.skipif("use_gold_preferences" not in {f.name for f in dataclasses.fields(SorryBenchConfig)},
+                    reason="SorryBenchConfig has no use_gold_preferences field on this branch")
+def test_sorrybench_command_gold_preferences(workdir):
+    dataset_dir = sorrybench_dataset(workdir / "gold_data")
+    code = sorrybench_runner.main(["--run_name", "gold", "--dataset_path", str(dataset_dir), "--use_gold_preferences",
+                                   "--refusal_max_new_tokens", "4", *COMMON_FLAGS])
+    assert code == 0
+    run_dir = only_run_dir(workdir / "outputs" / "sorrybench_dpo")
+    assert read_json(run_dir / "config.json")["use_gold_preferences"] is True
+    assert CHANGE_KEY in read_jsonl(run_dir / "eval_metrics.jsonl")[-1]
