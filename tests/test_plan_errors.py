@@ -267,3 +267,12 @@ def test_failed_run_prints_one_error_line_and_keeps_the_traceback_in_run_log(tmp
                            f"(traceback in {tmp_path / 'out' / 'x'}/run.log)"]
     assert "Traceback" in (tmp_path / "out" / "x" / "run.log").read_text()
     assert "Traceback" in read_json(tmp_path / "out" / "x" / "status.json")["traceback"]
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path):
+    from common.plan_json import read_plan_json
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"name": "p", "description": "[" * 200 + '\\"{' * 100, "configurations": []}))
+    raw, problems = read_plan_json(path)
+    assert problems == [] and raw["description"].startswith("[[[")
