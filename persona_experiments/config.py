@@ -3,13 +3,12 @@ reference implementation's plans; every field is documented in docs/persona.md."
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.losses import LossConfig
 from common.optim import OPTIMIZERS
-from persona_experiments.data import ANSWERS, DEFAULT_PERSONA_DATASET, OutputTokenError, output_token_id
+from persona_experiments.data import ANSWERS, DEFAULT_PERSONA_DATASET, output_token_problems
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -25,20 +24,6 @@ def tokenizer_without_conversion(model: str) -> str | None:
     if (directory / "config.json").is_file() and any((directory / f).is_file() for f in TOKENIZER_FILES):
         return str(directory)
     return None
-
-
-@functools.lru_cache(maxsize=8)
-def _local_tokenizer(model: str):
-    """The tokenizer of `model` (only called when `tokenizer_without_conversion` found it); raises ValueError."""
-    from common.models import load_tokenizer
-
-    try:
-        return load_tokenizer(model)
-    except Exception as error:  # noqa: BLE001 - a broken tokenizer file must be reported, never skipped
-        where = tokenizer_without_conversion(model)
-        raise ValueError(f"model {model!r}: the tokenizer in {where} does not load ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}); repair or delete that directory "
-                         "(a built-in cache is rebuilt on next use)") from error
 
 
 @dataclass(kw_only=True)
@@ -200,24 +185,19 @@ class PersonaConfig(LossConfig):
         return []
 
     def output_token_problems(self) -> list[str]:
-        """Each output/tracked token must be one vocabulary token (only when the tokenizer is local, see
-        `deferred_checks`); a tokenizer that is there but does not load is a problem, never a silent skip."""
+        """Each output/tracked token must be one vocabulary token. Checked only when the tokenizer is there
+        without conversion or download (`deferred_checks` reports the other case); a tokenizer that is there but
+        does not load is a problem naming it, never a silent skip."""
         if not self.model or tokenizer_without_conversion(self.model) is None:
             return []
+        token_lists = {name: getattr(self, name) for name in
+                       ("output_tokens_matching_yes", "output_tokens_matching_no", "track_logits_for_tokens")}
         try:
-            tokenizer = _local_tokenizer(self.model)
-        except ValueError as error:
-            return [str(error)]
-        if tokenizer is None:  # a local model directory without tokenizer files: nothing to check against
-            return []
-        problems = []
-        for name in ("output_tokens_matching_yes", "output_tokens_matching_no", "track_logits_for_tokens"):
-            for token in getattr(self, name):
-                try:
-                    output_token_id(tokenizer, token, name)
-                except OutputTokenError as error:
-                    problems.append(str(error))
-        return problems
+            return output_token_problems(self.model, token_lists)
+        except Exception as error:  # noqa: BLE001 - whatever a broken tokenizer file raises is reported
+            return [f"model {self.model!r}: the tokenizer in {tokenizer_without_conversion(self.model)} does not "
+                    f"load ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); repair "
+                    "or delete that directory (a built-in cache is rebuilt on next use)"]
 
     def resolved_train_samples_seed(self) -> int:
         """train_samples_random_seed, or random_seed when it is -1."""

@@ -191,7 +191,7 @@ def test_broken_local_tokenizer_is_a_problem_not_a_silent_skip(tmp_path, persona
     tokenizer.save_pretrained(model_dir)
     (model_dir / "tokenizer.json").write_text((model_dir / "tokenizer.json").read_text()[:100])  # truncated
     configuration = {"base_config": reference_base_config(tmp_path, model=str(model_dir)), "options": {}}
-    with pytest.raises(PlanError, match=f"model '{model_dir}': the tokenizer in {model_dir} does not load"):
+    with pytest.raises(PlanError, match=f"output tokens cannot be checked: model '{model_dir}'"):
         load_plan(write(tmp_path, reference_plan([configuration])), PersonaConfig)
 
 
