@@ -322,6 +322,24 @@ def format_dry_run(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """Console log lines without tracebacks: a failed run shows one line; its traceback is in its run.log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not record.exc_info:
+            return super().format(record)
+        quiet = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(quiet) + " (traceback in the run's run.log and status.json)"
+
+
+def configure_console_logging() -> None:
+    """INFO logging on the console, without tracebacks (those go to run.log and status.json)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for console in logging.getLogger().handlers:
+        if type(console) is logging.StreamHandler:
+            console.setFormatter(_ConsoleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+
 def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     """Command-line entry point shared by every `*_experiment_plan_runner.py`. Returns the exit code."""
     parser = argparse.ArgumentParser(description=f"Run a {family.name} experiment plan.")
@@ -331,18 +349,22 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     parser.add_argument("--ray_address", default=None, help="Ray cluster address (default: start a local one)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_console_logging()
     logging.getLogger("ld").setLevel(logging.INFO)  # the plan log gets why runs are redone, whatever the root level
     try:
         plan = load_plan(args.plan_config_path, family.config_cls)
     except PlanError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: invalid plan {args.plan_config_path} ({len(err.problems)} problem(s)); fix each and rerun:\n"
+              + "\n".join(f"  - {problem}" for problem in err.problems), file=sys.stderr)
         return 2
+    if plan.ignored_legacy_fields:
+        print(f"note: reference-plan fields without effect here, ignored: {', '.join(plan.ignored_legacy_fields)}",
+              file=sys.stderr)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
         print(format_dry_run(plan))
         return 0
-    if plan.ignored_legacy_fields:
-        log.warning("plan fields kept for compatibility and ignored: %s", plan.ignored_legacy_fields)
     state = launch_state()
     if state is not None and not state.is_main_process:  # the other processes of a torchrun launch
         results = run_plan(plan, family, rerun=args.rerun)
@@ -376,4 +398,9 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
         plan_log.write(table + "\n")
     atomic_write_json(outputs_dir / f"{plan_stem}.plan_status.json",
                       {"plan": str(args.plan_config_path), "runs": [vars(r) for r in results]})
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        first_line = (failed[0].error or "no message").splitlines()[0][:300]
+        print(f"error: {len(failed)} run(s) failed, first {failed[0].name}: {first_line} "
+              f"(traceback in {failed[0].run_dir}/run.log)", file=sys.stderr)
     return 0 if all(r.status in ("done", "cached") for r in results) else 1
