@@ -17,11 +17,13 @@ a tokenised probe and its ids as given.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from common.preference_data import TokenizedPair
 
 TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+log = logging.getLogger(__name__)
 
 
 def is_tokenized(dataset: Any) -> bool:
@@ -59,6 +61,10 @@ def _tokenized_rows(trainer: Any, probe: Any) -> tuple[Any, list[int]]:
     if len(prepared) == 0:
         raise ValueError(f"probe: all {len(probe)} probe rows were dropped by the trainer's preprocessing (prompt "
                          f"longer than max_length={getattr(trainer.args, 'max_length', None)})")
+    if len(prepared) < len(probe):
+        log.warning("probe: the trainer's preprocessing dropped %d of %d probe rows (prompt of >= max_length=%s "
+                    "tokens); %d pairs are tracked", len(probe) - len(prepared), len(probe),
+                    getattr(trainer.args, "max_length", None), len(prepared))
     return prepared, list(range(len(prepared)))
 
 
