@@ -141,3 +141,11 @@ def test_example_runs_end_to_end(tmp_path, capsys, reference):
     assert "displaced" in printed and str(run_dir) in printed
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["measured_steps"] == [0, 1, 2]
+
+
+def test_overhead_benchmark_runs_on_a_tiny_model():
+    from bench.bench_trl_callback import main as bench_main
+
+    text = bench_main(["--model", "tiny-gpt2", "--steps", "1", "--batch_size", "2", "--probe_pairs", "2",
+                       "--max_length", "96", "--every_n_steps", "10", "--no_write"])
+    assert "overhead = measurement / (10 x step)" in text and "probe 2 pairs" in text
