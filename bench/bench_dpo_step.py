@@ -221,7 +221,7 @@ def flop_floor_report(args) -> str:
                        response, attended)
     rate = matmul_flops_per_second()
     floor = flops / rate
-    lines = ["## 0. FLOP floor of a DPO step on this CPU (`bench/bench_dpo_step.py --flop_floor`)", ""]
+    lines = ["## 5. FLOP floor of a DPO step on this CPU (`bench/bench_dpo_step.py --flop_floor`)", ""]
     lines += machine_lines(sys.argv, args.threads)
     lines += [f"- fp32 matmul rate, {args.threads} thread(s), best of 10 half-second bursts of (2048 x 576) @ (576 x 1536): "
               f"**{rate / 1e9:.1f} GFLOP/s**",

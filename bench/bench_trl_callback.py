@@ -86,7 +86,7 @@ def measure_overhead(args) -> dict:
 def report(args, result: dict) -> str:
     step, measure = median(result["step_seconds"]), median(result["measure_seconds"])
     overhead = measure / (args.every_n_steps * step)
-    lines = ["## 3. Displacement callback overhead in TRL's DPOTrainer (`bench/bench_trl_callback.py`)", ""]
+    lines = ["## 6. Displacement callback overhead in TRL's DPOTrainer (`bench/bench_trl_callback.py`)", ""]
     lines += machine_lines(sys.argv, args.threads)
     lines += [f"- setting: {args.model} fp32 on CPU, DPOTrainer (precomputed reference log-probs, fp32, no gradient "
               f"checkpointing), {result['num_train']} pairs per step (of {args.batch_size} drawn; TRL drops prompts of >= max_length tokens), max_length {args.max_length}; probe "
