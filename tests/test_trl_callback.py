@@ -16,7 +16,7 @@ from common.models import load_model_and_tokenizer
 from common.preference_data import TokenizedPair
 from common.sequence_logprobs import pair_logps
 from examples.trl_dpo_with_displacement_tracking import main as example_main
-from integrations import DisplacementCallback, format_displacement_table, probe_pairs, track_displacement
+from integrations import DisplacementCallback, format_displacement_table, probe_logps, probe_pairs, track_displacement
 from integrations.trl_probe import pair_as_trained
 
 MAX_LENGTH = 96  # keeps rows 0, 3, 4, 5, 7 of the first 8 (TRL drops prompts of >= max_length tokens)
@@ -121,6 +121,41 @@ def test_pair_as_trained_applies_the_collator_truncation():
     with pytest.raises(ValueError, match="different prompts"):
         pair_as_trained(DataCollatorForPreference(pad_token_id=0, max_length=4, truncation_mode="keep_end"),
                         [1, 2, 3], [4, 5, 6], [7], source_index=0)
+
+
+def test_plain_transformers_trainer_with_a_tokenised_probe(tmp_path):
+    """A plain transformers.Trainer (language modelling) with a probe given as token ids."""
+    from transformers import Trainer, TrainingArguments
+
+    model, _ = load_model_and_tokenizer("tiny-gpt2")
+    ids = [[464, 3290, 318, 4171, 13]] * 4
+    train = Dataset.from_dict({"input_ids": ids, "labels": ids})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3,
+                             use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train)
+    probe = Dataset.from_dict({"prompt_ids": [[464, 3290], [40]], "chosen_ids": [[318, 4171], [588]],
+                               "rejected_ids": [[318, 2266, 13], [17]]})
+    callback = track_displacement(trainer, probe, every_n_steps=1, save_plots=False)
+    trainer.train()
+    assert [record["step"] for record in callback.records] == [0, 1, 2]
+    with torch.no_grad():
+        expected = [pair_logps(model.eval(), pair) for pair in callback.pairs]
+    final = callback.tracker.history()
+    for n, (chosen, rejected) in enumerate(expected):
+        assert abs(float(chosen) - float(final["preferred_logprobs"][-1, n])) <= 1e-5
+        assert abs(float(rejected) - float(final["dispreferred_logprobs"][-1, n])) <= 1e-5
+    assert callback.pairs[0] == TokenizedPair([464, 3290], [318, 4171], [318, 2266, 13], 0)
+
+
+def test_padded_batches_equal_pair_at_a_time():
+    model, _ = load_model_and_tokenizer("tiny-gpt2")
+    pairs = [TokenizedPair([464, 3290], [318, 4171], [318, 2266, 13], 0), TokenizedPair([40], [588, 13], [17], 1),
+             TokenizedPair([1, 2, 3], [4], [5, 6], 2)]
+    with torch.no_grad():
+        one = probe_logps(model.eval(), pairs, batch_size=1)
+        padded = probe_logps(model, pairs, batch_size=2, pad_token_id=50256)
+    for a, b in zip(one, padded):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_arguments_are_named(tmp_path):
