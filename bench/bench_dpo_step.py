@@ -23,7 +23,8 @@ Sides, each in its own subprocess so its peak RSS is its own:
 TRL gets exactly the token ids ours trains on: its trainer is built on the text pairs, then its `train_dataset`
 is replaced by the pre-tokenized `prompt_ids`/`chosen_ids`/`rejected_ids` (its own tokenization truncates
 differently). With `precompute_ref_log_probs`, TRL computed the reference log-probs of its own tokenization in
-`__init__`, so they are computed again (`_precompute_ref_logps`) for the swapped-in ids. Step time: ours from one logged step to the next (everything in the loop: forward, backward,
+`__init__`, so they are computed again (`_precompute_ref_logps`) for the swapped-in ids.
+Step time: ours from one logged step to the next (everything in the loop: forward, backward,
 optimizer, logging); TRL from its `on_step_begin` to its `on_step_end` callback (forward, backward, clipping,
 optimizer; data loading and logging excluded, which favours TRL slightly). Setup (model loading, tokenization,
 our reference pass) is excluded. Both wall seconds and process CPU seconds are recorded (with one thread, CPU
@@ -223,10 +224,12 @@ def flop_floor_report(args) -> str:
     floor = flops / rate
     lines = ["## 5. FLOP floor of a DPO step on this CPU (`bench/bench_dpo_step.py --flop_floor`)", ""]
     lines += machine_lines(sys.argv, args.threads)
-    lines += [f"- fp32 matmul rate, {args.threads} thread(s), best of 10 half-second bursts of (2048 x 576) @ (576 x 1536): "
+    lines += [f"- fp32 matmul rate, {args.threads} thread(s), best of 10 half-second bursts of (2048 x 576) @ "
+              f"(576 x 1536): "
               f"**{rate / 1e9:.1f} GFLOP/s**",
               f"- one step of ours on the section-1 setting ({args.num_pairs} pairs, {args.max_length} tokens): "
-              f"{fed} fed tokens, {response} response tokens, {attended} attended (query, key) pairs, {body / 1e6:.1f}M "
+              f"{fed} fed tokens, {response} response tokens, {attended} attended (query, key) pairs, "
+              f"{body / 1e6:.1f}M "
               f"body parameters: {flops / 1e12:.2f} TFLOP (`bench/flop_floor.py`, a lower bound)",
               f"- floor: **{floor:.1f} s/step** at that rate"]
     recorded = RESULTS_PATH.read_text(encoding="utf-8") if RESULTS_PATH.exists() else ""

@@ -89,7 +89,8 @@ def report(args, result: dict) -> str:
     lines = ["## 6. Displacement callback overhead in TRL's DPOTrainer (`bench/bench_trl_callback.py`)", ""]
     lines += machine_lines(sys.argv, args.threads)
     lines += [f"- setting: {args.model} fp32 on CPU, DPOTrainer (precomputed reference log-probs, fp32, no gradient "
-              f"checkpointing), {result['num_train']} pairs per step (of {args.batch_size} drawn; TRL drops prompts of >= max_length tokens), max_length {args.max_length}; probe "
+              f"checkpointing), {result['num_train']} pairs per step (of {args.batch_size} drawn; TRL drops prompts "
+              f"of >= max_length tokens), max_length {args.max_length}; probe "
               f"{result['num_probe']} pairs ({result['probe_tokens']} prompt + response tokens) every "
               f"{args.every_n_steps} steps", "",
               f"- training step: {spread(result['step_seconds'], 1)} s; probe measurement: "

@@ -199,8 +199,9 @@ class DisplacementCallback(TrainerCallback):
                                     torch.tensor([p.chosen_ids[0] for p in pairs]), self.top_tokens)
         tokenizer = self.trainer.processing_class
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-        line = {"step": step, "examples": [dict(source_index=p.source_index, **describe_top_tokens(changes, tokenizer, i))
-                                           for i, p in enumerate(pairs)]}
+        examples = [dict(source_index=p.source_index, **describe_top_tokens(changes, tokenizer, i))
+                    for i, p in enumerate(pairs)]
+        line = {"step": step, "examples": examples}
         with (self.output_dir / "top_tokens.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(to_jsonable(line)) + "\n")
 
