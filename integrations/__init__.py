@@ -1,7 +1,17 @@
-"""Integrations with other training libraries: likelihood-displacement tracking inside transformers / TRL trainers."""
+"""Integrations with other training libraries: likelihood-displacement tracking inside transformers / TRL trainers.
 
-from integrations.trl_callback import (DisplacementCallback, format_displacement_table, probe_logps,
-                                       track_displacement)
-from integrations.trl_probe import probe_pairs
+Names are imported on first use, so `python -m integrations.print_displacement` (JSON only) does not import torch.
+"""
 
-__all__ = ["DisplacementCallback", "format_displacement_table", "probe_logps", "probe_pairs", "track_displacement"]
+from importlib import import_module
+
+_HOMES = {"DisplacementCallback": "trl_callback", "probe_logps": "trl_callback", "track_displacement": "trl_callback",
+          "probe_pairs": "trl_probe", "format_displacement_table": "print_displacement",
+          "read_run": "print_displacement"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'integrations' has no attribute {name!r}")
+    return getattr(import_module(f"integrations.{_HOMES[name]}"), name)

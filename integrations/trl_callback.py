@@ -37,7 +37,6 @@ forward needs every rank).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,15 +51,9 @@ from common.metrics_logger import MetricsLogger
 from common.preference_data import TokenizedPair
 from common.sequence_logprobs import batch_logps_padded, pair_logps, unwrap_model
 from common.tracker import DisplacementTracker
+from integrations.print_displacement import PREFIX
 from integrations.trl_probe import probe_pairs
 from persona_experiments.token_tracking import describe_top_tokens, top_token_changes
-
-PREFIX = "probe/"
-TABLE_COLUMNS = (("step", "step"), ("logps/chosen", "logp(y+)"), ("logps/rejected", "logp(y-)"),
-                 ("displacement/preferred_logprob_change_mean", "d logp(y+)"),
-                 ("displacement/dispreferred_logprob_change_mean", "d logp(y-)"),
-                 ("displacement/frac_preferred_fell_since_init", "displaced"),
-                 ("displacement/largest_preferred_prob_decrease_mean", "max drop p(y+)"))
 
 
 def probe_logps(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch_size: int = 1,
@@ -89,19 +82,6 @@ def first_response_logprobs(model: torch.nn.Module, pairs: Sequence[TokenizedPai
         logits = model(input_ids=torch.tensor([pair.prompt_ids], device=device), use_cache=False).logits[0, -1]
         rows.append(torch.log_softmax(logits.float(), dim=-1))
     return torch.stack(rows)
-
-
-def format_displacement_table(records: Sequence[dict], prefix: str = PREFIX) -> str:
-    """A fixed-width text table of measurement records (as in `metrics.jsonl` / `callback.records`)."""
-    header = " ".join(f"{title:>14}" for _, title in TABLE_COLUMNS)
-    lines = [header]
-    for record in records:
-        cells = []
-        for key, _ in TABLE_COLUMNS:
-            value = record["step"] if key == "step" else record.get(prefix + key, math.nan)
-            cells.append(f"{value:>14d}" if key == "step" else f"{value:>14.4f}")
-        lines.append(" ".join(cells))
-    return "\n".join(lines)
 
 
 class DisplacementCallback(TrainerCallback):

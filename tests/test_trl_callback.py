@@ -184,3 +184,18 @@ def test_overhead_benchmark_runs_on_a_tiny_model():
     text = bench_main(["--model", "tiny-gpt2", "--steps", "1", "--batch_size", "2", "--probe_pairs", "2",
                        "--max_length", "96", "--every_n_steps", "10", "--no_write"])
     assert "overhead = measurement / (10 x step)" in text and "probe 2 pairs" in text
+
+
+def test_printer_reads_the_run_directory(trained, tmp_path, capsys):
+    from integrations.print_displacement import main as print_main
+
+    _, callback = trained
+    assert print_main([str(callback.output_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["step", "logp(y+)"] and [line.split()[0] for line in lines[1:4]] == ["0", "2", "3"]
+    model = json.loads((callback.output_dir / "config.json").read_text())["model"]
+    assert lines[4] == f"{NUM_PROBE} probe pairs, DPOTrainer, model {model}"
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert print_main([str(tmp_path)]) == 2
+    assert "not a displacement-callback run" in capsys.readouterr().err
