@@ -183,7 +183,7 @@ def test_overhead_benchmark_runs_on_a_tiny_model():
 
     text = bench_main(["--model", "tiny-gpt2", "--steps", "1", "--batch_size", "2", "--probe_pairs", "2",
                        "--max_length", "96", "--every_n_steps", "10", "--no_write"])
-    assert "overhead = measurement / (10 x step)" in text and "probe 2 pairs" in text
+    assert "overhead = measurement / (10 x step)" in text and "in CPU seconds" in text and "probe 2 pairs" in text
 
 
 def test_printer_reads_the_run_directory(trained, tmp_path, capsys):
