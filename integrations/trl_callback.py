@@ -49,7 +49,7 @@ from common.grad_entanglement import (PARAMETER_SUBSETS, gradient_entanglement, 
 from common.io_utils import atomic_write_json, to_jsonable
 from common.metrics_logger import MetricsLogger
 from common.preference_data import TokenizedPair
-from common.sequence_logprobs import batch_logps_padded, pair_logps, unwrap_model
+from common.sequence_logprobs import batch_logps_padded, pair_logps, supports_logits_to_keep, unwrap_model
 from common.tracker import DisplacementTracker
 from integrations.print_displacement import PREFIX
 from integrations.trl_probe import probe_pairs
@@ -77,9 +77,11 @@ def probe_logps(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch
 def first_response_logprobs(model: torch.nn.Module, pairs: Sequence[TokenizedPair]) -> torch.Tensor:
     """(N, V) next-token log-probs at the last prompt token (the position that predicts response token 1), fp32."""
     device = next(model.parameters()).device
+    last_only = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     rows = []
     for pair in pairs:
-        logits = model(input_ids=torch.tensor([pair.prompt_ids], device=device), use_cache=False).logits[0, -1]
+        logits = model(input_ids=torch.tensor([pair.prompt_ids], device=device), use_cache=False,
+                       **last_only).logits[0, -1]
         rows.append(torch.log_softmax(logits.float(), dim=-1))
     return torch.stack(rows)
 
@@ -92,7 +94,7 @@ class DisplacementCallback(TrainerCallback):
         probe: Row indices into `trainer.train_dataset`, or a `datasets.Dataset` (raw preference rows in the
             trainer's format, or tokenised `prompt_ids`/`chosen_ids`/`rejected_ids`); see `integrations.trl_probe`.
         every_n_steps: Measure after every this many optimiser steps (>= 1), plus step 0 and the last step.
-        output_dir: Run directory; default `<trainer.args.output_dir>/displacement`. None-able only through the default.
+        output_dir: Run directory; None = `<trainer.args.output_dir>/displacement`.
         batch_size: Probe pairs per forward; None = 1 on CPU (padding-free), 8 on an accelerator.
         top_tokens: k >= 0 tokens with the largest increase to record per measurement (0 = off).
         top_token_examples: Number of leading probe pairs whose top tokens are recorded. Default 4.

@@ -158,6 +158,19 @@ def test_padded_batches_equal_pair_at_a_time():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_first_response_logprobs_equal_a_full_forward():
+    from integrations.trl_callback import first_response_logprobs
+
+    model, _ = load_model_and_tokenizer("tiny-gpt2")
+    pairs = [TokenizedPair([464, 3290], [318], [17], 0), TokenizedPair([40], [588], [17], 1)]
+    with torch.no_grad():
+        got = first_response_logprobs(model.eval(), pairs)
+        expected = torch.stack([torch.log_softmax(model(input_ids=torch.tensor([p.prompt_ids])).logits[0, -1], -1)
+                                for p in pairs])
+    assert got.shape == (2, 50257)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_arguments_are_named(tmp_path):
     trainer = dpo_trainer(tmp_path, ultrafeedback(8), max_steps=1)
     with pytest.raises(ValueError, match="every_n_steps must be >= 1"):
