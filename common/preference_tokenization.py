@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from common.preference_data import PLAIN_PROMPT_SEPARATOR, PROMPT_IS_DIALOGUE_KEY, PreferenceExample, TokenizedPair
 
 PAPER_PROMPTER_TOKEN = "<|prompter|>"
@@ -72,8 +74,9 @@ def _uses_paper_markers(tokenizer, prompt_format: str) -> bool:
 def prepare_tokenizer_for_prompt_format(tokenizer, model, prompt_format: str) -> bool:
     """Add what the `paper` format needs to a tokenizer without a chat template, as the reference does: EOS
     `<|endoftext|>` and pad `<|padding|>` when missing, the special tokens `<|prompter|>` and `<|assistant|>`,
-    then `model.resize_token_embeddings(len(tokenizer))` (new rows initialised by transformers; rows already
-    present in a padded embedding matrix are kept). Returns whether anything was added."""
+    then `model.resize_token_embeddings(len(tokenizer))` (new rows drawn by transformers close to the mean of the
+    old ones, under a fixed seed so reruns agree; rows already present in a padded embedding matrix are kept).
+    Returns whether anything was added."""
     if not _uses_paper_markers(tokenizer, prompt_format):
         return False
     added = {}
@@ -83,7 +86,9 @@ def prepare_tokenizer_for_prompt_format(tokenizer, model, prompt_format: str) ->
         added["pad_token"] = PAPER_PADDING_TOKEN
     added["additional_special_tokens"] = [PAPER_PROMPTER_TOKEN, PAPER_ASSISTANT_TOKEN]
     tokenizer.add_special_tokens(added)
-    model.resize_token_embeddings(len(tokenizer))
+    with torch.random.fork_rng(devices=[]):  # transformers draws the new rows around the old mean: make it repeatable
+        torch.manual_seed(0)
+        model.resize_token_embeddings(len(tokenizer))
     return True
 
 

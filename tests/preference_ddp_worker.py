@@ -40,7 +40,7 @@ def run_worker(out_dir: Path) -> None:
     config = PreferenceTrainingConfig(
         model="tiny-gpt2", dataset=str(DATA / "train_1000.jsonl"), eval_dataset=str(DATA / "eval_200.jsonl"),
         num_train_samples=8, num_eval_samples=2, max_input_length=32, batch_size=4, epochs=2, optimizer="adam",
-        lr=1e-3, outputs_dir=str(out_dir), random_seed=0)
+        truncation="keep_response", lr=1e-3, outputs_dir=str(out_dir), random_seed=0)
     selected = select_examples(config)
     logger = MetricsLogger(out_dir) if is_main else NullSink()
     result = train_preference_model(config, selected.train, selected.eval,
