@@ -163,6 +163,9 @@ def tokenize_pair(tokenizer, example: PreferenceExample, max_input_length: int |
     tail = [] if options.eos_after_truncation else eos
     responses = [tokenizer(text, add_special_tokens=False)["input_ids"] + tail
                  for text in (example.chosen, example.rejected)]
+    for name, ids in zip(("chosen", "rejected"), responses):
+        if not ids:
+            return f"empty {name} response"
     where = "" if max_input_length is None else f" after truncation to {max_input_length} tokens"
     if max_input_length is not None and keep_response:
         prompt_ids, responses = _keep_response_truncation(prompt_ids, responses, max_input_length)
