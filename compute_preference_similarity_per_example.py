@@ -27,7 +27,6 @@ import argparse
 import collections
 import datetime
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -220,7 +219,8 @@ def save(results: SimilarityResults, path: Path, complete: bool) -> None:
 def summarize(file: dict) -> dict:
     """Counts, skip reasons, and per measure and length count/mean/std/min/quantiles/max."""
     summary = {"num_drawn": len(file["drawn_sample_indices"]), "num_scored": len(file["sample_indices"]),
-               "num_skipped": len(file["skip_reasons"]), "skip_reasons": dict(collections.Counter(file["skip_reasons"]))}
+               "num_skipped": len(file["skip_reasons"]),
+               "skip_reasons": dict(collections.Counter(file["skip_reasons"]))}
     for name in MEASURE_NAMES + LENGTH_NAMES:
         values = file[name].double()
         if len(values) == 0:

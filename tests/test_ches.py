@@ -10,7 +10,7 @@ import torch
 
 from ches.ches import (
     MEASURE_NAMES, ches_from_sums, compute_pair_measures, iterate_pair_measures, levenshtein_distance,
-    ln_ches_from_sums, load_similarity_results, measures_from_summaries, minus_normalized_edit_distance, pack_pairs,
+    ln_ches_from_sums, measures_from_summaries, minus_normalized_edit_distance, pack_pairs,
     packed_attention_mask, reference_pair_summaries, relative_difference, select_lowest_k, select_quantile_window,
     summaries_in_threads, summarize_pair_hidden_states, summarize_pair_with_prompt_cache,
 )

@@ -11,7 +11,9 @@ import torch
 
 from ches.ches import LENGTH_NAMES, MEASURE_NAMES, levenshtein_distance, load_similarity_results
 from common.models import load_model_and_tokenizer
-from common.preference_tokenization import PAPER_ASSISTANT_TOKEN, PAPER_PROMPTER_TOKEN, prepare_tokenizer_for_prompt_format
+from common.preference_tokenization import (
+    PAPER_ASSISTANT_TOKEN, PAPER_PROMPTER_TOKEN, prepare_tokenizer_for_prompt_format,
+)
 from compute_preference_similarity_per_example import main
 
 

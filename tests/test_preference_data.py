@@ -123,7 +123,8 @@ def test_tokenize_pair_separate_tokenization_and_eos():
 
 
 def test_tokenize_pair_keep_response_truncation_policy():
-    """Ours (truncation keep_response). Prompt "abcdefghi" + "\\n" = 10 tokens; chosen "uvwxy" + EOS = 6; rejected "xyz" + EOS = 4.
+    """Ours (truncation keep_response).
+    Prompt "abcdefghi" + "\\n" = 10 tokens; chosen "uvwxy" + EOS = 6; rejected "xyz" + EOS = 4.
 
     L = 12: P + R = 16 > 12; prompt keeps min(10, max(12 - 6, 6, 1)) = 6 tokens, the last ones ("efghi\\n");
     responses keep 12 - 6 = 6 tokens (unchanged).

@@ -207,7 +207,8 @@ def test_config_validation_names_the_fields():
 
 def small_config(tmp_path: Path, **overrides) -> PreferenceTrainingConfig:
     fields = dict(model="tiny-gpt2", dataset=str(DATA / "train_1000.jsonl"), eval_dataset=str(DATA / "eval_200.jsonl"),
-                  num_train_samples=6, num_eval_samples=3, max_input_length=32, truncation="keep_response", batch_size=3, epochs=2,
+                  num_train_samples=6, num_eval_samples=3, max_input_length=32, truncation="keep_response",
+                  batch_size=3, epochs=2,
                   optimizer="adam", lr=1e-3, outputs_dir=str(tmp_path / "outputs"), random_seed=0)
     fields.update(overrides)
     config = PreferenceTrainingConfig(**fields)

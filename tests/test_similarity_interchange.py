@@ -92,8 +92,8 @@ def test_reference_file_problems_name_the_file(tmp_path):
 
 
 def test_our_file_drives_the_reference_trainer_without_skipped_rows(tmp_path):
-    """Rows 1 and 3 cannot be scored (an empty rejected response; a prompt longer than the limit). They are left out of the five arrays, so the reference trainer's q = 1 window (the
-    highest scores) and every other window pick scored rows only; the reader returns them apart."""
+    """Rows 1 and 3 cannot be scored (an empty rejected response; a prompt longer than the limit). They are left
+    out of the five arrays, so the reference trainer's q = 1 window (the highest scores) and every other window pick scored rows only; the reader returns them apart."""
     from compute_preference_similarity_per_example import main
 
     rows = [{"prompt": f"Question {i}?", "chosen": f"Answer number {i}.", "rejected": f"No {i}."} for i in range(5)]
