@@ -134,8 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.dataset_format is None:
         try:
             args.dataset_format = infer_dataset_format(args.dataset_path, args.split)
-        except ValueError as error:
-            fail(f"--dataset_format: {error}")
+        except (ValueError, OSError) as error:  # no rule matches, or a Hub data set that cannot be reached
+            fail(f"--dataset_format not given and not inferable: {error}")
     _check_display_name(display_name(args), "--dataset (display name)")
     return args
 
@@ -297,7 +297,17 @@ def main(argv: list[str] | None = None) -> Path:
     settings = _settings(args)
     resumed = SimilarityResults.from_partial(partial_path, settings) if (partial_path.exists() and not args.overwrite) \
         else None
-    examples = _load_examples(args, resumed.drawn_rows if resumed else None)
+    try:
+        examples = _load_examples(args, resumed.drawn_rows if resumed else None)
+    except (ValueError, OSError, IndexError) as error:  # bad rows, a Hub data set that cannot be reached
+        fail(f"--dataset {args.dataset}: {error}")
+    from common.models import load_model_and_tokenizer  # heavy import, after the cheap checks
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=device)
+    except (ValueError, OSError) as error:  # ModelLoadError: not found, offline, no tokenizer files
+        fail(f"--model {args.model}: {error}")
+    model.eval()
+
     path.parent.mkdir(parents=True, exist_ok=True)
     _start_logging(args, path.parent)
     logger.info("settings: %s", settings)
@@ -308,10 +318,6 @@ def main(argv: list[str] | None = None) -> Path:
     if resumed:
         logger.info("resuming %s: %d of %d rows done", partial_path, len(resumed.scored) + len(resumed.skipped),
                     len(examples))
-
-    from common.models import load_model_and_tokenizer  # heavy import, after the cheap checks
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=device)
-    model.eval()
     if prepare_tokenizer_for_prompt_format(tokenizer, model, args.prompt_format):
         logger.info("added the paper prompt markers to the tokenizer (vocabulary %d)", len(tokenizer))
     options = TokenizationOptions(prompt_format=args.prompt_format, truncation=args.truncation,

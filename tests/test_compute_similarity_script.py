@@ -255,3 +255,11 @@ def test_self_check_rejects_a_model_the_fast_path_does_not_fit(tmp_path, ultrafe
     monkeypatch.setattr(script, path_name, broken)
     with pytest.raises(RuntimeError, match=f"self-check failed.*batch_size {batch_size} path"):
         run(tmp_path, ultrafeedback_file, "--batch_size", batch_size)
+
+
+def test_unreachable_model_exits_2_before_any_output(tmp_path, ultrafeedback_file, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "no_such_model"), "--dataset", str(ultrafeedback_file),
+              "--output_dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "--model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
