@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.dataset_path = args.dataset
     else:
         try:
-            args.dataset_path = str(locate_data_file(args.dataset, download=False))
+            args.dataset_path = str(locate_data_file(args.dataset))  # the data-location rule, Hub last
         except DataNotFoundError as error:
             fail(f"--dataset: {error}")
     args.split = args.split or HUB_DEFAULT_SPLITS.get(args.dataset, "train")
