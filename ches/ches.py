@@ -231,11 +231,17 @@ def relative_difference(summaries: PairHiddenSummaries, reference: PairHiddenSum
 def measures_from_summaries(summaries: PairHiddenSummaries, pairs: Sequence[TokenizedPair]
                             ) -> dict[str, list[float]]:
     """All MEASURE_NAMES for a batch (lists of length B, same order as `pairs`). The edit distance compares the
-    response ids without their final EOS (module docstring)."""
+    response ids without their final EOS (module docstring). A pair with identical responses uses the chosen
+    summaries for both sides, so its CHES is exactly 0, as in the reference (where both forwards are the same
+    computation); the two paths here differ only by float rounding."""
     chosen_lengths = torch.tensor([len(p.chosen_ids) for p in pairs])
     rejected_lengths = torch.tensor([len(p.rejected_ids) for p in pairs])
-    chosen_sums, rejected_sums = summaries.chosen_sums.cpu(), summaries.rejected_sums.cpu()
-    final_products = (summaries.chosen_final.double() * summaries.rejected_final.double()).sum(-1).cpu()
+    identical = torch.tensor([p.chosen_ids == p.rejected_ids for p in pairs]).unsqueeze(-1)
+    chosen_sums = summaries.chosen_sums.cpu()
+    rejected_sums = torch.where(identical, chosen_sums, summaries.rejected_sums.cpu())
+    chosen_final = summaries.chosen_final.double().cpu()
+    rejected_final = torch.where(identical, chosen_final, summaries.rejected_final.double().cpu())
+    final_products = (chosen_final * rejected_final).sum(-1)
     return {
         "ches_scores": ches_from_sums(chosen_sums, rejected_sums).tolist(),
         "ln_ches_scores": ln_ches_from_sums(chosen_sums, rejected_sums, chosen_lengths, rejected_lengths).tolist(),

@@ -193,3 +193,11 @@ def test_benchmark_score_scales_hand_values():
     pair = TokenizedPair([1], [2] * 5, [3] * 13, 0)
     assert score_scales(summaries, pair) == pytest.approx(
         {"ches_scores": 90.0, "ln_ches_scores": 2.0, "last_hidden_embedding_inner_prods": 2.0})
+
+
+def test_identical_responses_give_exactly_zero():
+    """chosen == rejected: CHES and LN-CHES are exactly 0 and the final product is ||h||² (here h(3) = (1,1): 2)."""
+    pair = TokenizedPair([9, 1], [2, 3, 8], [2, 3, 8], 0)
+    measures = compute_pair_measures(TokenEmbeddingModel(VECTORS), [pair], batch_size=2)
+    assert measures == {"ches_scores": [0.0], "ln_ches_scores": [0.0], "minus_normalized_edit_distances": [0.0],
+                        "last_hidden_embedding_inner_prods": [2.0]}
