@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.split = args.split or HUB_DEFAULT_SPLITS.get(args.dataset, "train")
     if args.dataset_format is None:
         try:
-            args.dataset_format = infer_dataset_format(args.dataset_path, args.split)
+            args.dataset_format = infer_dataset_format(args.dataset_path, args.split, column_renames(args))
         except (ValueError, OSError) as error:  # no rule matches, or a Hub data set that cannot be reached
             fail(f"--dataset_format not given and not inferable: {error}")
     _check_display_name(display_name(args), "--dataset (display name)")
@@ -268,12 +268,16 @@ def _start_logging(args: argparse.Namespace, directory: Path) -> None:
         logger.addHandler(handler)
 
 
+def column_renames(args: argparse.Namespace) -> dict[str, str]:
+    """{file column: format column} from --chat_chosen_field / --chat_rejected_field (empty by default)."""
+    return {old: new for old, new in ((args.chat_chosen_field, "chosen"), (args.chat_rejected_field, "rejected"))
+            if old != new}
+
+
 def _load_examples(args: argparse.Namespace, rows: list[int] | None) -> list[PreferenceExample]:
     """The drawn examples, in draw order (`rows` given: those rows, e.g. from a partial file)."""
-    renames = {old: new for old, new in ((args.chat_chosen_field, "chosen"), (args.chat_rejected_field, "rejected"))
-               if old != new}
     examples = load_preference_examples(args.dataset_path, args.dataset_format, split=args.split,
-                                        column_renames=renames)
+                                        column_renames=column_renames(args))
     if rows is None:
         rows = sample_row_indices(len(examples), args.num_train_samples, args.train_samples_random_seed,
                                   "torch_randperm")

@@ -282,12 +282,12 @@ def load_preference_examples(dataset: str, dataset_format: str, *, split: str = 
     return examples
 
 
-def infer_dataset_format(dataset: str, split: str = "train") -> str:
+def infer_dataset_format(dataset: str, split: str = "train", column_renames: dict[str, str] | None = None) -> str:
     """The format of `dataset`: a known Hub id (`HUB_FORMATS`), else from the columns of its first row:
     instruction/output_1/output_2/preference -> alpaca_farm; query/chosen/rejected -> sorrybench_prefs;
     chosen/rejected dialogues starting with "\\n\\nHuman:" and no prompt -> hh_rlhf; message lists or
     `score_chosen` (in the row or its `metadata`) -> ultrafeedback; prompt/chosen/rejected strings ->
-    prompt_chosen_rejected.
+    prompt_chosen_rejected. `column_renames` as in `load_preference_examples`, applied first.
 
     Raises:
         ValueError: no rule matches (the message lists the row's columns and asks for --dataset_format).
@@ -298,6 +298,9 @@ def infer_dataset_format(dataset: str, split: str = "train") -> str:
     if len(rows) == 0:
         raise ValueError(f"{description} has no rows")
     row = dict(rows[0])
+    for old, new in (column_renames or {}).items():
+        if old in row:
+            row[new] = row.pop(old)
     columns = set(row)
     metadata = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
     if {"instruction", "output_1", "output_2", "preference"} <= columns:

@@ -263,3 +263,12 @@ def test_unreachable_model_exits_2_before_any_output(tmp_path, ultrafeedback_fil
               "--output_dir", str(tmp_path / "o")])
     assert exit_info.value.code == 2 and "--model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_chat_field_flags_rename_the_response_columns(tmp_path):
+    """--chat_chosen_field good --chat_rejected_field bad read responses from other columns (format inferred
+    after the renaming: query/chosen/rejected -> sorrybench_prefs)."""
+    data = write_jsonl(tmp_path / "renamed.jsonl", [{"query": "Hi?", "good": "Hello there.", "bad": "Go away."}])
+    path = run(tmp_path / "o", data, "--chat_chosen_field", "good", "--chat_rejected_field", "bad")
+    results = load_similarity_results(path)
+    assert results["sample_indices"].tolist() == [0] and results["settings"]["dataset_format"] == "sorrybench_prefs"
