@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import logging
 import time
@@ -45,7 +46,7 @@ from common.preference_data import (
     load_preference_examples, sample_row_indices,
 )
 from common.preference_tokenization import (
-    PROMPT_FORMATS, TRUNCATIONS, TokenizationOptions, prepare_tokenizer_for_prompt_format, tokenize_pair,
+    PROMPT_FORMATS, SIMILARITY_SCRIPT_OPTIONS, TRUNCATIONS, prepare_tokenizer_for_prompt_format, tokenize_pair,
 )
 
 logger = logging.getLogger("compute_preference_similarity")
@@ -324,8 +325,8 @@ def main(argv: list[str] | None = None) -> Path:
                     len(examples))
     if prepare_tokenizer_for_prompt_format(tokenizer, model, args.prompt_format):
         logger.info("added the paper prompt markers to the tokenizer (vocabulary %d)", len(tokenizer))
-    options = TokenizationOptions(prompt_format=args.prompt_format, truncation=args.truncation,
-                                  skip_identical=args.skip_identical_pairs, eos_after_truncation=True)
+    options = dataclasses.replace(SIMILARITY_SCRIPT_OPTIONS, prompt_format=args.prompt_format,
+                                  truncation=args.truncation, skip_identical=args.skip_identical_pairs)
     todo_pairs: list[TokenizedPair] = []
     for example in examples:
         if results.done(example.source_index):

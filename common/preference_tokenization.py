@@ -67,6 +67,13 @@ class TokenizationOptions:
             raise ValueError(f"truncation: expected one of {TRUNCATIONS}, got {self.truncation!r}")
 
 
+# What compute_preference_similarity_per_example.py uses by default (the reference script's rules); code that must
+# reproduce its scores (e.g. a data-set-level scorer) tokenizes with these after
+# `prepare_tokenizer_for_prompt_format(tokenizer, model, "paper")`.
+SIMILARITY_SCRIPT_OPTIONS = TokenizationOptions(prompt_format="paper", truncation="paper", skip_identical=False,
+                                                eos_after_truncation=True)
+
+
 def _uses_paper_markers(tokenizer, prompt_format: str) -> bool:
     return prompt_format == "paper" and not getattr(tokenizer, "chat_template", None)
 

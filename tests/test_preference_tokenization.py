@@ -12,11 +12,11 @@ from common.preference_data import (
     PreferenceExample, infer_dataset_format, load_preference_examples, sample_row_indices,
 )
 from common.preference_tokenization import (
-    PAPER_ASSISTANT_TOKEN, PAPER_PROMPTER_TOKEN, TokenizationOptions, format_prompt,
+    PAPER_ASSISTANT_TOKEN, PAPER_PROMPTER_TOKEN, SIMILARITY_SCRIPT_OPTIONS, TokenizationOptions, format_prompt,
     prepare_tokenizer_for_prompt_format, tokenize_pair,
 )
 
-CHES_OPTIONS = TokenizationOptions(eos_after_truncation=True)  # what the similarity script uses (paper rules)
+CHES_OPTIONS = TokenizationOptions(eos_after_truncation=True)  # the script's rules, plain format (CharTokenizer)
 
 
 class CharTokenizer:
@@ -82,7 +82,7 @@ def test_paper_prompt_format_on_tiny_gpt2():
 
     model, tokenizer = load_model_and_tokenizer("tiny-gpt2")
     example = PreferenceExample("Hi", " there", " go", 0, {})
-    options = TokenizationOptions(prompt_format="paper", eos_after_truncation=True)
+    options = SIMILARITY_SCRIPT_OPTIONS
     with pytest.raises(ValueError, match="prepare_tokenizer_for_prompt_format"):
         tokenize_pair(tokenizer, example, None, options)
     assert prepare_tokenizer_for_prompt_format(tokenizer, model, "paper") is True
