@@ -192,6 +192,12 @@ def test_existing_output_refused_corrupt_output_named(tmp_path, ultrafeedback_fi
         run(tmp_path / "o", ultrafeedback_file)
     assert f"{path}: not a readable similarity file" in capsys.readouterr().err
     assert run(tmp_path / "o", ultrafeedback_file, "--overwrite") == path
+    path.unlink()
+    partial = path.with_name("results_samples.partial.pt")
+    partial.write_bytes(b"truncated")
+    with pytest.raises(SystemExit):
+        run(tmp_path / "o", ultrafeedback_file)
+    assert f"{partial}: not a readable similarity file" in capsys.readouterr().err
 
 
 def test_interrupted_run_leaves_a_partial_file_that_a_rerun_completes(tmp_path, ultrafeedback_file, monkeypatch,
