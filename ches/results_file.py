@@ -15,8 +15,6 @@ A partial file (an interrupted run) has the same layout under `results_samples.p
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -33,7 +31,7 @@ def read_torch_file(path: str | Path) -> dict:
         results = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+    except Exception as error:  # torch's unpickler raises many kinds (IndexError, KeyError, ...) on garbage
         raise ValueError(f"{path}: not a readable similarity file ({type(error).__name__}: {error}); delete it or "
                          "rerun compute_preference_similarity_per_example.py with --overwrite") from None
     if not isinstance(results, dict):
