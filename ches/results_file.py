@@ -40,23 +40,8 @@ def read_torch_file(path: str | Path) -> dict:
     return results
 
 
-def load_similarity_results(path: str | Path, *, allow_partial: bool = False) -> dict:
-    """Read a similarity file: ours (`compute_preference_similarity_per_example.py`) or the reference's.
-
-    Returns:
-        dict with `sample_indices` (N,) long (scored rows of the source data, draw order), every MEASURE_NAMES
-        entry (N,) float64, `skipped_sample_indices` (M,) long and `skip_reasons` (M str) (empty for a
-        reference file), `settings` (dict; `{"source": "reference"}` for a reference file), and the
-        LENGTH_NAMES entries (N,) long when the file has them.
-
-    Raises:
-        ValueError: unreadable file, missing field, fields of different lengths, NaN scores, or a partial file
-            (`settings["complete"]` False) without `allow_partial`. Every message names the file.
-    """
-    results = read_torch_file(path)
-    missing = [key for key in REFERENCE_KEYS if key not in results]
-    if missing:
-        raise ValueError(f"{path}: missing fields {missing}; a similarity file has {list(REFERENCE_KEYS)}")
+def _checked_fields(results: dict, path: str | Path) -> dict:
+    """The fields of `load_similarity_results` with their types and lengths checked (errors name `path`)."""
     scored = {key: results[key] for key in REFERENCE_KEYS + LENGTH_NAMES if key in results}
     lengths = {key: len(value) for key, value in scored.items()}
     if len(set(lengths.values())) != 1:
@@ -76,6 +61,33 @@ def load_similarity_results(path: str | Path, *, allow_partial: bool = False) ->
     if "drawn_sample_indices" in results:
         loaded["drawn_sample_indices"] = torch.as_tensor(results["drawn_sample_indices"]).long()
     loaded["settings"] = dict(results.get("settings", {"source": "reference", "complete": True}))
+    return loaded
+
+
+def load_similarity_results(path: str | Path, *, allow_partial: bool = False) -> dict:
+    """Read a similarity file: ours (`compute_preference_similarity_per_example.py`) or the reference's.
+
+    Returns:
+        dict with `sample_indices` (N,) long (scored rows of the source data, draw order), every MEASURE_NAMES
+        entry (N,) float64, `skipped_sample_indices` (M,) long and `skip_reasons` (M str) (empty for a
+        reference file), `settings` (dict; `{"source": "reference"}` for a reference file), and the
+        LENGTH_NAMES entries (N,) long when the file has them.
+
+    Raises:
+        ValueError: unreadable file, missing field, fields of different lengths, NaN scores, or a partial file
+            (`settings["complete"]` False) without `allow_partial`. Every message names the file.
+    """
+    results = read_torch_file(path)
+    missing = [key for key in REFERENCE_KEYS if key not in results]
+    if missing:
+        raise ValueError(f"{path}: missing fields {missing}; a similarity file has {list(REFERENCE_KEYS)}")
+    try:
+        loaded = _checked_fields(results, path)
+    except (TypeError, ValueError, RuntimeError) as error:  # e.g. a string where a tensor belongs
+        if str(error).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: a field has the wrong type ({error}); the scores and indices must be 1-D "
+                         "tensors, skip_reasons a list of str, settings a dict") from None
     if not allow_partial and not loaded["settings"].get("complete", False):
         raise ValueError(f"{path}: partial file (run interrupted; rerun the script with the same arguments to "
                          "finish it), or pass allow_partial=True")

@@ -145,3 +145,10 @@ def test_dataset_level_run_drops_prompts_longer_than_max_input_length(tmp_path):
         assert result.summary["num_train_pairs"] == expected
         assert result.summary["skipped_train_pairs"] == (
             {"prompt longer than max_input_length 32": 1} if truncation == "paper" else {})
+
+
+def test_wrong_field_type_names_the_file(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({name: torch.tensor(1.0) for name in MEASURE_NAMES} | {"sample_indices": torch.tensor(0)}, path)
+    with pytest.raises(ValueError, match="odd.pt: a field has the wrong type"):
+        load_similarity_results(path)
