@@ -50,7 +50,8 @@ from common.losses import PreferenceLogps, compute_preference_loss
 from common.metrics_logger import MetricsLogger
 from common.models import load_model_and_tokenizer, save_model
 from common.optim import build_optimizer
-from common.preference_data import PreferenceExample, TokenizedPair, tokenize_pair
+from common.preference_data import PreferenceExample, TokenizedPair
+from common.preference_tokenization import TokenizationOptions, tokenize_pair
 from common.preference_entanglement import EntanglementProbe
 from common.preference_eval import split_eval_metrics
 from common.preference_logps import LogpsOptions, compute_split_logps, reference_logps
@@ -95,12 +96,14 @@ class TrainingSplit:
                 torch.tensor([len(p.rejected_ids) for p in self.pairs]))
 
 
-def tokenize_examples(tokenizer, examples: Sequence[PreferenceExample], max_input_length: int | None
+def tokenize_examples(tokenizer, examples: Sequence[PreferenceExample], max_input_length: int | None,
+                      options: TokenizationOptions = TokenizationOptions()
                       ) -> tuple[list[TokenizedPair], dict[str, int]]:
-    """Tokenized pairs (unusable ones dropped) and the count of each skip reason."""
+    """Tokenized pairs (unusable ones dropped: with `truncation` "paper" that includes prompts longer than
+    `max_input_length`, as the reference trainer's filter) and the count of each skip reason."""
     pairs, skipped = [], Counter()
     for example in examples:
-        pair = tokenize_pair(tokenizer, example, max_input_length)
+        pair = tokenize_pair(tokenizer, example, max_input_length, options)
         if isinstance(pair, str):
             skipped[pair] += 1
         else:
@@ -200,7 +203,10 @@ def _prepare_splits(model, tokenizer, config, train_examples, eval_examples, opt
     """Tokenize both splits and get their reference log-probs (cache or initial model)."""
     splits, info = [], {}
     for name, examples in (("train", train_examples), ("test", eval_examples)):
-        pairs, skipped = tokenize_examples(tokenizer, examples, config.max_input_length)
+        tokenization = TokenizationOptions(truncation=config.truncation, skip_identical=config.skip_identical_pairs)
+        pairs, skipped = tokenize_examples(tokenizer, examples, config.max_input_length, tokenization)
+        if skipped:
+            log.info("%s split: dropped %d of %d pairs %s", name, len(examples) - len(pairs), len(examples), skipped)
         info[f"num_{name}_pairs"], info[f"skipped_{name}_pairs"] = len(pairs), skipped
         if not pairs:
             if name == "train":

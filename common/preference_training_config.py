@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from common.losses import LossConfig
 from common.optim import OPTIMIZERS
 from common.preference_data import DATASET_FORMATS
+from common.preference_tokenization import TRUNCATIONS
 
 SIMILARITY_MEASURES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
                        "last_hidden_embedding_inner_prods")
@@ -54,6 +55,11 @@ class PreferenceTrainingConfig(LossConfig):
             ignored for local files.
         max_input_length (`int` or `None`, defaults to `512`): Truncate prompt + response to this many tokens
             (rule in `tokenize_pair`); must match the value the similarity file was computed with.
+        truncation (`str`, defaults to `"paper"`): `paper` (the reference's: prompt + response cut on the right;
+            a pair whose prompt is longer than `max_input_length`, or whose response is left empty, is dropped)
+            or `keep_response` (ours: the prompt is cut from the left, no pair dropped for length).
+        skip_identical_pairs (`bool`, defaults to `False`): Drop pairs with identical responses (the reference
+            keeps them; their DPO gradient is zero).
         data_seed (`int`, defaults to `0`): Seed of every data draw (the pool without a similarity file, the
             held-out split). Separate from `random_seed`, so seeds change only the training order.
         num_train_samples (`int` or `None`, defaults to `None`): Without a similarity file: draw this many rows
@@ -116,6 +122,8 @@ class PreferenceTrainingConfig(LossConfig):
     dataset_format: str = "ultrafeedback"
     dataset_split: str = "train"
     max_input_length: int | None = 512
+    truncation: str = "paper"
+    skip_identical_pairs: bool = False
     data_seed: int = 0
     num_train_samples: int | None = None
     eval_dataset: str | None = None
@@ -156,6 +164,8 @@ class PreferenceTrainingConfig(LossConfig):
             problems.append(f"dataset_format must be one of {DATASET_FORMATS}, got {self.dataset_format!r}")
         if self.max_input_length is not None and self.max_input_length < 2:
             problems.append(f"max_input_length must be >= 2 or null, got {self.max_input_length}")
+        if self.truncation not in TRUNCATIONS:
+            problems.append(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if self.num_train_samples is not None and self.num_train_samples < 1:
             problems.append(f"num_train_samples must be >= 1 or null (all rows), got {self.num_train_samples}")
         if self.num_eval_samples < 0:

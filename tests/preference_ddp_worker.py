@@ -41,7 +41,7 @@ def run_worker(out_dir: Path) -> None:
     config = PreferenceTrainingConfig(
         model="tiny-gpt2", dataset=TRAIN_DATASET, eval_dataset=EVAL_DATASET,
         num_train_samples=8, num_eval_samples=2, max_input_length=32, batch_size=4, epochs=2, optimizer="adam",
-        lr=1e-3, outputs_dir=str(out_dir), random_seed=0)
+        truncation="keep_response", lr=1e-3, outputs_dir=str(out_dir), random_seed=0)
     selected = select_examples(config)
     logger = MetricsLogger(out_dir) if is_main else NullSink()
     result = train_preference_model(config, selected.train, selected.eval,
