@@ -130,13 +130,13 @@ def test_alpaca_farm_hub_id_loads_the_human_preference_config(monkeypatch):
 
     calls = []
 
-    def fake_load_dataset(name, config_name=None, split=None):
-        calls.append((name, config_name, split))
+    def fake_load_dataset(name, config_name=None, data_dir=None, split=None):
+        calls.append((name, config_name, data_dir, split))
         return ALPACA_ROWS
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     examples = load_preference_examples("tatsu-lab/alpaca_farm", "alpaca_farm", split="preference")
-    assert calls == [("tatsu-lab/alpaca_farm", "alpaca_human_preference", "preference")]
+    assert calls == [("tatsu-lab/alpaca_farm", "alpaca_human_preference", None, "preference")]
     assert [e.chosen for e in examples] == ["5", "Blue"]
     assert infer_dataset_format("tatsu-lab/alpaca_farm") == "alpaca_farm"
 
