@@ -8,7 +8,7 @@ Every run writes `<outputs_dir>/<experiment_name>/`:
                    traceback on failure}
     metrics.jsonl  one JSON line per logged step, flushed as written
     summary.json   what the experiment returned, written atomically just before status becomes "done"
-    run.log        the run's log records;  plots/  metric curves (save_metric_plots)
+    run.log        the run's log records;  plots/  overview.png + other_metrics.png (save_metric_plots)
 The plan writes `<outputs_dir>/<plan name>.plan.log` and `<plan name>.plan_status.json` (final table).
 Resume: a run whose status is "done" with an identical config.json is skipped; anything else is redone from a
 clean directory (`--rerun` redoes everything). Exit code: 0 all done, 1 some run failed, 2 invalid plan.
