@@ -274,12 +274,15 @@ def plot_mean_band(axis, trajectories: Sequence[tuple[Sequence[int], Sequence[fl
     return len(shared)
 
 
-def save_figure(figure, path: Path, dpi: int = 100) -> Path:
-    """tight_layout, write `path` (parents created), close the figure; returns `path`."""
+def save_figure(figure, path: Path, dpi: int = 100, caption: str = "") -> Path:
+    """tight_layout (leaving room for a one-line `caption` under the panels), write `path` (parents created),
+    close the figure; returns `path`."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
+    if caption:
+        figure.text(0.01, 0.01, caption, fontsize=7)
+    figure.tight_layout(rect=(0, 0.05 if caption else 0, 1, 1))
     figure.savefig(path, dpi=dpi)
     plt.close(figure)
     return path
