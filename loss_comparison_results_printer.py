@@ -42,16 +42,19 @@ def plot_sections(sections: list[dict], path: Path) -> Path:
                                             for label, row in zip(labels, rows)], fontsize=7)
         change.set_ylabel("Δ log π, initial → final (nats)")
         change.set_title(f"{section['model']} — {section['kind']}", fontsize=9)
-        change.legend(fontsize=7, loc="lower left")
+        change.legend(fontsize=7, loc="best")
         change.grid(axis="y", alpha=0.3)
         measured = [(p, row["grad_cosine_mean"]) for p, row in zip(positions, rows) if row["grad_cosine_mean"] is not None]
         cosine.bar([p for p, _ in measured], [value for _, value in measured], 0.5, color="purple")
+        for position, row in zip(positions, rows):
+            if row["grad_cosine_mean"] is None:
+                cosine.annotate("not measured", (position, 0.5), xycoords=("data", "axes fraction"), ha="center",
+                                fontsize=7, color="grey")
         cosine.axhline(0.0, color="grey", linewidth=0.7)
         cosine.set_xticks(list(positions), labels, fontsize=7)
         cosine.set_xlim(-0.6, len(rows) - 0.4)
         cosine.set_ylabel("cosine(∇log π(y+), ∇log π(y−))")
-        cosine.set_title("gradient entanglement (mean over diagnosed steps and runs)"
-                         + ("" if measured else ": not measured"), fontsize=9)
+        cosine.set_title("gradient entanglement (mean over diagnosed steps and runs)", fontsize=9)
         cosine.grid(axis="y", alpha=0.3)
     return save_figure(figure, path)
 

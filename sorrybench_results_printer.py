@@ -139,17 +139,20 @@ def plot_refusal_rates(rows: list[dict], path: Path, confidence: float) -> Path:
             heights.append(entry["rate"])
             errors[0].append(entry["rate"] - entry["low"])
             errors[1].append(entry["high"] - entry["rate"])
+        if not xs:
+            continue
         color = "tab:blue" if split == "train" else "tab:orange"
         axis.bar(xs, heights, width, yerr=errors, capsize=3, color=color, alpha=0.35 if when == "initial" else 0.9,
                  hatch="//" if when == "initial" else None, edgecolor=color,
                  label=f"{split}, {'before' if when == 'initial' else 'after'} training")
     axis.set_xticks(range(len(rows)), [f"{row['variant']}\n({row['num_runs']} run(s))" for row in rows], fontsize=7)
-    axis.set_ylim(0, 1.05)
+    axis.set_ylim(0, 1.3)  # room for the legend above the bars
+    axis.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     axis.set_ylabel("refusal rate (refusals / responses)")
     models = sorted({row["model"] for row in rows})
     axis.set_title(f"SORRY-Bench refusal rate — {', '.join(models)}", fontsize=10)
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, ncol=2, loc="upper center")
     caption = (f"error bars: Wilson score {confidence:.0%} interval of the pooled binomial proportion "
                "(scipy.stats.binomtest); counts pooled over the runs (seeds) of a variant")
     return save_figure(figure, path, caption=caption)

@@ -16,6 +16,7 @@ Matplotlib is imported inside the functions (Agg backend), so importing this mod
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -275,14 +276,15 @@ def plot_mean_band(axis, trajectories: Sequence[tuple[Sequence[int], Sequence[fl
 
 
 def save_figure(figure, path: Path, dpi: int = 100, caption: str = "") -> Path:
-    """tight_layout (leaving room for a one-line `caption` under the panels), write `path` (parents created),
+    """tight_layout (leaving room for `caption`, wrapped to the figure's width, under the panels), write `path` (parents created),
     close the figure; returns `path`."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if caption:
-        figure.text(0.01, 0.01, caption, fontsize=7)
-    figure.tight_layout(rect=(0, 0.05 if caption else 0, 1, 1))
+    lines = textwrap.wrap(caption, width=int(figure.get_figwidth() * 17)) if caption else []
+    if lines:
+        figure.text(0.01, 0.01, "\n".join(lines), fontsize=7)
+    figure.tight_layout(rect=(0, 0.012 + 0.1 * len(lines) / figure.get_figheight(), 1, 1))
     figure.savefig(path, dpi=dpi)
     plt.close(figure)
     return path
