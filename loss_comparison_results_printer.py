@@ -5,9 +5,10 @@ Usage: python loss_comparison_results_printer.py --experiments_dir DIR [DIR ...]
 
 Reads only status.json, config.json and summary.json of the run directories under each DIR (incomplete runs are
 skipped with a note); statistics in common/loss_comparison.py, columns in docs/loss_comparison.md. Prints the
-markdown table and writes `loss_comparison_results.json`, `loss_comparison.md` and `loss_comparison.png` (per section:
-bars of the mean Δ log π(y+) ± std over runs and of Δ log π(y−) per loss row, "k/n runs displaced" under them, and bars
-of the mean gradient cosine; docs/plots.md) into --output_dir (default: the first DIR). Exit code 0 on success, 2 if a DIR is missing or no finished run is found.
+markdown table and writes `loss_comparison_results.json`, `loss_comparison.md` and `loss_comparison.png` (per
+section: bars of the mean Δ log π(y+) ± std over runs and of Δ log π(y−) per loss row, "k/n runs displaced" under
+them, and bars of the mean gradient cosine; docs/plots.md) into --output_dir (default: the first DIR).
+Exit code 0 on success, 2 if a DIR is missing or no finished run is found.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def plot_sections(sections: list[dict], path: Path) -> Path:
         change.set_title(f"{section['model']} — {section['kind']}", fontsize=9)
         change.legend(fontsize=7, loc="best")
         change.grid(axis="y", alpha=0.3)
-        measured = [(p, row["grad_cosine_mean"]) for p, row in zip(positions, rows) if row["grad_cosine_mean"] is not None]
+        measured = [(p, row["grad_cosine_mean"]) for p, row in zip(positions, rows)
+                    if row["grad_cosine_mean"] is not None]
         cosine.bar([p for p, _ in measured], [value for _, value in measured], 0.5, color="purple")
         for position, row in zip(positions, rows):
             if row["grad_cosine_mean"] is None:

@@ -6,8 +6,8 @@ Usage: python persona_single_example_results_printer.py --experiments_dir OUTPUT
 Reads config.json, status.json, summary.json, metrics.jsonl, top_tokens.jsonl and tensors.safetensors of the runs
 under OUTPUTS_DIR; prints our statistics and, next to them, the reference printer's (its definitions, max_step);
 see persona_experiments/results.py, reference_statistics.py and docs/persona.md.
-The figure (--plot, default OUTPUT_DIR/trajectories.png): per setting, π(y+) and π(y−) over steps on a log axis, mean
-over seeds with a ± 1 std band (docs/plots.md).
+The figure (--plot, default OUTPUT_DIR/trajectories.png): per setting, π(y+) and π(y−) over steps on a log axis,
+mean over seeds with a ± 1 std band (docs/plots.md).
 Exit code 0 on success, 2 if OUTPUTS_DIR is missing, holds no runs or only runs of another family, or --max_step < 1.
 """
 

@@ -51,7 +51,8 @@ def variant_label(config: dict) -> str:
     if config.get("use_gold_preferences"):
         parts.append("gold")
     if config.get("similarity_results_path"):
-        parts.append(f"CHES-filtered({config.get('pref_similarity_measure')}, k={config.get('preference_num_samples')})")
+        measure, k = config.get("pref_similarity_measure"), config.get("preference_num_samples")
+        parts.append(f"CHES-filtered({measure}, k={k})")
     if config.get("lr") is not None:
         parts.append(f"lr={config['lr']:g}")
     return " ".join(parts)
@@ -161,7 +162,8 @@ def plot_refusal_rates(rows: list[dict], path: Path, confidence: float) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Summarise SORRY-Bench refusal rates of finished runs.")
     parser.add_argument("--experiments_dir", required=True, type=Path, help="the plan's outputs_dir")
-    parser.add_argument("--output_dir", type=Path, default=None, help="where the outputs go (default: --experiments_dir)")
+    parser.add_argument("--output_dir", type=Path, default=None,
+                        help="where the outputs go (default: --experiments_dir)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")
     args = parser.parse_args(argv)
     if not 0.0 < args.confidence < 1.0:

@@ -276,7 +276,8 @@ def plot_mean_band(axis, trajectories: Sequence[tuple[Sequence[int], Sequence[fl
 
 
 def save_figure(figure, path: Path, dpi: int = 100, caption: str = "") -> Path:
-    """tight_layout (leaving room for `caption`, wrapped to the figure's width, under the panels), write `path` (parents created),
+    """tight_layout (leaving room for `caption`, wrapped to the figure's width, under the panels), write `path`
+    (parents created),
     close the figure; returns `path`."""
     plt = _pyplot()
     path = Path(path)

@@ -1,8 +1,8 @@
 """Figures of the similarity printer (docs/plots.md): Figure 2 with units, CHES histogram, per-example scatter.
 
     figure_2(preferred_rows, dispreferred_rows, path)   x = similarity quantile of the training subset; y = mean over
-        training pairs of Δ log π(y+) (left) and Δ log π(y−) (right) in nats (log-probs summed over response tokens),
-        mean over seeds with ± 1 std error bars and every seed as a point; the model(s) in the title.
+        training pairs of Δ log π(y+) (left) and Δ log π(y−) (right) in nats (log-probs summed over the response
+        tokens), mean over seeds with ± 1 std error bars and every seed as a point; the model(s) in the title.
     join_examples(runs) -> per (similarity file, measure) the points (score of a training pair, its Δ log π(y+) in
         that run), read from the similarity file (`ches.ches.load_similarity_results`) and the run's
         `displacement_train.safetensors` (`per_example/example_ids` = rows of the data file, matched with the
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.data_locations import find_local_data_file
-from common.plots import DISPREFERRED_COLOR, PREFERRED_COLOR, new_figure, save_figure
+from common.plots import new_figure, save_figure
 
 TENSORS_FILE = "displacement_train.safetensors"
 CHANGE_UNITS = ("Δ log π in nats: log-prob summed over the response tokens, change from the initial to the trained "
@@ -62,8 +62,8 @@ def join_examples(runs: list[tuple[Path, dict, dict]]) -> tuple[list[ExampleGrou
         name, measure = config["similarity_results_path"], config.get("pref_similarity_measure")
         path = find_local_data_file(name)
         if path is None or not (run_dir / TENSORS_FILE).exists():
-            notes.append(f"{run_dir.name}: no per-example scatter ({'similarity file ' + name if path is None else TENSORS_FILE} "
-                         "not found)")
+            what = f"similarity file {name}" if path is None else TENSORS_FILE
+            notes.append(f"{run_dir.name}: no per-example scatter ({what} not found)")
             continue
         if name not in loaded:
             loaded[name] = load_similarity_results(path, allow_partial=True)
@@ -128,12 +128,12 @@ def similarity_examples(groups: list[ExampleGroup], path: Path) -> list[dict]:
 
 def figure_2(preferred_rows: list[dict], dispreferred_rows: list[dict], path: Path) -> Path:
     """Quantile vs mean Δ log π(y+) and Δ log π(y−) (see the module docstring); rows from `aggregate`."""
-    panels = [(preferred_rows, "Δ log π(y+) (nats), preferred", PREFERRED_COLOR)]
+    panels = [(preferred_rows, "Δ log π(y+) (nats), preferred")]
     if dispreferred_rows:
-        panels.append((dispreferred_rows, "Δ log π(y−) (nats), dispreferred", DISPREFERRED_COLOR))
+        panels.append((dispreferred_rows, "Δ log π(y−) (nats), dispreferred"))
     figure, axes = new_figure(1, len(panels), 5.2, 4.3)
     markers = "osD^v<>"
-    for axis, (rows, ylabel, _color) in zip(axes, panels):
+    for axis, (rows, ylabel) in zip(axes, panels):
         series: dict[tuple, list[dict]] = defaultdict(list)
         for row in rows:
             series[(row["objective"], row["measure"])].append(row)

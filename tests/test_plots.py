@@ -180,7 +180,8 @@ def test_sorrybench_variants_and_pooled_counts(tmp_path, capsys):
     assert pooled["trained/train"]["rate"] == 0.4
     assert pooled["initial/train"] == {**pooled["initial/train"], "refusals": 9, "responses": 10, "num_runs": 1}
     assert "initial/test" not in pooled
-    assert "| tiny-gpt2 | dpo lr=0.001 | 2 | 90.0% [" in (tmp_path / "report" / "sorrybench_refusal_rates.md").read_text()
+    table = (tmp_path / "report" / "sorrybench_refusal_rates.md").read_text()
+    assert "| tiny-gpt2 | dpo lr=0.001 | 2 | 90.0% [59.6%, 98.2%] (9/10) | — |" in table
     assert (tmp_path / "report" / "sorrybench_refusal_rates.png").stat().st_size > 10_000
 
 
