@@ -6,7 +6,9 @@ Per run (`plot_run_overview`, called by `MetricsLogger.close` when `save_metric_
                         the mean over prompts of pi(y|x); sequences, whose probabilities underflow, the mean log-prob
                         in nats), their log-prob change since step 0, loss, implicit rewards / margins, fractions
                         (displaced examples, accuracy), largest preferred-probability decrease, gradient cosine.
-    other_metrics.png   small panels for every other numeric metric that changes during the run.
+    other_metrics.png   small panels for every other numeric metric that changes during the run (for sequences the
+                        probability-unit curves are left out, for single tokens the mean log-probs, which the
+                        probability panel shows).
 Metrics that never change (`lr`, `epoch` in a one-epoch run) are not drawn; they are listed under the figure.
 Series with fewer than `MARKER_LIMIT` points (evaluation points) are drawn with markers.
 
@@ -198,31 +200,60 @@ def _grid(plt, count: int, columns: int, width: float, height: float):
     return figure, list(axes.flat)
 
 
-def plot_run_overview(metrics_path: Path, plots_dir: Path, title: str = "") -> list[Path]:
-    """Write overview.png and other_metrics.png (see the module docstring) for one run; returns the paths."""
-    plt = _pyplot()
-    curves = load_curves(metrics_path)
+PROBABILITY_NAMES = ("preferred_prob_mean", "dispreferred_prob_mean", "largest_preferred_prob_decrease_mean")
+LOGPROB_NAMES = ("preferred_logprob_mean", "dispreferred_logprob_mean")
+
+
+@dataclass
+class OverviewLayout:
+    """What the two figures of a run show: overview panels, change-distribution splits, the other changing
+    metrics (other_metrics.png) and the constant ones (listed under the overview)."""
+
+    panels: list[Panel]
+    distribution_splits: list[str]
+    others: list[str]
+    constant: dict[str, float]
+
+
+def overview_layout(curves: dict[str, tuple[list[int], list[float]]]) -> OverviewLayout:
+    """Choose the panels for the logged curves. Single tokens: probabilities on a log axis (their mean log-probs are
+    not repeated in other_metrics); sequences: log-probs, and the probability-unit curves are left out."""
     constant = {key: values[0] for key, (_, values) in curves.items() if is_constant(values)}
     changing = {key: curve for key, curve in curves.items() if key not in constant}
-    if not curves:
-        return []
-    plots_dir.mkdir(parents=True, exist_ok=True)
     single_tokens = uses_probabilities(changing)
     candidates = ([PROBABILITY_PANEL, *OVERVIEW_PANELS] if single_tokens else
                   [LOGPROB_PANEL, *(panel for panel in OVERVIEW_PANELS if panel is not LARGEST_DECREASE_PANEL)])
     panels = [panel for panel in candidates if any(matching_keys(changing, series.name) for series in panel.series)]
-    splits = [split for split in ("train", "test") if f"eval_metrics/{split}/preferred_logprobs_change_median"
-              in changing]
-    figure, axes = _grid(plt, max(len(panels) + len(splits), 1), 3, 4.6, 3.3)
-    drawn: set[str] = set()
-    for axis, panel in zip(axes, panels):
-        drawn.update(draw_panel(axis, panel, changing))
-    for axis, split in zip(axes[len(panels):], splits):
-        drawn.update(draw_change_distribution(axis, changing, split))
-        drawn.update(f"eval_metrics/{split}/{side}_logprobs_change_mean" for side in ("preferred", "dispreferred"))
-    for axis in axes[len(panels) + len(splits):]:
+    splits = [split for split in ("train", "test")
+              if f"eval_metrics/{split}/preferred_logprobs_change_median" in changing]
+    shown = {key for panel in panels for series in panel.series for key, _ in matching_keys(changing, series.name)}
+    shown |= {key for name in PROBABILITY_NAMES + LOGPROB_NAMES for key, _ in matching_keys(changing, name)}
+    for split in splits:
+        for side in ("preferred", "dispreferred"):
+            prefix = f"eval_metrics/{split}/{side}_logprobs_change_"
+            shown |= {prefix + stat for stat in ("median", "mean", *(q for band in QUANTILE_BANDS for q in band[:2]))}
+    return OverviewLayout(panels, splits, sorted(key for key in changing if key not in shown), constant)
+
+
+def plot_run_overview(metrics_path: Path, plots_dir: Path, title: str = "") -> list[Path]:
+    """Write overview.png and other_metrics.png (see the module docstring) for one run; returns the paths."""
+    curves = load_curves(metrics_path)
+    if not curves:
+        return []
+    plt = _pyplot()
+    layout = overview_layout(curves)
+    changing = {key: curve for key, curve in curves.items() if key not in layout.constant}
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    count = len(layout.panels) + len(layout.distribution_splits)
+    figure, axes = _grid(plt, max(count, 1), 3, 4.6, 3.3)
+    for axis, panel in zip(axes, layout.panels):
+        draw_panel(axis, panel, changing)
+    for axis, split in zip(axes[len(layout.panels):], layout.distribution_splits):
+        draw_change_distribution(axis, changing, split)
+    for axis in axes[count:]:
         axis.set_visible(False)
-    note = ", ".join(f"{key.removeprefix('displacement/')}={value:.4g}" for key, value in sorted(constant.items()))
+    note = ", ".join(f"{key.removeprefix('displacement/')}={value:.4g}"
+                     for key, value in sorted(layout.constant.items()))
     figure.suptitle(title or Path(metrics_path).parent.name, fontsize=10)
     if note:
         figure.text(0.01, 0.005, f"constant: {note}", fontsize=7, wrap=True)
@@ -230,16 +261,15 @@ def plot_run_overview(metrics_path: Path, plots_dir: Path, title: str = "") -> l
     written = [plots_dir / OVERVIEW_FILE]
     figure.savefig(written[0], dpi=80)
     plt.close(figure)
-    others = sorted(key for key in changing if key not in drawn)
-    if others:
-        figure, axes = _grid(plt, len(others), 4, 3.2, 2.3)
-        for axis, key in zip(axes, others):
+    if layout.others:
+        figure, axes = _grid(plt, len(layout.others), 4, 3.2, 2.3)
+        for axis, key in zip(axes, layout.others):
             steps, values = changing[key]
             axis.plot(steps, values, marker="o" if len(steps) < MARKER_LIMIT else None, markersize=2)
             axis.set_title(key, fontsize=7)
             axis.tick_params(labelsize=6)
             axis.grid(alpha=0.3)
-        for axis in axes[len(others):]:
+        for axis in axes[len(layout.others):]:
             axis.set_visible(False)
         figure.subplots_adjust(left=0.06, right=0.98, bottom=0.04, top=0.96, wspace=0.35, hspace=0.6)
         written.append(plots_dir / OTHER_FILE)

@@ -15,8 +15,9 @@ import persona_single_example_results_printer as persona_printer
 import preference_similarity_results_printer as similarity_printer
 import sorrybench_results_printer as sorrybench_printer
 from common.metrics_logger import MetricsLogger
-from common.plots import (OTHER_FILE, OVERVIEW_FILE, is_constant, load_curves, matching_keys, new_figure,
-                          plot_mean_band, plot_run_overview, uses_probabilities)
+from common.plots import (LOGPROB_PANEL, OTHER_FILE, OVERVIEW_FILE, PROBABILITY_PANEL, is_constant, load_curves,
+                          matching_keys, new_figure, overview_layout, plot_mean_band, plot_run_overview,
+                          uses_probabilities)
 from common.run_family import family_of_config, other_family_error
 from loss_comparison_results_printer import plot_sections
 from preference_similarity.plots import ExampleGroup, figure_2, similarity_examples, spearman
@@ -60,13 +61,33 @@ def load_curves_from(records: list[dict]) -> dict:
         return load_curves(path)
 
 
+def test_overview_layout_single_tokens_and_sequences():
+    persona = load_curves_from(persona_metrics([-3.0, -2.5, -2.0], [-3.0, -3.5, -4.0]))
+    layout = overview_layout(persona)
+    assert layout.panels[0] is PROBABILITY_PANEL and layout.constant == {"lr": 1e-3}
+    assert layout.others == ["hidden/norm_mean"]  # log-probs are in the probability panel, lr is constant
+    stats = {f"eval_metrics/train/{side}_logprobs_change_{stat}": value for side in ("preferred", "dispreferred")
+             for stat, value in (("median", 1.0), ("q10", 0.0), ("q25", 0.5), ("q75", 1.5), ("q90", 2.0),
+                                 ("mean", 1.0), ("max", 3.0))}
+    tracked = "displacement/train/"
+    sequences = load_curves_from([
+        {"step": 0, "loss": 0.69, f"{tracked}preferred_logprob_mean": -170.0, f"{tracked}preferred_prob_mean": 1e-74,
+         f"{tracked}largest_preferred_prob_decrease_mean": 0.0, **{key: 0.0 for key in stats}},
+        {"step": 2, "loss": 0.4, f"{tracked}preferred_logprob_mean": -160.0, f"{tracked}preferred_prob_mean": 3e-70,
+         f"{tracked}largest_preferred_prob_decrease_mean": 1e-74, **stats}])
+    layout = overview_layout(sequences)
+    assert layout.panels[0] is LOGPROB_PANEL and layout.distribution_splits == ["train"]
+    assert layout.others == ["eval_metrics/train/dispreferred_logprobs_change_max",
+                             "eval_metrics/train/preferred_logprobs_change_max"]  # in neither panel
+
+
 def test_metrics_logger_close_writes_the_overview(tmp_path):
     logger = MetricsLogger(tmp_path)
     for record in persona_metrics([-3.0, -2.5, -2.0], [-3.0, -3.5, -4.0]):
         logger.log(**record)
     written = logger.close(save_plots=True)
     assert written == [tmp_path / "plots" / OVERVIEW_FILE, tmp_path / "plots" / OTHER_FILE]
-    assert all(path.stat().st_size > 10_000 for path in written)
+    assert written[0].stat().st_size > 10_000 and written[1].stat().st_size > 2_000  # other: hidden/norm_mean only
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [OTHER_FILE, OVERVIEW_FILE]  # 2, not 1/metric
 
 
