@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from common.io_utils import atomic_write_json, atomic_write_text, finished_runs_or_none
-from common.loss_comparison import LossComparisonError, aggregate, find_runs, format_markdown
+from common.loss_comparison import aggregate, format_markdown, run_metrics
 from common.plots import DISPREFERRED_COLOR, PREFERRED_COLOR, new_figure, save_figure
 
 RESULTS_FILE = "loss_comparison_results.json"
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", type=Path, default=None,
                         help=f"where {RESULTS_FILE} and {TABLE_FILE} go (default: the first --experiments_dir)")
     args = parser.parse_args(argv)
-    found = finished_runs_or_none(lambda: find_runs(args.experiments_dir), LossComparisonError,
-                                 " ".join(map(str, args.experiments_dir)))
+    found = finished_runs_or_none(args.experiments_dir, run_metrics)
     if found is None:
         return 2
     runs, notes = found

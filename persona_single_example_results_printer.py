@@ -20,7 +20,7 @@ from pathlib import Path
 from common.io_utils import atomic_write_json, finished_runs_or_none
 from common.run_family import other_family_error
 from persona_experiments.reference_statistics import REFERENCE_MAX_STEP
-from persona_experiments.results import ResultsError, find_runs, format_table, plot_trajectories, summarize_runs
+from persona_experiments.results import checked_run, format_table, plot_trajectories, summarize_runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if wrong_family:
         print(f"error: {wrong_family}", file=sys.stderr)
         return 2
-    found = finished_runs_or_none(lambda: find_runs(args.experiments_dir), ResultsError, str(args.experiments_dir))
+    found = finished_runs_or_none([args.experiments_dir], checked_run)
     if found is None:
         return 2
     runs, notes = found

@@ -4,9 +4,10 @@
         [--metric eval_metrics/train/preferred_logprobs_change_mean] [--save_dir DIR]
 
 In:  the run directories under `--outputs_dir` (each with `config.json` and `summary.json`, as written by
-     `preference_similarity_experiment_plan_runner.py`); runs without a similarity file or still running are
-     skipped. The per-example figure also reads the similarity file and `displacement_train.safetensors`.
-     A directory holding only runs of another family (SORRY-Bench, persona) is refused (exit 2).
+     `preference_similarity_experiment_plan_runner.py`); runs without a similarity file, still running, or with
+     files of the wrong shape are skipped and listed (`common.io_utils.finished_runs_or_none`). The per-example
+     figure also reads the similarity file and `displacement_train.safetensors`. A directory holding only runs of
+     another family (SORRY-Bench, persona) is refused (exit 2).
 Out (in `--save_dir`, default `--outputs_dir`):
      similarity_quantiles.png   Figure 2: x = quantile; left y = mean over seeds of `--metric` (Δ log π(y+), nats),
                                 right the dispreferred counterpart (Δ log π(y−)); error bars = std over seeds
@@ -29,9 +30,8 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import NoReturn
 
-from common.io_utils import atomic_write_json
+from common.io_utils import FinishedRun, atomic_write_json, finished_runs_or_none
 from common.run_family import other_family_error
 from preference_similarity.plots import figure_2, join_examples, similarity_examples
 
@@ -41,22 +41,16 @@ OUTPUT_STEM = "similarity_quantiles"
 EXAMPLES_STEM = "similarity_examples"
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def collect_runs(outputs_dir: Path) -> list[tuple[Path, dict, dict]]:
-    """(run dir, config, summary) of every finished similarity-filtered run directly under `outputs_dir`."""
-    runs = []
-    for run_dir in sorted(p for p in Path(outputs_dir).iterdir() if p.is_dir()):
-        config, summary = _read_json(run_dir / "config.json"), _read_json(run_dir / "summary.json")
-        if config is None or summary is None or not config.get("similarity_results_path"):
-            continue
-        runs.append((run_dir, config, summary))
-    return runs
+def similarity_run(run: FinishedRun, metric: str) -> tuple[Path, dict, dict] | str:
+    """(run dir, config, summary) of a finished similarity-filtered run, or a note saying why it is skipped.
+    A config/summary of the wrong shape raises (the shared discovery skips the run with a note)."""
+    if not run.config.get("similarity_results_path"):
+        return f"skipping {run.run_dir}: no similarity_results_path (not a similarity-filtered run)"
+    if not isinstance(run.summary.get(metric), (int, float)):
+        return f"skipping {run.run_dir}: summary.json has {metric} = {run.summary.get(metric)!r}, expected a number"
+    entry = (run.run_dir, run.config, run.summary)
+    format_table(aggregate([entry], metric), metric)  # the grouping fields must have usable types
+    return entry
 
 
 def aggregate(runs: list[tuple[Path, dict, dict]], metric: str) -> list[dict]:
@@ -107,27 +101,22 @@ def dispreferred_metric(metric: str) -> str | None:
     return metric.replace("/preferred_", "/dispreferred_") if "/preferred_" in metric else None
 
 
-def fail(message: str) -> NoReturn:
-    """Print `error: message` to stderr and exit with code 2."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outputs_dir", required=True, type=Path, help="directory holding the run directories")
     parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"summary.json key. Default {DEFAULT_METRIC}")
     parser.add_argument("--save_dir", type=Path, default=None, help="where to write the PNG/MD/JSON")
     args = parser.parse_args(argv)
-    if not args.outputs_dir.is_dir():
-        fail(f"--outputs_dir {args.outputs_dir}: not a directory")
-    wrong_family = other_family_error(args.outputs_dir, ("preference_similarity",), "--outputs_dir")
-    if wrong_family:
-        fail(wrong_family)
-    runs = collect_runs(args.outputs_dir)
+    if args.outputs_dir.is_dir():
+        wrong_family = other_family_error(args.outputs_dir, ("preference_similarity",), "--outputs_dir")
+        if wrong_family:
+            print(f"error: {wrong_family}", file=sys.stderr)
+            raise SystemExit(2)
+    found = finished_runs_or_none([args.outputs_dir], lambda run: similarity_run(run, args.metric))
+    if found is None:
+        raise SystemExit(2)
+    runs = found[0]
     rows = aggregate(runs, args.metric)
-    if not rows:
-        fail(f"no finished similarity-filtered runs with `{args.metric}` under {args.outputs_dir}")
     save_dir = args.save_dir or args.outputs_dir
     save_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(rows, args.metric)

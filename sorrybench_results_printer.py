@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from common.io_utils import atomic_write_json, atomic_write_text, finished_runs_or_none, read_json
+from common.io_utils import FinishedRun, atomic_write_json, atomic_write_text, finished_runs_or_none
 from common.plots import new_figure, save_figure
 from common.run_family import family_of_config, other_family_error
 
@@ -28,10 +28,6 @@ RESULTS_FILE, TABLE_FILE, PLOT_FILE = "sorrybench_results.json", "sorrybench_ref
     "sorrybench_refusal_rates.png"
 SPLITS = ("train", "test", "train_subset")
 WHENS = (("initial", "refusal_counts_initial/"), ("trained", "refusal_counts/"))
-
-
-class SorryBenchResultsError(ValueError):
-    """The experiments directory cannot be read (missing, or holding no run directory)."""
 
 
 def wilson_interval(refusals: int, responses: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -58,30 +54,19 @@ def variant_label(config: dict) -> str:
     return " ".join(parts)
 
 
-def find_runs(experiments_dir: Path) -> tuple[list[tuple[Path, dict, dict]], list[str]]:
-    """(run dir, config, summary) of the finished SORRY-Bench runs under `experiments_dir`, and skip notes."""
-    experiments_dir = Path(experiments_dir)
-    if not experiments_dir.is_dir():
-        raise SorryBenchResultsError(f"--experiments_dir {experiments_dir}: not a directory")
-    runs, notes = [], []
-    for status_file in sorted(experiments_dir.rglob("status.json")):
-        run_dir = status_file.parent
-        try:
-            status = read_json(status_file).get("status")
-            if status != "done" or not (run_dir / "summary.json").exists():
-                notes.append(f"skipping incomplete run {run_dir} (status: {status})")
-                continue
-            config, summary = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
-        except (FileNotFoundError, ValueError, AttributeError) as error:
-            notes.append(f"skipping unreadable run {run_dir}: {error}")
-            continue
-        if family_of_config(config) != "sorrybench":
-            notes.append(f"skipping {run_dir}: not a SORRY-Bench run (config.json has no refusal_judge)")
-        elif not any(key.startswith("refusal_counts/") for key in summary):
-            notes.append(f"skipping {run_dir}: summary.json has no refusal_counts/ (run with refusal_eval false)")
-        else:
-            runs.append((run_dir, config, summary))
-    return runs, notes
+def sorrybench_run(run: FinishedRun) -> tuple[Path, dict, dict] | str:
+    """(run dir, config, summary) of a finished SORRY-Bench run with refusal counts, or a note saying why it is
+    skipped. Counts of the wrong shape raise (the shared discovery then skips the run with a note)."""
+    if family_of_config(run.config) != "sorrybench":
+        return f"skipping {run.run_dir}: not a SORRY-Bench run (config.json has no refusal_judge)"
+    counts = {key: value for key, value in run.summary.items() if key.startswith(("refusal_counts/",
+                                                                                  "refusal_counts_initial/"))}
+    if not any(key.startswith("refusal_counts/") for key in counts):
+        return f"skipping {run.run_dir}: summary.json has no refusal_counts/ (run with refusal_eval false)"
+    for key, (refusals, responses) in counts.items():
+        if not 0 <= int(refusals) <= int(responses):
+            raise ValueError(f"{key} = {[refusals, responses]}, expected [refusals, responses] with 0 <= k <= n")
+    return run.run_dir, run.config, run.summary
 
 
 def aggregate(runs: list[tuple[Path, dict, dict]], confidence: float = 0.95) -> list[dict]:
@@ -174,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if wrong_family:
             print(f"error: {wrong_family}", file=sys.stderr)
             return 2
-    found = finished_runs_or_none(lambda: find_runs(args.experiments_dir), SorryBenchResultsError,
-                                  str(args.experiments_dir))
+    found = finished_runs_or_none([args.experiments_dir], sorrybench_run)
     if found is None:
         return 2
     runs, notes = found

@@ -82,7 +82,7 @@ OVERVIEW_PANELS = (
 def load_curves(metrics_path: Path) -> dict[str, tuple[list[int], list[float]]]:
     """metric -> (steps, values) of every numeric (non-bool) metric in a metrics JSONL file, in file order."""
     curves: dict[str, tuple[list[int], list[float]]] = {}
-    for record in read_jsonl(metrics_path) if Path(metrics_path).exists() else []:
+    for record in read_jsonl(metrics_path, allow_partial_last_line=True) if Path(metrics_path).exists() else []:
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 steps, values = curves.setdefault(key, ([], []))

@@ -271,10 +271,6 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
     state_dict = group.full_state_dict(model) if config.save_model else None  # collective under FSDP
     model = group.unwrap(model)
     if config.save_model and group.is_main:
-        if state_dict is None:
-            save_model(model, tokenizer, ctx.run_dir / "model")
-        else:
-            model.save_pretrained(ctx.run_dir / "model", state_dict=state_dict)
-            tokenizer.save_pretrained(ctx.run_dir / "model")
+        save_model(model, tokenizer, ctx.run_dir / "model", state_dict=state_dict)
     group.barrier()
     return PreferenceTrainingResult(model, tokenizer, summary)

@@ -18,6 +18,16 @@ SIMILARITY_MEASURES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_d
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+# How to make each input file of these configs when it is missing (shown by plan validation).
+INPUT_FILE_HINTS = {
+    "similarity_results_path": "make it with `python compute_preference_similarity_per_example.py --model MODEL "
+                               "--dataset DATASET --dataset_format FORMAT` (same model, dataset and max_input_length "
+                               "as this run; see docs/dataset_level.md)",
+    "load_model_checkpoint": "give a directory written by a run with save_model true, or chain that run with "
+                             "\"{run:NAME}/model\"",
+}
+
+
 @dataclass(kw_only=True)
 class PreferenceTrainingConfig(LossConfig):
     """Dataset-level DPO/IPO/... training on a (possibly similarity-filtered) subset of a preference data set.
@@ -129,6 +139,10 @@ class PreferenceTrainingConfig(LossConfig):
     save_model: bool = False
     reference_cache_dir: str | None = None
 
+    @classmethod
+    def input_file_fields(cls) -> tuple[str, ...]:
+        return ("dataset", "eval_dataset", "similarity_results_path", "load_model_checkpoint")
+
     def validate(self) -> list[str]:
         """Loss/run checks plus the cross-field rules of this trainer (each message names the field)."""
         problems = super().validate()
@@ -180,6 +194,10 @@ class PreferenceTrainingConfig(LossConfig):
         if self.quantile is not None and self.preference_num_samples is None:
             problems.append(f"quantile={self.quantile} needs preference_num_samples (the window size k)")
         return problems
+
+    @classmethod
+    def input_file_hint(cls, field_name: str, value: str) -> str:
+        return INPUT_FILE_HINTS.get(field_name) or super().input_file_hint(field_name, value)
 
     @property
     def checkpoint(self) -> str | None:

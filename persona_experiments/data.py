@@ -168,22 +168,26 @@ def output_token_id(tokenizer, token: str, field: str) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _offline_tokenizer(model: str):
-    """`model`'s tokenizer if it loads without the network (built-in or local directory), else None."""
+    """`model`'s tokenizer if it loads without the network (built-in or local directory), else None (Hub id).
+    A tokenizer that should load offline but does not (a corrupt tokenizer.json) raises ModelLoadError."""
     from common import models  # imported lazily: loads transformers/peft
 
-    try:
-        return models.load_tokenizer(model, offline_only=True)
-    except Exception:  # noqa: BLE001 - the run itself reports loading errors
-        return None
+    return models.load_tokenizer(model, offline_only=True)
 
 
 def output_token_problems(model: str, token_lists: dict[str, list[str]]) -> list[str]:
     """Plan-time check that every token of `token_lists` (field name -> tokens) is one vocabulary token of `model`.
 
-    Runs only when the tokenizer loads offline (built-in models, local directories); Hub models are checked when
-    the run starts. Returns one problem string (the OutputTokenError message) per bad token.
+    Runs when the tokenizer loads offline (built-in models, local directories); Hub models are checked when the
+    run starts. Returns one problem string (the OutputTokenError message) per bad token, or one problem naming
+    the file when the tokenizer that should load offline is broken (the check is never skipped silently).
     """
-    tokenizer = _offline_tokenizer(model)
+    from common.models import ModelLoadError
+
+    try:
+        tokenizer = _offline_tokenizer(model)
+    except ModelLoadError as error:
+        return [f"output tokens cannot be checked: {error}"]
     if tokenizer is None:
         return []
     problems = []

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from common.io_utils import read_json, read_jsonl
+from common.io_utils import FinishedRun, find_finished_runs, read_jsonl
 from persona_experiments.reference_statistics import (REFERENCE_MAX_STEP, format_reference_block,
                                                       is_every_step_tracked, load_run_arrays,
                                                       reference_loss_increased, reference_statistics)
@@ -37,48 +36,25 @@ ENTANGLEMENT_STATS = ("grad_entanglement/cosine", "grad_entanglement/ratio",
                       "grad_entanglement/chosen_decrease_predicted", "grad_entanglement/chosen_decrease_accuracy")
 
 
-class ResultsError(ValueError):
-    """The experiments directory cannot be summarised (missing, or holds no runs)."""
-
-
-@dataclass
-class RunRecord:
-    """One finished run: its directory, config, summary and (optionally loaded) metrics."""
-
-    run_dir: Path
-    config: dict
-    summary: dict
-
-    @property
-    def name(self) -> str:
-        return self.run_dir.name
+# One finished run: its directory, config and summary (metrics.jsonl is read on demand).
+RunRecord = FinishedRun
 
 
 def find_runs(experiments_dir: Path) -> tuple[list[RunRecord], list[str]]:
     """Finished runs under `experiments_dir` (recursively) and notes about the skipped ones.
 
     Raises:
-        ResultsError: the directory does not exist, or holds no run directory (no status.json anywhere).
+        RunDiscoveryError: the directory does not exist, or holds no run directory (no status.json anywhere).
     """
-    experiments_dir = Path(experiments_dir)
-    if not experiments_dir.is_dir():
-        raise ResultsError(f"--experiments_dir {experiments_dir}: not a directory")
-    status_files = sorted(experiments_dir.rglob("status.json"))
-    if not status_files:
-        raise ResultsError(f"--experiments_dir {experiments_dir}: no run directories found (a run directory holds "
-                           "status.json, config.json and summary.json); pass the plan's outputs_dir")
-    runs, notes = [], []
-    for status_file in status_files:
-        run_dir = status_file.parent
-        try:
-            status = read_json(status_file).get("status")
-            if status != "done" or not (run_dir / "summary.json").exists():
-                notes.append(f"skipping incomplete run {run_dir} (status: {status})")
-                continue
-            runs.append(RunRecord(run_dir, read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")))
-        except (FileNotFoundError, ValueError) as error:
-            notes.append(f"skipping unreadable run {run_dir}: {error}")
-    return runs, notes
+    return find_finished_runs([experiments_dir])
+
+
+def checked_run(run: RunRecord) -> RunRecord:
+    """`run` after summarising it alone and reading its trajectory: a config/summary/metrics of the wrong shape
+    raises here (KeyError, TypeError, ValueError, ...) and the shared discovery skips the run with a note."""
+    summarize_runs([run], keep_unstable=True)
+    load_trajectory(run)
+    return run
 
 
 def setting_of(run: RunRecord) -> str:
@@ -216,7 +192,7 @@ def load_trajectory(run: RunRecord) -> tuple[list[int], list[float], list[float]
     metrics_path = run.run_dir / "metrics.jsonl"
     if not metrics_path.exists():
         return steps, preferred, dispreferred
-    for record in read_jsonl(metrics_path):
+    for record in read_jsonl(metrics_path, allow_partial_last_line=True):
         if record.get("displacement/preferred_logprob_mean") is not None:
             steps.append(record["step"])
             preferred.append(record["displacement/preferred_logprob_mean"])

@@ -92,6 +92,13 @@ class SorryBenchConfig(PreferenceTrainingConfig):
     refusal_max_new_tokens: int = 512
     refusal_generation_batch_size: int = 8
 
+    @classmethod
+    def input_file_hint(cls, field_name: str, value: str) -> str:
+        if field_name in ("dataset", "eval_dataset"):
+            return ("make the data set with `python sorrybench_create_preferences_dataset.py --model MODEL` (it writes "
+                    "train.jsonl and test.jsonl; see docs/sorrybench.md)")
+        return super().input_file_hint(field_name, value)
+
     def validate(self) -> list[str]:
         problems = super().validate()
         if self.dataset_format != "sorrybench_prefs":

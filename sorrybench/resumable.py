@@ -52,7 +52,7 @@ def count_missing(items: Sequence[dict], *, key: str, output_path: Path) -> int:
     output_path = Path(output_path)
     if not output_path.exists():
         return len(items)
-    done = {json.dumps(record[key]) for record in iter_jsonl(output_path)}
+    done = {json.dumps(record[key]) for record in iter_jsonl(output_path, allow_partial_last_line=True)}
     return sum(json.dumps(item[key]) not in done for item in items)
 
 
@@ -84,7 +84,7 @@ def process_resumably(items: Sequence[dict], *, key: str, output_path: Path,
     done: dict[str, dict] = {}
     if output_path.exists():
         _drop_partial_last_line(output_path)
-        done = {json.dumps(record[key]): record for record in iter_jsonl(output_path)}
+        done = {json.dumps(record[key]): record for record in iter_jsonl(output_path, allow_partial_last_line=True)}
     todo = [item for item in items if json.dumps(item[key]) not in done]
     if done and todo:
         print(f"{desc}: resuming, {len(items) - len(todo)} of {len(items)} already in {output_path}")

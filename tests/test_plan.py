@@ -77,20 +77,20 @@ def test_run_references_order_runs(tmp_path):
 def test_legacy_fields_accepted_and_reported(tmp_path):
     base = {"experiment_name": "x", "outputs_dir": str(tmp_path), "save_logs": True, "gpu_ids": [0]}
     plan = load_plan(write_plan(tmp_path, plan_with(base)), ToyConfig)
-    assert plan.ignored_legacy_fields == ["gpu_ids", "save_logs"]
+    assert plan.ignored_legacy_fields == ["save_logs"]  # gpu_ids is mapped onto device, not ignored
 
 
 @pytest.mark.parametrize(
     "plan, expected",
     [
         ('{"name": "p",\n "configurations": [}', "line 2, column"),  # JSON syntax
-        (plan_with({"experiment_name": "x", "targt": 1}), "unknown field 'targt' (did you mean ['target'"),
+        (plan_with({"experiment_name": "x", "targt": 1}), "unknown field 'targt' (did you mean 'target'"),
         (plan_with({"experiment_name": "x", "steps": "3"}), "field 'steps' must be"),
         (plan_with({"experiment_name": "x", "lr": True}), "field 'lr' must be"),
         (plan_with({"experiment_name": "x"}, {"target": [1, 2]}), "field 'target' is not in base_config"),
         (plan_with({"experiment_name": "x_{nope}"}), "unresolved template field(s) ['nope']"),
         (plan_with({"experiment_name": "same", "target": 1}, {"target": [1, 2]}), "duplicate run directory"),
-        (plan_with({"experiment_name": "../escape/x"}), "plain directory name"),
+        (plan_with({"experiment_name": "../escape/x"}), "must be a plain name"),
         (plan_with({"experiment_name": "x", "steps": 0}), "steps must be >= 1"),
         (plan_with({"experiment_name": "x", "load_model_checkpoint": "{run:sfx}"}), "references unknown run 'sfx'"),
         ({"name": "p", "configurations": [{"options": {}}]}, "expected an object with a 'base_config'"),
