@@ -29,7 +29,7 @@ MARKER_LIMIT = 40
 OVERVIEW_FILE = "overview.png"
 OTHER_FILE = "other_metrics.png"
 PREFERRED_COLOR, DISPREFERRED_COLOR = "tab:blue", "tab:red"
-SPLIT_STYLES = {"": "-", "train": "-", "test": "--"}
+SPLIT_STYLES = {"": "-", "train": "-", "test": "--", "probe": "-"}
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,18 @@ def is_constant(values: Sequence[float]) -> bool:
 
 
 def matching_keys(curves: dict, name: str) -> list[tuple[str, str]]:
-    """(key, split) of the curves that hold metric `name`: the key itself (split ""), `displacement/<name>`
-    (split "") and `displacement/<split>/<name>` (dataset-level runs track train and test)."""
-    found = [(name, "")] if name in curves else []
-    if f"displacement/{name}" in curves:
-        found.append((f"displacement/{name}", ""))
-    for key in sorted(curves):
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "displacement" and parts[2] == name:
-            found.append((key, parts[1]))
+    """(key, split) of the curves that hold metric `name`: the key itself (split "") or `<prefix>/<name>`, the split
+    being the prefix without its `displacement` parts: `displacement/<name>` (persona, split ""),
+    `displacement/train/<name>` (dataset-level, "train"), `probe/displacement/<name>` (the TRL callback, "probe").
+    Keys under `eval_metrics/` are left to the distribution panel. Plain keys come first, then by key."""
+    found = []
+    for key in sorted(curves, key=lambda k: (k != name, k)):
+        if key != name and not key.endswith("/" + name):
+            continue
+        prefix = key[: -len(name)].strip("/").split("/") if key != name else []
+        if prefix and prefix[0] == "eval_metrics":
+            continue
+        found.append((key, "/".join(part for part in prefix if part != "displacement")))
     return found
 
 

@@ -47,6 +47,10 @@ def test_curve_helpers():
                                {"step": 2, "loss": 0.5, "displacement/train/preferred_prob_mean": 0.1}])
     assert curves["loss"] == ([0, 2], [1.0, 0.5]) and "flag" not in curves  # booleans are not curves
     assert matching_keys(curves, "preferred_prob_mean") == [("displacement/train/preferred_prob_mean", "train")]
+    probe = {"probe/displacement/preferred_prob_mean": ([0], [0.1]), "eval_metrics/train/loss": ([0], [0.7]),
+             "loss": ([0], [0.6])}
+    assert matching_keys(probe, "preferred_prob_mean") == [("probe/displacement/preferred_prob_mean", "probe")]
+    assert matching_keys(probe, "loss") == [("loss", "")]  # eval_metrics/ belongs to the distribution panel
     assert is_constant([1e-3, 1e-3]) and not is_constant([1.0, 0.5])
     assert uses_probabilities(curves)  # 0.1 >= 1e-12
     assert not uses_probabilities({"displacement/preferred_prob_mean": ([0], [1e-76])})  # a sequence probability
