@@ -255,12 +255,15 @@ def plot_run_overview(metrics_path: Path, plots_dir: Path, title: str = "") -> l
         draw_change_distribution(axis, changing, split)
     for axis in axes[count:]:
         axis.set_visible(False)
-    note = ", ".join(f"{key.removeprefix('displacement/')}={value:.4g}"
+    note = ", ".join(f"{key.replace('displacement/', '')}={value:.4g}"
                      for key, value in sorted(layout.constant.items()))
     figure.suptitle(title or Path(metrics_path).parent.name, fontsize=10)
-    if note:
-        figure.text(0.01, 0.005, f"constant: {note}", fontsize=7, wrap=True)
-    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12 if note else 0.08, top=0.9, wspace=0.3, hspace=0.45)
+    lines = textwrap.wrap(f"constant: {note}", width=int(figure.get_figwidth() * 16)) if note else []
+    if lines:
+        figure.text(0.01, 0.005, "\n".join(lines), fontsize=7)
+    height = figure.get_figheight()  # margins in inches: x labels + the note below, the title above
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=(0.6 + 0.12 * len(lines)) / height, top=1 - 0.75 / height,
+                           wspace=0.3, hspace=0.5)
     written = [plots_dir / OVERVIEW_FILE]
     figure.savefig(written[0], dpi=80)
     plt.close(figure)
