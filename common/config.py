@@ -64,7 +64,7 @@ class RunConfig:
         device: "auto" (the GPU the runner assigns, else CPU), "cpu", or "cuda:N". Default "auto".
         use_wandb: Also log metrics to Weights & Biases (honours WANDB_MODE=offline). Default False.
         wandb_project: W&B project name. Default "likelihood-displacement".
-        save_metric_plots: Plot every logged metric curve to `<run dir>/plots/` at the end. Default True.
+        save_metric_plots: Draw the run's metric panels into `<run dir>/plots/` at the end. Default True.
         num_gpus: GPUs one run needs (used by the parallel and Ray executors). Default 0 = CPU-only run
             unless the runner assigns a GPU from `gpu_ids_pool`.
         num_cpus: CPUs one run needs (Ray executor). Default 1.

@@ -10,7 +10,7 @@ Every run writes `<outputs_dir>/<experiment_name>/`:
                    traceback on failure}
     metrics.jsonl  one JSON line per logged step, flushed as written
     summary.json   what the experiment returned, written atomically just before status becomes "done"
-    run.log        the run's log records;  plots/  metric curves (save_metric_plots)
+    run.log        the run's log records;  plots/  overview.png + other_metrics.png (save_metric_plots)
 The plan writes `<outputs_dir>/<plan name>.plan.log` and `<plan name>.plan_status.json` (final table).
 Resume: a run is reused ("cached") when it is done with the same config, the same input files and the same
 parent runs (`common/run_state.py`); anything else is redone from a clean directory and the log says why

@@ -102,7 +102,7 @@ class DisplacementCallback(TrainerCallback):
         grad_entanglement_params: Parameter subset of the gradients, one of `PARAMETER_SUBSETS`. Default
             "unembedding" ("lora" for a PEFT model).
         grad_entanglement_max_examples: Leading probe pairs used for it (>= 1). Default 4.
-        save_plots: Write `plots/` (one curve per metric) at the end. Default True.
+        save_plots: Write `plots/` (overview panels, `common.plots`) at the end. Default True.
     """
 
     def __init__(self, trainer: Any, probe: Any, *, every_n_steps: int = 10, output_dir: str | Path | None = None,

@@ -186,44 +186,40 @@ def format_table(results: dict[str, dict]) -> str:
 
 
 def load_trajectory(run: RunRecord) -> tuple[list[int], list[float], list[float]]:
-    """(steps, preferred prob, dispreferred prob) of a run's tracked steps, from metrics.jsonl."""
+    """(steps, preferred log-prob, dispreferred log-prob) at the run's tracked steps, means over its prompts
+    (nats), from metrics.jsonl (`displacement/{preferred,dispreferred}_logprob_mean`)."""
     steps, preferred, dispreferred = [], [], []
     metrics_path = run.run_dir / "metrics.jsonl"
     if not metrics_path.exists():
         return steps, preferred, dispreferred
     for record in read_jsonl(metrics_path, allow_partial_last_line=True):
-        if "displacement/preferred_prob_mean" in record:
+        if record.get("displacement/preferred_logprob_mean") is not None:
             steps.append(record["step"])
-            preferred.append(record["displacement/preferred_prob_mean"])
-            dispreferred.append(record["displacement/dispreferred_prob_mean"])
+            preferred.append(record["displacement/preferred_logprob_mean"])
+            dispreferred.append(record["displacement/dispreferred_logprob_mean"])
     return steps, preferred, dispreferred
 
 
 def plot_trajectories(runs: list[RunRecord], results: dict[str, dict], path: Path) -> Path:
-    """One panel per setting: preferred (solid) and dispreferred (dashed) probability of every used run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One panel per setting: π(y+) and π(y−) over steps on a log axis, the geometric mean over the used runs
+    (seeds) with a band of ± 1 std of the log-prob (`common.plots.plot_mean_band`)."""
+    from common.plots import PREFERRED_COLOR, DISPREFERRED_COLOR, new_figure, plot_mean_band, save_figure
 
     by_name = {run.name: run for run in runs}
     columns = min(len(results), 3)
-    rows = -(-len(results) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.6 * rows), squeeze=False)
-    for axis, (label, stats) in zip(axes.flat, results.items()):
-        for index, name in enumerate(stats["runs"]):
-            steps, preferred, dispreferred = load_trajectory(by_name[name])
-            color = f"C{index % 10}"
-            axis.plot(steps, preferred, color=color, label="preferred" if index == 0 else None)
-            axis.plot(steps, dispreferred, color=color, linestyle="--", label="dispreferred" if index == 0 else None)
+    figure, axes = new_figure(-(-len(results) // columns), columns, 5.5, 3.8)
+    for axis, (label, stats) in zip(axes, results.items()):
+        trajectories = [load_trajectory(by_name[name]) for name in stats["runs"]]
+        trajectories = [t for t in trajectories if t[0]]
+        for index, color, symbol in ((1, PREFERRED_COLOR, "y+"), (2, DISPREFERRED_COLOR, "y−")):
+            plot_mean_band(axis, [(t[0], t[index]) for t in trajectories], color=color, label=f"π({symbol})",
+                           exponentiate=True)
+        axis.set_yscale("log")
         axis.set_title(label, fontsize=7)
         axis.set_xlabel("step")
-        axis.set_ylabel("probability")
+        axis.set_ylabel("π (geometric mean over prompts, runs)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(results):]:
+        axis.legend(fontsize=7, title=f"band: ± 1 std of log π over {len(trajectories)} run(s)", title_fontsize=7)
+    for axis in axes[len(results):]:
         axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=90)

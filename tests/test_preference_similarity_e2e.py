@@ -85,4 +85,7 @@ def test_similarity_quantile_plan_end_to_end(tmp_path, capsys):
     assert rows[0]["mean"] == pytest.approx(sum(values) / 2)
     for suffix in (".png", ".md", ".json"):
         assert (outputs / f"{printer.OUTPUT_STEM}{suffix}").stat().st_size > 0
+    examples = json.loads((outputs / f"{printer.EXAMPLES_STEM}.json").read_text())  # similarity file x run tensors
+    assert {e["measure"]: e["num_points"] for e in examples} == {"ches_scores": 16,
+                                                                  "minus_normalized_edit_distances": 8}
     assert json.loads((outputs / f"{printer.OUTPUT_STEM}.json").read_text())[0]["num_runs"] == 2

@@ -34,7 +34,7 @@ def test_run_directory_layout(tmp_path):
     assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1, 2]
     assert read_json(run_dir / "summary.json")["seed"] == config["random_seed"]
     assert (run_dir / "run.log").read_text()
-    assert (run_dir / "plots" / "loss.png").exists()
+    assert (run_dir / "plots" / "overview.png").stat().st_size > 0  # labelled panels, not one PNG per metric
     plan_status = read_json(tmp_path / "out" / "toyplan.plan_status.json")
     assert [r["status"] for r in plan_status["runs"]] == ["done", "done"]
     assert "toy_2-0" in (tmp_path / "out" / "toyplan.plan.log").read_text()
