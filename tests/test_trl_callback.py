@@ -76,7 +76,8 @@ def test_logs_reach_trainer_history_without_dropping_trl_logs(trained):
     loss_steps = [e["step"] for e in trainer.state.log_history if "loss" in e]
     assert probe_steps == [0, 2, 3]
     assert loss_steps == [1, 2, 3]  # the callback's own log does not cancel TRL's (should_log restored)
-    entry = next(e for e in trainer.state.log_history if e.get("step") == 2 and "probe/displacement/preferred_logprob_mean" in e)
+    entry = next(e for e in trainer.state.log_history
+                 if e.get("step") == 2 and "probe/displacement/preferred_logprob_mean" in e)
     assert "probe/displacement/frac_preferred_fell_since_init" in entry
     assert "probe/grad_entanglement/cosine" in entry
     assert "probe/grad_entanglement/chosen_decrease_accuracy" in entry  # scored against step 0's predictions
