@@ -15,9 +15,18 @@ preference formats:
                                    run of leading messages
 A response given as messages is the content of its last assistant message. A prompt of one user message is that
 message's text; a longer dialogue is rendered with the tokenizer's chat template (generation prompt added) and used
-as plain text. Tokenisation, truncation and every measure are the toolkit's own (`common.preference_data.tokenize_pair`
-and `ches.ches.compute_pair_measures`): a prompt/chosen/rejected string row gets exactly the scores that
-`compute_preference_similarity_per_example.py --dataset_format prompt_chosen_rejected` writes for it.
+as plain text.
+
+Scores follow `compute_preference_similarity_per_example.py` through the same shared functions: tokenisation with
+`common.preference_tokenization.SIMILARITY_SCRIPT_OPTIONS` (the reference's "paper" prompt format and truncation,
+EOS appended after truncation, identical responses scored: CHES 0), changed only by the same three settings as the
+script's flags (`prompt_format`, `truncation`, `skip_identical_pairs`), and the measures of
+`ches.ches.compute_pair_measures`. A prompt/chosen/rejected string row gets exactly the scores, lengths and skip
+reason that the script (`--dataset_format prompt_chosen_rejected`, same settings) writes for it.
+In place, as the script does: with `prompt_format="paper"` a tokenizer without a chat template gets the special
+tokens `<|prompter|>` and `<|assistant|>` (and a pad / EOS token when missing) and the model's embeddings are
+resized to match (`prepare_tokenizer_for_prompt_format`; seeded, so the new rows equal the script's). A chat
+model, or `prompt_format="plain"`, is left unchanged.
 
 Returned: the input rows with the columns `SCORE_COLUMNS` (NaN for a skipped row), `prompt_length`, `chosen_length`,
 `rejected_length` (tokens, -1 when skipped) and `skip_reason` ("" when scored). Filters (`lowest_k`,
@@ -26,13 +35,16 @@ Returned: the input rows with the columns `SCORE_COLUMNS` (NaN for a skipped row
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 from ches.ches import MEASURE_NAMES, compute_pair_measures, select_lowest_k, select_quantile_window
-from common.preference_data import PROMPT_IS_DIALOGUE_KEY, PreferenceExample, TokenizedPair, tokenize_pair
+from common.preference_data import PROMPT_IS_DIALOGUE_KEY, PreferenceExample, TokenizedPair
+from common.preference_tokenization import (SIMILARITY_SCRIPT_OPTIONS, TokenizationOptions,
+                                            prepare_tokenizer_for_prompt_format, tokenize_pair)
 
 # Column of the scored Dataset -> the measure of `ches.ches` it holds (MEASURE_NAMES, one value per row).
 SCORE_COLUMNS = {"ches": "ches_scores", "ln_ches": "ln_ches_scores",
@@ -138,7 +150,15 @@ def load_scoring_model(spec: str, *, dtype: str = "float32", device: str = "cpu"
     return model.eval(), tokenizer
 
 
+def scoring_options(prompt_format: str = "paper", truncation: str = "paper",
+                    skip_identical_pairs: bool = False) -> TokenizationOptions:
+    """The similarity script's tokenisation rules (`SIMILARITY_SCRIPT_OPTIONS`) with its three flags applied."""
+    return dataclasses.replace(SIMILARITY_SCRIPT_OPTIONS, prompt_format=prompt_format, truncation=truncation,
+                               skip_identical=skip_identical_pairs)
+
+
 def score_pairs(model: Any, tokenizer: Any, pairs: Any, *, max_input_length: int | None = 512,
+                prompt_format: str = "paper", truncation: str = "paper", skip_identical_pairs: bool = False,
                 batch_size: int | None = None, split: str = "train", name: str | None = None,
                 data_dir: str | None = None, dtype: str = "float32", device: str = "cpu",
                 pair_threads: int | None = None):
@@ -149,7 +169,10 @@ def score_pairs(model: Any, tokenizer: Any, pairs: Any, *, max_input_length: int
             `device`; `tokenizer` may then be None).
         tokenizer: The model's tokenizer (None with a model spec: the loaded one is used).
         pairs: Dataset, list of row dicts, local file or Hub id (`split`, `name` = config, `data_dir` for the Hub).
-        max_input_length: Max tokens of prompt + one response (`tokenize_pair` truncation); None = no limit.
+        max_input_length: Max tokens of prompt + one response, >= 2; None = no limit. With the paper truncation
+            each response is cut on the right and a prompt longer than this skips the row (the script's rule).
+        prompt_format, truncation, skip_identical_pairs: As the script's flags of these names (defaults = the
+            script's: "paper", "paper", False); see `common.preference_tokenization`.
         batch_size: Pairs per forward; None = 1 on CPU (prompt key/value cache path), 8 on an accelerator.
         pair_threads: CPU threads for the batch-1 path (see `ches.ches.iterate_pair_measures`).
 
@@ -161,9 +184,12 @@ def score_pairs(model: Any, tokenizer: Any, pairs: Any, *, max_input_length: int
         tokenizer = tokenizer or loaded_tokenizer
     if tokenizer is None:
         raise ValueError("score_pairs: pass the tokenizer of `model` (or a model spec string to load both)")
+    options = scoring_options(prompt_format, truncation, skip_identical_pairs)
     dataset = load_pairs(pairs, split=split, name=name, data_dir=data_dir)
-    tokenized: list[TokenizedPair | str] = [tokenize_pair(tokenizer, preference_example(dict(row), i, tokenizer),
-                                                          max_input_length) for i, row in enumerate(dataset)]
+    examples = [preference_example(dict(row), i, tokenizer) for i, row in enumerate(dataset)]  # bad rows: before
+    prepare_tokenizer_for_prompt_format(tokenizer, model, options.prompt_format)  # in place (docstring)
+    tokenized: list[TokenizedPair | str] = [tokenize_pair(tokenizer, example, max_input_length, options)
+                                            for example in examples]
     rows = [i for i, pair in enumerate(tokenized) if not isinstance(pair, str)]
     if batch_size is None:
         batch_size = 1 if next(model.parameters()).device.type == "cpu" else 8

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 PREFIX = "probe/"
-TABLE_COLUMNS = (("step", "step"), ("logps/chosen", "logp(y+)"), ("logps/rejected", "logp(y-)"),
+TABLE_COLUMNS = (("step", "step"), ("displacement/preferred_logprob_mean", "logp(y+)"),
+                 ("displacement/dispreferred_logprob_mean", "logp(y-)"),
                  ("displacement/preferred_logprob_change_mean", "d logp(y+)"),
                  ("displacement/dispreferred_logprob_change_mean", "d logp(y-)"),
                  ("displacement/frac_preferred_fell_since_init", "displaced"),

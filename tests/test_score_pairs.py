@@ -17,7 +17,7 @@ from common.data_locations import locate_data_file
 from common.models import load_model_and_tokenizer, save_model
 from compute_preference_similarity_per_example import main as similarity_script
 
-MAX_LENGTH = 64
+MAX_LENGTH = 96  # the paper truncation scores rows 0, 3, 4 of five_rows() and drops 1, 2 (prompts > 96 tokens)
 
 
 def five_rows() -> list[dict]:
@@ -34,7 +34,9 @@ def tiny_gpt2():
 
 
 def test_scores_equal_the_per_example_script(tmp_path, tiny_gpt2):
-    """5 pairs: score_pairs on a Dataset = compute_preference_similarity_per_example.py on the same rows."""
+    """5 pairs: score_pairs on a Dataset = compute_preference_similarity_per_example.py on the same rows (default
+    settings of both: paper prompt format and truncation): the scores and lengths of the rows the script scored,
+    the script's skip reason for the others."""
     rows = five_rows()
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
@@ -45,12 +47,32 @@ def test_scores_equal_the_per_example_script(tmp_path, tiny_gpt2):
     model, tokenizer = tiny_gpt2
     scored = ches.score_pairs(model, tokenizer, Dataset.from_list(rows), max_input_length=MAX_LENGTH)
     assert scored.column_names[:3] == ["prompt", "chosen", "rejected"] and len(scored) == 5
+    kept = expected["sample_indices"].tolist()
+    assert kept == [0, 3, 4]
     for column, measure in SCORE_COLUMNS.items():
-        torch.testing.assert_close(torch.tensor(scored[column], dtype=torch.float64), expected[measure],
+        torch.testing.assert_close(torch.tensor(scored[column], dtype=torch.float64)[kept], expected[measure],
                                    rtol=1e-6, atol=1e-6)
     for column, name in zip(("prompt_length", "chosen_length", "rejected_length"), LENGTH_NAMES):
-        assert scored[column] == expected[name].tolist()
-    assert scored["skip_reason"] == [""] * 5
+        assert [scored[column][i] for i in kept] == expected[name].tolist()
+    skipped = expected["skipped_sample_indices"].tolist()
+    assert [scored["skip_reason"][i] for i in skipped] == expected["skip_reasons"]
+    assert [scored["skip_reason"][i] for i in kept] == [""] * 3
+    assert all(math.isnan(scored["ches"][i]) and scored["prompt_length"][i] == -1 for i in skipped)
+
+
+def test_paper_format_adds_the_markers_and_plain_leaves_the_model_alone():
+    """Paper format (default), tokenizer without a chat template: <|prompter|>, <|assistant|> added, embeddings
+    resized (GPT-2: 50257 + 2 rows, its EOS doubles as pad); the prompt ids are <|prompter|> Q <|assistant|>.
+    Plain format: nothing added, the prompt ids are Q + "\n"."""
+    model, tokenizer = load_model_and_tokenizer("tiny-gpt2")
+    row = {"prompt": "Q", "chosen": " a", "rejected": " b"}
+    plain = ches.score_pairs(model, tokenizer, [row], prompt_format="plain")
+    assert len(tokenizer) == 50257 and model.get_input_embeddings().weight.shape[0] == 50257
+    assert plain["prompt_length"] == [len(tokenizer("Q\n")["input_ids"])]
+    paper = ches.score_pairs(model, tokenizer, [row])
+    assert len(tokenizer) == 50259 and model.get_input_embeddings().weight.shape[0] == 50259
+    assert paper["prompt_length"] == [3] and paper["chosen_length"] == [2]  # " a" + EOS
+    assert paper["ches"] != pytest.approx(plain["ches"])
 
 
 def test_split_implicit_prompt():
@@ -95,12 +117,17 @@ def test_dialogue_prompt_is_rendered_with_the_chat_template():
 
 
 def test_skipped_rows_and_bad_rows(tiny_gpt2):
+    """Identical responses are scored by default (the reference's rule: every measure exactly 0) and skipped with
+    skip_identical_pairs=True (the script's --skip_identical_pairs); a row without `rejected` is an error."""
     model, tokenizer = tiny_gpt2
-    scored = ches.score_pairs(model, tokenizer, [{"prompt": "Q", "chosen": "same", "rejected": "same"},
-                                                 {"prompt": "Q", "chosen": " a", "rejected": " b"}])
-    assert math.isnan(scored["ches"][0]) and scored["chosen_length"][0] == -1
-    assert scored["skip_reason"][0] == "chosen and rejected responses are identical"
-    assert scored["skip_reason"][1] == "" and scored["chosen_length"][1] == 2  # " a" + EOS
+    rows = [{"prompt": "Q", "chosen": "same", "rejected": "same"}, {"prompt": "Q", "chosen": " a", "rejected": " b"}]
+    scored = ches.score_pairs(model, tokenizer, rows)
+    assert [scored[column][0] for column in SCORE_COLUMNS if column != "last_hidden_embedding_inner_prod"] == [0.0] * 3
+    assert scored["skip_reason"] == ["", ""] and scored["chosen_length"] == [2, 2]  # "same" / " a" + EOS
+    skipping = ches.score_pairs(model, tokenizer, rows, skip_identical_pairs=True)
+    assert math.isnan(skipping["ches"][0]) and skipping["chosen_length"][0] == -1
+    assert skipping["skip_reason"][0] == "chosen and rejected responses are identical"
+    assert skipping["skip_reason"][1] == "" and skipping["ches"][1] == pytest.approx(scored["ches"][1], rel=1e-9)
     with pytest.raises(ValueError, match="row 0: missing column `rejected`"):
         ches.score_pairs(model, tokenizer, [{"prompt": "Q", "chosen": " a"}])
 
@@ -134,9 +161,10 @@ def test_lora_adapter_spec(tmp_path, tiny_gpt2):
     """BASE@ADAPTER loads the adapter; a fresh LoRA (B = 0) computes the base model's scores."""
     lora_model, tokenizer = load_model_and_tokenizer("tiny-gpt2", use_lora=True, lora_rank=4)
     adapter = save_model(lora_model, tokenizer, tmp_path / "adapter")
-    rows = five_rows()[:2]
+    rows = [five_rows()[i] for i in (0, 3)]  # both scored at MAX_LENGTH
     with_adapter = ches.score_pairs(f"tiny-gpt2@{adapter}", None, rows, max_input_length=MAX_LENGTH)
     base = ches.score_pairs(*tiny_gpt2, rows, max_input_length=MAX_LENGTH)
+    assert with_adapter["skip_reason"] == ["", ""]
     assert with_adapter["ches"] == pytest.approx(base["ches"], rel=1e-5)
 
 

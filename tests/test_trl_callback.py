@@ -72,11 +72,12 @@ def test_probe_logps_equal_sequence_logprobs_and_trl_reference(trained):
 
 def test_logs_reach_trainer_history_without_dropping_trl_logs(trained):
     trainer, _ = trained
-    probe_steps = [e["step"] for e in trainer.state.log_history if "probe/logps/chosen" in e]
+    probe_steps = [e["step"] for e in trainer.state.log_history if "probe/displacement/preferred_logprob_mean" in e]
     loss_steps = [e["step"] for e in trainer.state.log_history if "loss" in e]
     assert probe_steps == [0, 2, 3]
     assert loss_steps == [1, 2, 3]  # the callback's own log does not cancel TRL's (should_log restored)
-    entry = next(e for e in trainer.state.log_history if e.get("step") == 2 and "probe/logps/chosen" in e)
+    entry = next(e for e in trainer.state.log_history
+                 if e.get("step") == 2 and "probe/displacement/preferred_logprob_mean" in e)
     assert "probe/displacement/frac_preferred_fell_since_init" in entry
     assert "probe/grad_entanglement/cosine" in entry
     assert "probe/grad_entanglement/chosen_decrease_accuracy" in entry  # scored against step 0's predictions
@@ -100,6 +101,7 @@ def test_run_directory_layout(trained):
     assert (run_dir / "plots").is_dir() and any((run_dir / "plots").iterdir())
     table = format_displacement_table(callback.records).splitlines()
     assert len(table) == 4 and table[0].split()[0] == "step" and table[1].split()[0] == "0"
+    assert "nan" not in " ".join(table)  # every column is a key the tracker logs
 
 
 def test_raw_dataset_probe_is_tokenised_like_the_training_rows(tmp_path):
