@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -39,7 +40,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from common.cli_overrides import OverrideError, SelectionError, format_fields, parse_overrides, select_runs
 from common.config import ExperimentFamily, RunContext, config_to_dict
 from common.io_utils import atomic_write_json
 from common.metrics_logger import MetricsLogger
@@ -109,8 +112,9 @@ def _from_main(state, value: Any) -> Any:
     return holder[0]
 
 
-def _log_to_run_dir(run_dir: Path, file_name: str) -> Callable[[], None]:
-    """Send every log record (INFO and up) to `run_dir/file_name` too; returns the function that undoes it."""
+def _log_to_run_dir(run_dir: Path, file_name: str) -> tuple[logging.Handler, Callable[[], None]]:
+    """Send every log record (INFO and up) to `run_dir/file_name` too; returns the file's handler (for records
+    meant for the file only) and the function that undoes it."""
     handler = logging.FileHandler(run_dir / file_name, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -123,7 +127,7 @@ def _log_to_run_dir(run_dir: Path, file_name: str) -> Callable[[], None]:
         root.setLevel(previous_level)
         handler.close()
 
-    return undo
+    return handler, undo
 
 
 def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | None,
@@ -163,14 +167,17 @@ def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | Non
         if refusal:
             log.error("run %s: %s", spec.name, refusal)
             return RunResult(spec.name, "failed", 0.0, str(spec.run_dir), refusal, redo_reason)
-        undo_logging = _log_to_run_dir(spec.run_dir, "run.log" if is_main else f"run.rank{state.process_index}.log")
+        run_log, undo_logging = _log_to_run_dir(spec.run_dir,
+                                                "run.log" if is_main else f"run.rank{state.process_index}.log")
         metrics_logger = None
         try:
             config = spec.config
             seed_everything(config.random_seed)
             device = resolve_device(config.device, assigned_gpu)
-            log.info("run %s on %s, seed %d (%s), config %s", spec.name, device, config.random_seed,
-                     f"redone: {redo_reason}" if redo_reason else "first run", config_to_dict(config))
+            log.info("run %s on %s, seed %d (%s), config in %s", spec.name, device, config.random_seed,
+                     f"redone: {redo_reason}" if redo_reason else "first run", spec.run_dir / "config.json")
+            run_log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "run %s config %s",
+                                        (spec.name, config_to_dict(config)), None))  # run.log only
             metrics_logger = _NullMetricsLogger() if not is_main else MetricsLogger(
                 spec.run_dir, use_wandb=config.use_wandb, wandb_project=config.wandb_project,
                 wandb_run_name=spec.name, wandb_config=config_to_dict(config))
@@ -343,16 +350,37 @@ def configure_console_logging() -> None:
 def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     """Command-line entry point shared by every `*_experiment_plan_runner.py`. Returns the exit code."""
     parser = argparse.ArgumentParser(description=f"Run a {family.name} experiment plan.")
-    parser.add_argument("--plan_config_path", required=True, type=Path, help="JSON plan file")
+    parser.add_argument("--plan_config_path", type=Path, help="JSON plan file (required unless --list_fields)")
     parser.add_argument("--dry_run", action="store_true", help="print the expanded runs and exit")
     parser.add_argument("--rerun", action="store_true", help="redo runs that are already done")
     parser.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     parser.add_argument("--ray_address", default=None, help="Ray cluster address (default: start a local one)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="set config field KEY in every configuration's base_config (repeatable; typed by "
+                             "the field: --set lr=1e-6 --set use_lora=true)")
+    parser.add_argument("--only", action="append", default=[], metavar="RUN",
+                        help="run only this experiment (repeatable), plus the {run:...} parents it needs that "
+                             "are not done yet")
+    parser.add_argument("--list_fields", action="store_true",
+                        help="print the config fields (type, default, meaning) and exit")
     args = parser.parse_args(argv)
+    if args.list_fields:
+        print(format_fields(family.name, family.config_cls))
+        return 0
+    if args.plan_config_path is None:
+        print("error: --plan_config_path is required (or pass --list_fields to see the config fields)",
+              file=sys.stderr)
+        return 2
     configure_console_logging()
     logging.getLogger("ld").setLevel(logging.INFO)  # the plan log gets why runs are redone, whatever the root level
     try:
-        plan = load_plan(args.plan_config_path, family.config_cls)
+        overrides = parse_overrides(args.assignments, family.config_cls)
+        plan = load_plan(args.plan_config_path, family.config_cls, overrides=overrides)
+        if args.only:
+            plan = dataclasses.replace(plan, runs=select_runs(plan, args.only))
+    except (OverrideError, SelectionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except PlanError as err:
         print(f"error: invalid plan {args.plan_config_path} ({len(err.problems)} problem(s)); fix each and rerun:\n"
               + "\n".join(f"  - {problem}" for problem in err.problems), file=sys.stderr)
@@ -383,7 +411,9 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     logging.getLogger().addHandler(handler)
     log.info("plan %s (%s): %d run(s)\n%s", plan.name, args.plan_config_path, len(plan.runs), format_dry_run(plan))
     try:
-        results = run_plan(plan, family, rerun=args.rerun, executor_name=args.executor, ray_address=args.ray_address)
+        with logging_redirect_tqdm():  # log lines print above the progress bars instead of through them
+            results = run_plan(plan, family, rerun=args.rerun, executor_name=args.executor,
+                               ray_address=args.ray_address)
     except PlanInterrupted as interrupted:
         log.warning("plan interrupted (Ctrl-C); run(s) %s recorded as interrupted", interrupted.runs)
         print(f"error: interrupted (Ctrl-C); run(s) {', '.join(interrupted.runs) or '-'} recorded as 'interrupted' "
