@@ -1,6 +1,8 @@
 """The plan runner: validates a plan, then executes its runs (resume, chaining, failure isolation, parallel).
 
     python <family>_experiment_plan_runner.py --plan_config_path PLAN.json [--dry_run] [--rerun]
+        [--set KEY=VALUE ...] [--only RUN ...]         (rules in common/cli_overrides.py)
+    python <family>_experiment_plan_runner.py --list_fields
 
 Every run writes `<outputs_dir>/<experiment_name>/`:
     .ld_run.json   ownership marker (plan, attempt id): only directories holding it are ever cleaned
