@@ -33,7 +33,7 @@ from common.run_state import finished_state, run_identity
 
 TRUE_WORDS, FALSE_WORDS, NULL_WORDS = ("true", "yes", "1"), ("false", "no", "0"), ("null", "none")
 # A docstring entry: `name: text`, `name (`type`, defaults to `x`): text` or `a, b: text`.
-DOC_ENTRY = re.compile(r"^(?P<names>[A-Za-z_]\w*(?:, [A-Za-z_]\w*)*)(?: \([^)]*\))?: (?P<text>.*)$")
+DOC_ENTRY = re.compile(r"^(?P<names>[A-Za-z_]\w*(?:, [A-Za-z_]\w*)*)(?: \([^)]*\))?:(?: (?P<text>.*))?$")
 
 
 class OverrideError(ValueError):
@@ -139,10 +139,10 @@ def field_meanings(config_cls: type) -> dict[str, str]:
             if match and line.startswith(" ") and len(line) - len(line.lstrip()) <= 8:
                 current = [name.strip() for name in match["names"].split(",")]
                 for name in current:
-                    meanings[name] = match["text"].strip()
+                    meanings[name] = (match["text"] or "").strip()
             elif current and stripped and len(line) - len(line.lstrip()) > 8:
                 for name in current:
-                    meanings[name] += " " + stripped
+                    meanings[name] = f"{meanings[name]} {stripped}".strip()
             else:
                 current = []
     return meanings

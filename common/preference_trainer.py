@@ -324,6 +324,9 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
             split.tracker.save_tensors(ctx.run_dir / f"displacement_{split.name}.safetensors")
     state_dict = group.full_state_dict(model) if config.save_model else None  # collective under FSDP
     model = group.unwrap(model)
+    if config.gradient_checkpointing:  # back to the documented state: evaluation mode, no recomputation
+        model.gradient_checkpointing_disable()
+        model.eval()
     if config.save_model and group.is_main:
         save_model(model, tokenizer, ctx.run_dir / "model", state_dict=state_dict)
     group.barrier()

@@ -54,9 +54,10 @@ class PreferenceTrainingConfig(LossConfig):
             memory, about one more forward of time); dropout stays off, log-probs are unchanged.
         dtype (`str`, defaults to `"float32"`): Parameter dtype, one of `float32`, `bfloat16`, `float16`.
             Log-probs and losses are always accumulated in float32.
-        bf16 (`bool`, defaults to `False`), fp16 (`bool`, defaults to `False`): TRL's mixed precision: forward
-            passes under CUDA autocast in bfloat16 / float16 with float32 master weights (`dtype` must be
-            `float32`); fp16 adds loss scaling. CUDA only (a CPU run fails at start with a clear message).
+        bf16 (`bool`, defaults to `False`): TRL's mixed precision: forward passes under CUDA autocast in
+            bfloat16 with float32 master weights (`dtype` must be `float32`). CUDA only (a CPU run fails at start
+            with a clear message).
+        fp16 (`bool`, defaults to `False`): As `bf16` in float16, with loss scaling (`torch.amp.GradScaler`).
 
     Parameters that control the data:
         dataset (`str`, defaults to the UltraFeedback sample `data_files/ultrafeedback/train_1000.jsonl`):

@@ -143,3 +143,25 @@ def test_log_lines_go_through_tqdm_while_the_plan_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_plan", spying_run_plan)
     assert main(TOY_FAMILY, ["--plan_config_path", str(write_plan(tmp_path, two_targets(tmp_path)))]) == 0
     assert "_TqdmLoggingHandler" in handler_types
+
+
+def test_preference_plan_runner_with_set_and_only_on_tiny_gpt2(tmp_path):
+    """The dataset-level family end to end: `--set` reaches the trainer (a linear schedule, clipping), `--only`
+    runs one of two experiments."""
+    from preference_similarity.experiment import FAMILY
+    from tests.conftest import real_data
+
+    base = {"experiment_name": "tiny_{objective}", "outputs_dir": str(tmp_path / "out"), "model": "tiny-gpt2",
+            "dataset": str(real_data("ultrafeedback/train_1000.jsonl")), "num_train_samples": 4,
+            "num_eval_samples": 0, "max_input_length": 32, "objective": "dpo", "optimizer": "adam", "lr": 1e-3,
+            "batch_size": 2, "epochs": 1, "random_seed": 0, "save_metric_plots": False}
+    plan = write_plan(tmp_path, [{"base_config": base, "options": {"objective": ["dpo", "ipo"]}}])
+    assert main(FAMILY, ["--plan_config_path", str(plan), "--only", "tiny_ipo", "--set", "lr_scheduler_type=linear",
+                         "--set", "warmup_steps=1", "--set", "max_grad_norm=1.0"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir() and not p.name.startswith(".")) == [
+        "tiny_ipo"]
+    records = [json.loads(line) for line in (tmp_path / "out" / "tiny_ipo" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["lr"] for r in steps] == pytest.approx([0.0, 1e-3])  # 2 steps, 1 warm-up step: lr (0, 1) x 1e-3
+    assert all("grad_norm" in r for r in steps)
+    assert read_json(tmp_path / "out" / "tiny_ipo" / "config.json")["max_grad_norm"] == 1.0

@@ -12,7 +12,7 @@ import torch
 from common.models import base_model_id, load_model_and_tokenizer, save_model
 from common.optim import ScratchRMSprop, build_lr_scheduler, build_optimizer, warmup_step_count
 from common.preference_training_config import PreferenceTrainingConfig
-from common.training_settings import MixedPrecision, clip_gradients
+from common.training_settings import MixedPrecision, clip_gradients, enable_gradient_checkpointing
 from tests.test_preference_trainer import run_training, small_config
 
 
@@ -109,11 +109,21 @@ def test_schedule_and_clipping_in_a_run(tmp_path):
     assert all(r["grad_norm"] > 0 for r in steps)
 
 
-def test_gradient_checkpointing_changes_no_number(tmp_path):
+def test_gradient_checkpointing_changes_no_number(tmp_path, monkeypatch):
+    import common.preference_trainer as trainer
+
+    enabled = []
+
+    def recording_enable(model):
+        enable_gradient_checkpointing(model)
+        enabled.append((model.is_gradient_checkpointing, model.training))
+
+    monkeypatch.setattr(trainer, "enable_gradient_checkpointing", recording_enable)
     _, plain = run_training(small_config(tmp_path, model="tiny-llama"), tmp_path / "plain")
     result, checkpointed = run_training(small_config(tmp_path, model="tiny-llama", gradient_checkpointing=True),
                                         tmp_path / "checkpointed")
-    assert result.model.is_gradient_checkpointing
+    assert enabled == [(True, True)]  # checkpointing needs training mode (dropout is off)
+    assert not result.model.training and not result.model.is_gradient_checkpointing  # returned in eval mode
     for a, b in zip(plain, checkpointed):
         for key in ("loss", "logps/chosen", "eval_metrics/test/loss"):
             if key in a:
