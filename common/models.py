@@ -391,9 +391,10 @@ def load_model_and_tokenizer(
                                  f"that wrote {ckpt}")
         net = PeftModel.from_pretrained(net, str(ckpt), is_trainable=True)
     elif use_lora:
-        if not full_checkpoint:  # peft records the wrapped model's name_or_path as base_model_name_or_path
-            net.name_or_path = net.config._name_or_path = base_model_id(model)
         net = get_peft_model(net, lora_config(net, lora_rank, lora_alpha, lora_target_modules, lora_dropout))
+    if isinstance(net, PeftModel) and not full_checkpoint:  # saved adapters name their base by its Hub id
+        for adapter_config in net.peft_config.values():
+            adapter_config.base_model_name_or_path = base_model_id(model)
     if device_map is None:
         net.to(device)
     return net, tokenizer

@@ -158,8 +158,8 @@ def accumulate_step_gradients(model: torch.nn.Module, split: TrainingSplit, posi
     """Add d(scale * sum_i loss_i)/d(theta) over this process's pairs `positions` to the parameters' .grad.
 
     The pairs are processed one at a time (padding-free) or in `gradient_accumulation` micro-batches; the
-    gradients are all-reduced on the last backward only; with fp16 the loss is scaled by `precision`. Returns the sums over these pairs of STEP_STATS
-    (shape (7,), float64; divide by the global batch size for means).
+    gradients are all-reduced on the last backward only; with fp16 the loss is scaled by `precision`. Returns the
+    sums over these pairs of STEP_STATS (shape (7,), float64; divide by the global batch size for means).
     """
     device = group.device
     if config.padding_free:

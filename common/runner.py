@@ -276,7 +276,9 @@ def run_plan(plan: Plan, family: ExperimentFamily, *, rerun: bool = False, execu
     running: dict[futures.Future, tuple[RunSpec, int | None]] = {}
     executor = make_executor(plan, executor_name, ray_address)
     slots = plan.num_parallel if executor_name == "local" else max(plan.num_parallel, len(plan.runs))
-    with executor, tqdm(total=len(plan.runs), desc=f"plan {plan.name}", unit="run") as progress:
+    # logging_redirect_tqdm: console log lines print above the progress bars instead of through them
+    with executor, logging_redirect_tqdm(), \
+            tqdm(total=len(plan.runs), desc=f"plan {plan.name}", unit="run") as progress:
         try:
             while pending or running:
                 for spec in list(pending):
@@ -413,9 +415,7 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     logging.getLogger().addHandler(handler)
     log.info("plan %s (%s): %d run(s)\n%s", plan.name, args.plan_config_path, len(plan.runs), format_dry_run(plan))
     try:
-        with logging_redirect_tqdm():  # log lines print above the progress bars instead of through them
-            results = run_plan(plan, family, rerun=args.rerun, executor_name=args.executor,
-                               ray_address=args.ray_address)
+        results = run_plan(plan, family, rerun=args.rerun, executor_name=args.executor, ray_address=args.ray_address)
     except PlanInterrupted as interrupted:
         log.warning("plan interrupted (Ctrl-C); run(s) %s recorded as interrupted", interrupted.runs)
         print(f"error: interrupted (Ctrl-C); run(s) {', '.join(interrupted.runs) or '-'} recorded as 'interrupted' "

@@ -102,7 +102,8 @@ def test_only_unknown_name_exits_2_with_suggestion(tmp_path, capsys):
 def test_field_meanings_read_both_docstring_styles():
     meanings = field_meanings(PreferenceTrainingConfig)
     assert meanings["lr"] == "Learning rate (the paper's value for OLMo/Gemma/Llama)."
-    assert meanings["outputs_dir"] == "Parent directory; the run writes to `<outputs_dir>/<experiment_name>`. Default \"outputs\"."
+    assert meanings["outputs_dir"] == ("Parent directory; the run writes to `<outputs_dir>/<experiment_name>`. "
+                                       "Default \"outputs\".")
     assert meanings["kl_coeff"].startswith("beta, the preference strength")
 
 
@@ -134,13 +135,13 @@ def test_log_lines_go_through_tqdm_while_the_plan_runs(tmp_path, monkeypatch):
     import common.runner as runner
 
     handler_types = []
-    original = runner.run_plan
+    original = runner.execute_run
 
-    def spying_run_plan(*args, **kwargs):
+    def spying_execute_run(*args, **kwargs):  # what the console handler is while a run executes
         handler_types.extend(type(h).__name__ for h in logging.getLogger().handlers)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_plan", spying_run_plan)
+    monkeypatch.setattr(runner, "execute_run", spying_execute_run)
     assert main(TOY_FAMILY, ["--plan_config_path", str(write_plan(tmp_path, two_targets(tmp_path)))]) == 0
     assert "_TqdmLoggingHandler" in handler_types
 

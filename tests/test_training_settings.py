@@ -174,3 +174,13 @@ def test_lora_fields_in_a_training_run(tmp_path):
     assert result.model.peft_config["default"].lora_alpha == 8.0
     adapter_config = json.loads((tmp_path / "run" / "model" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "tiny-gpt2" and adapter_config["r"] == 2
+
+
+def test_reloaded_adapter_records_the_base_model_name(tmp_path):
+    model, tokenizer = load_model_and_tokenizer("tiny-llama", use_lora=True, lora_rank=2)
+    model.peft_config["default"].base_model_name_or_path = "/some/cache/path"  # as adapters saved before did
+    save_model(model, tokenizer, tmp_path / "old")
+    reloaded, _ = load_model_and_tokenizer("tiny-llama", checkpoint=str(tmp_path / "old"), is_lora_checkpoint=True)
+    save_model(reloaded, tokenizer, tmp_path / "new")
+    adapter_config = json.loads((tmp_path / "new" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "tiny-llama"
