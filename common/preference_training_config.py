@@ -49,7 +49,8 @@ class PreferenceTrainingConfig(LossConfig):
             is inactive while training here, since all dropout is off (as under TRL's default `disable_dropout`).
         ref_model (`str` or `None`, defaults to `None`): TRL's `ref_model`: a separate reference model (built-in
             name, Hub id or local directory with the same tokenizer) whose log-probs the losses compare against.
-            `None` = the initial policy (the model after `load_model_checkpoint`), as the reference does.
+            `None` = the initial policy (the model after `load_model_checkpoint`), as the reference does. With one,
+            `eval_metrics/*_logprobs_change_*` are relative to it and `displacement/*` to the initial policy.
         gradient_checkpointing (`bool`, defaults to `False`): Recompute activations in the backward pass (less
             memory, about one more forward of time); dropout stays off, log-probs are unchanged.
         dtype (`str`, defaults to `"float32"`): Parameter dtype, one of `float32`, `bfloat16`, `float16`.

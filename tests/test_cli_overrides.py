@@ -166,3 +166,9 @@ def test_preference_plan_runner_with_set_and_only_on_tiny_gpt2(tmp_path):
     assert [r["lr"] for r in steps] == pytest.approx([0.0, 1e-3])  # 2 steps, 1 warm-up step: lr (0, 1) x 1e-3
     assert all("grad_norm" in r for r in steps)
     assert read_json(tmp_path / "out" / "tiny_ipo" / "config.json")["max_grad_norm"] == 1.0
+
+
+def test_set_suggests_our_name_for_a_trl_name():
+    with pytest.raises(OverrideError, match=r"--set optim: unknown field 'optim' of PreferenceTrainingConfig "
+                                            r"\(did you mean 'optimizer'\?\)"):
+        parse_overrides(["optim=adamw"], PreferenceTrainingConfig)
