@@ -61,7 +61,8 @@ from common.preference_training_config import PreferenceTrainingConfig
 from common.reference_cache import reference_cache_key
 from common.sequence_logprobs import supports_logits_to_keep
 from common.tracker import DisplacementTracker
-from common.training_settings import MixedPrecision, clip_gradients, enable_gradient_checkpointing
+from common.training_settings import (MixedPrecision, clip_gradients, disable_gradient_checkpointing,
+                                      enable_gradient_checkpointing)
 
 log = logging.getLogger("ld.preference_trainer")
 STEP_STATS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -325,8 +326,7 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
     state_dict = group.full_state_dict(model) if config.save_model else None  # collective under FSDP
     model = group.unwrap(model)
     if config.gradient_checkpointing:  # back to the documented state: evaluation mode, no recomputation
-        model.gradient_checkpointing_disable()
-        model.eval()
+        disable_gradient_checkpointing(model)
     if config.save_model and group.is_main:
         save_model(model, tokenizer, ctx.run_dir / "model", state_dict=state_dict)
     group.barrier()

@@ -93,9 +93,15 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     dropout off (see the module docstring). Raises ValueError for a model without checkpointing support."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it; set it to false")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     disable_dropout(model)
     model.train()
+
+
+def disable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Undo `enable_gradient_checkpointing`: no recomputation, evaluation mode (dropout stays at 0)."""
+    model.activation_checkpointing_disable()
+    model.eval()
 
 
 def clip_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float,

@@ -116,14 +116,14 @@ def test_gradient_checkpointing_changes_no_number(tmp_path, monkeypatch):
 
     def recording_enable(model):
         enable_gradient_checkpointing(model)
-        enabled.append((model.is_gradient_checkpointing, model.training))
+        enabled.append((model.is_activation_checkpointing, model.training))
 
     monkeypatch.setattr(trainer, "enable_gradient_checkpointing", recording_enable)
     _, plain = run_training(small_config(tmp_path, model="tiny-llama"), tmp_path / "plain")
     result, checkpointed = run_training(small_config(tmp_path, model="tiny-llama", gradient_checkpointing=True),
                                         tmp_path / "checkpointed")
     assert enabled == [(True, True)]  # checkpointing needs training mode (dropout is off)
-    assert not result.model.training and not result.model.is_gradient_checkpointing  # returned in eval mode
+    assert not result.model.training and not result.model.is_activation_checkpointing  # returned in eval mode
     for a, b in zip(plain, checkpointed):
         for key in ("loss", "logps/chosen", "eval_metrics/test/loss"):
             if key in a:
