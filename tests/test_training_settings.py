@@ -169,9 +169,11 @@ def test_lora_fields_reach_peft_and_the_base_model_id_is_recorded(tmp_path):
 
 def test_lora_fields_in_a_training_run(tmp_path):
     config = small_config(tmp_path, epochs=1, use_lora=True, lora_rank=2, lora_alpha=8.0,
-                          lora_target_modules=["c_attn"], save_model=True)
+                          lora_target_modules=["c_attn"], save_model=True, gradient_checkpointing=True)
     result, records = run_training(config, tmp_path / "run")
     assert result.model.peft_config["default"].lora_alpha == 8.0
+    lora_b = [p for name, p in result.model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # adapters trained (B starts at 0) with checkpointing
     adapter_config = json.loads((tmp_path / "run" / "model" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "tiny-gpt2" and adapter_config["r"] == 2
 
