@@ -69,8 +69,8 @@ def _parse_typed(text: str, annotation: Any) -> Any:
     if annotation is str:
         return text
     value = json.loads(text)  # lists, dicts, anything else: JSON
-    if origin in (list, tuple) and not isinstance(value, list) or (origin is dict or annotation is dict) and \
-            not isinstance(value, dict):
+    wants_list, wants_dict = origin in (list, tuple), origin is dict or annotation is dict
+    if (wants_list and not isinstance(value, list)) or (wants_dict and not isinstance(value, dict)):
         raise ValueError(text)
     return value
 
