@@ -236,8 +236,10 @@ def _prepare_splits(model, tokenizer, config, train_examples, eval_examples, opt
             if name == "train":
                 raise ValueError(f"no usable training pairs out of {len(examples)} examples (skipped: {skipped})")
             continue
+        # a local ref_model directory is fingerprinted like a checkpoint (rewritten weights are not a cache hit)
+        ref_directory = config.ref_model if reference is not None and Path(config.ref_model).is_dir() else None
         key = reference_cache_key(model=config.ref_model or config.model,
-                                  checkpoint=None if reference is not None else config.checkpoint,
+                                  checkpoint=ref_directory if reference is not None else config.checkpoint,
                                   is_lora_checkpoint=reference is None and config.is_lora_checkpoint,
                                   dtype=dtype_key, tokenizer=tokenizer, max_input_length=config.max_input_length,
                                   pairs=pairs)

@@ -186,3 +186,19 @@ def test_reloaded_adapter_records_the_base_model_name(tmp_path):
     save_model(reloaded, tokenizer, tmp_path / "new")
     adapter_config = json.loads((tmp_path / "new" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "tiny-llama"
+
+
+def test_cuda_rmsprop_path_matches_scratch_rmsprop_numbers():
+    """The foreach RMSprop used on CUDA and ScratchRMSprop (CPU) give the same updates (run here on CPU tensors)."""
+    torch.manual_seed(0)
+    initial, gradients = torch.randn(5, 3), [torch.randn(5, 3) for _ in range(3)]
+    results = []
+    for device in (None, "cuda"):
+        parameter = torch.nn.Parameter(initial.clone())
+        optimizer = build_optimizer("rmsprop", [parameter], 1e-2, device=device)
+        for gradient in gradients:
+            parameter.grad = gradient.clone()
+            optimizer.step()
+        results.append(parameter.detach())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(results[0], initial)
