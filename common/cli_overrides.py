@@ -18,16 +18,18 @@ Rules:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
-from common.plan import Plan, RunSpec, apply_overrides  # noqa: F401 (re-exported)
+from common.plan import Plan, RunSpec, load_plan
 from common.plan_checks import suggest_fields, type_name
 from common.run_state import finished_state, run_identity
 
@@ -126,6 +128,27 @@ def select_runs(plan: Plan, names: list[str]) -> list[RunSpec]:
                 pending.append(parent)
     return [dataclasses.replace(spec, depends_on=tuple(d for d in spec.depends_on if d in wanted))
             for spec in plan.runs if spec.name in wanted]
+
+
+def add_plan_selection_options(parser: argparse.ArgumentParser) -> None:
+    """Add `--set KEY=VALUE`, `--only RUN` (both repeatable) and `--list_fields` to a plan runner's parser."""
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="set config field KEY in every configuration's base_config (repeatable; typed by "
+                             "the field: --set lr=1e-6 --set use_lora=true)")
+    parser.add_argument("--only", action="append", default=[], metavar="RUN",
+                        help="run only this experiment (repeatable), plus the {run:...} parents it needs that "
+                             "are not done yet")
+    parser.add_argument("--list_fields", action="store_true",
+                        help="print the config fields (type, default, meaning) and exit")
+
+
+def load_selected_plan(plan_path: Path, config_cls: type[RunConfig], assignments: list[str],
+                       only: list[str]) -> Plan:
+    """The plan with the `--set` assignments applied and, with `only`, just the selected runs.
+
+    Raises OverrideError, SelectionError or `common.plan.PlanError`."""
+    plan = load_plan(plan_path, config_cls, overrides=parse_overrides(assignments, config_cls))
+    return dataclasses.replace(plan, runs=select_runs(plan, only)) if only else plan
 
 
 def field_meanings(config_cls: type) -> dict[str, str]:

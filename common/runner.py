@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import contextlib
-import dataclasses
 import logging
 import os
 import random
@@ -44,11 +43,12 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from common.cli_overrides import OverrideError, SelectionError, format_fields, parse_overrides, select_runs
+from common.cli_overrides import (OverrideError, SelectionError, add_plan_selection_options, format_fields,
+                                  load_selected_plan)
 from common.config import ExperimentFamily, RunContext, config_to_dict
 from common.io_utils import atomic_write_json
 from common.metrics_logger import MetricsLogger
-from common.plan import Plan, PlanError, RunSpec, load_plan, sanitize_name
+from common.plan import Plan, PlanError, RunSpec, sanitize_name
 from common.run_state import (RunDirError, claim_run_dir, finished_state, mark_abandoned, run_identity, run_lock,
                               still_owned)
 from common.worker_pool import IsolatedProcessPool, WorkerDiedError
@@ -359,14 +359,7 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun", action="store_true", help="redo runs that are already done")
     parser.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     parser.add_argument("--ray_address", default=None, help="Ray cluster address (default: start a local one)")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="set config field KEY in every configuration's base_config (repeatable; typed by "
-                             "the field: --set lr=1e-6 --set use_lora=true)")
-    parser.add_argument("--only", action="append", default=[], metavar="RUN",
-                        help="run only this experiment (repeatable), plus the {run:...} parents it needs that "
-                             "are not done yet")
-    parser.add_argument("--list_fields", action="store_true",
-                        help="print the config fields (type, default, meaning) and exit")
+    add_plan_selection_options(parser)
     args = parser.parse_args(argv)
     if args.list_fields:
         print(format_fields(family.name, family.config_cls))
@@ -378,10 +371,7 @@ def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     configure_console_logging()
     logging.getLogger("ld").setLevel(logging.INFO)  # the plan log gets why runs are redone, whatever the root level
     try:
-        overrides = parse_overrides(args.assignments, family.config_cls)
-        plan = load_plan(args.plan_config_path, family.config_cls, overrides=overrides)
-        if args.only:
-            plan = dataclasses.replace(plan, runs=select_runs(plan, args.only))
+        plan = load_selected_plan(args.plan_config_path, family.config_cls, args.assignments, args.only)
     except (OverrideError, SelectionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
