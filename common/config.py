@@ -47,7 +47,7 @@ FIELD_ALIASES = {
     "model_name_or_path": "model", "batch_size_per_gpu_proc": "batch_size", "per_device_train_batch_size": "batch_size",
     "preference_similarity_path": "similarity_results_path", "preference_dataset_path": "dataset",
     "use_samples_with_preference_similarity_quantile": "quantile", "eval_every_epochs": "eval_every",
-    "loss_type": "objective", "wandb_project_name": "wandb_project",
+    "loss_type": "objective", "wandb_project_name": "wandb_project", "optim": "optimizer", "lora_r": "lora_rank",
 }
 
 

@@ -25,7 +25,8 @@ Tokenizer: a missing pad token is set to the eos token, and padding is on the ri
 mask padding with the attention mask (and response masks), so right padding keeps positions identical to the
 unpadded sequence. Generation code that wants left padding sets it on its own tokenizer copy.
 
-LoRA (peft): rank r = `lora_rank`, alpha = 2 r (so the update scale alpha / r = 2), dropout 0, no bias.
+LoRA (peft): rank r = `lora_rank`, alpha = 2 r (so the update scale alpha / r = 2), dropout 0, no bias (each
+settable: `lora_alpha`, `lora_target_modules`, `lora_dropout`). The adapter records the Hub id of its base model.
 Targets: the attention projections (`q_proj`, `k_proj`, `v_proj`, `o_proj` for Llama-style models; `attn.c_attn`
 and `attn.c_proj` for GPT-2), else peft's default for the architecture. Adapter B starts at zero, so a freshly
 wrapped model computes exactly what the base model computes.
@@ -75,6 +76,7 @@ TINY_CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{
 _LLAMA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _GPT2_VOCAB_SIZE, _GPT2_EOS_ID = 50257, 50256  # <|endoftext|>
 _BASE_CACHE: dict[tuple, PreTrainedModel] = {}
+HUB_IDS = {SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}  # Hub ids of the built-in models converted locally
 
 
 class ModelLoadError(ValueError):
@@ -300,22 +302,34 @@ def _set_padding(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def lora_config(model: PreTrainedModel, rank: int) -> LoraConfig:
-    """LoRA of rank `rank` on the attention projections (see the module docstring)."""
+def lora_config(model: PreTrainedModel, rank: int, alpha: float | None = None,
+                target_modules: list[str] | None = None, dropout: float = 0.0) -> LoraConfig:
+    """LoRA of rank `rank`, scale `alpha` / rank (`alpha` None: 2 rank), on `target_modules` (None: the attention
+    projections, see the module docstring), with `dropout` on the adapter input."""
     leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets, fan_in_fan_out = None, False  # None: peft's default targets for the architecture
     if set(_LLAMA_ATTENTION) <= leaf_names:
         targets = _LLAMA_ATTENTION
     elif model.config.model_type == "gpt2":
         targets, fan_in_fan_out = r".*\.attn\.(c_attn|c_proj)", True  # GPT-2 uses Conv1D (weight is in x out)
-    return LoraConfig(r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank, lora_dropout=0.0, bias="none",
-                      target_modules=targets, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
+    if target_modules is not None:
+        targets = list(target_modules)
+    return LoraConfig(r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank if alpha is None else alpha,
+                      lora_dropout=dropout, bias="none", target_modules=targets, fan_in_fan_out=fan_in_fan_out,
+                      task_type="CAUSAL_LM")
+
+
+def base_model_id(model: str) -> str:
+    """The name a LoRA adapter records as its base model: the Hub id of a built-in converted model
+    (`HUB_IDS`), else `model` as given (a built-in test model's name, a Hub id or a local directory)."""
+    return HUB_IDS.get(model, model)
 
 
 def load_model_and_tokenizer(
     model: str, *, checkpoint: str | None = None, is_lora_checkpoint: bool = False, use_lora: bool = False,
     lora_rank: int = 8, dtype: str = "float32", device: str | torch.device = "cpu", device_map: str | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
+    lora_dropout: float = 0.0,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer.
 
@@ -327,7 +341,10 @@ def load_model_and_tokenizer(
         is_lora_checkpoint: `checkpoint` holds a LoRA adapter; it is loaded onto `model` and kept trainable (the
             adapter's own rank applies; `use_lora`/`lora_rank` add nothing).
         use_lora: Wrap the model in a fresh LoRA of rank `lora_rank` (only adapter weights are trainable).
-        lora_rank: LoRA rank r >= 1; alpha = 2 r.
+        lora_rank: LoRA rank r >= 1.
+        lora_alpha, lora_target_modules, lora_dropout: see `lora_config` (defaults: alpha 2 r, the attention
+            projections, dropout 0). A new adapter records `base_model_id(model)` as its base model (the Hub id,
+            not the local cache directory of a converted built-in model).
         dtype: Parameter dtype: "float32", "bfloat16" or "float16".
         device: Device the model is moved to (ignored with `device_map`).
         device_map: e.g. "auto" to spread a large model over the visible GPUs (accelerate); skips the
@@ -374,7 +391,10 @@ def load_model_and_tokenizer(
                                  f"that wrote {ckpt}")
         net = PeftModel.from_pretrained(net, str(ckpt), is_trainable=True)
     elif use_lora:
-        net = get_peft_model(net, lora_config(net, lora_rank))
+        net = get_peft_model(net, lora_config(net, lora_rank, lora_alpha, lora_target_modules, lora_dropout))
+    if isinstance(net, PeftModel) and not full_checkpoint:  # saved adapters name their base by its Hub id
+        for adapter_config in net.peft_config.values():
+            adapter_config.base_model_name_or_path = base_model_id(model)
     if device_map is None:
         net.to(device)
     return net, tokenizer

@@ -24,6 +24,7 @@ Reference-plan fields (`common.config.LEGACY_*`) are mapped (`wandb_project_name
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -382,10 +383,32 @@ def parse_plan(raw: Any, plan_path: Path, config_cls: type[RunConfig], *, saniti
                 _order_by_references(runs, plan_path), legacy, list(dict.fromkeys(notes)))
 
 
-def load_plan(plan_path: Path, config_cls: type[RunConfig], *, check_input_files: bool = True) -> Plan:
-    """Read, validate and expand the plan file at `plan_path` (see module docstring). Raises PlanError."""
+def apply_overrides(raw_plan: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of the parsed plan JSON with `overrides` set in every configuration's base_config (and the same
+    fields removed from its options). A plan that is not an object with a configurations list is returned as
+    is (its own validation reports it)."""
+    if not overrides or not isinstance(raw_plan, dict) or not isinstance(raw_plan.get("configurations"), list):
+        return raw_plan
+    plan = copy.deepcopy(raw_plan)
+    for configuration in plan["configurations"]:
+        if not isinstance(configuration, dict) or not isinstance(configuration.get("base_config"), dict):
+            continue
+        configuration["base_config"].update(overrides)
+        options = configuration.get("options")
+        if isinstance(options, dict):
+            configuration["options"] = {k: v for k, v in options.items() if k not in overrides}
+    return plan
+
+
+def load_plan(plan_path: Path, config_cls: type[RunConfig], *, check_input_files: bool = True,
+              overrides: dict[str, Any] | None = None) -> Plan:
+    """Read, validate and expand the plan file at `plan_path` (see module docstring). Raises PlanError.
+
+    `overrides` (typed field values, e.g. from `--set`) are set in every configuration's base_config first
+    (`apply_overrides`)."""
     plan_path = Path(plan_path)
     raw, problems = read_plan_json(plan_path)
     if problems:
         raise PlanError(plan_path, problems)
-    return parse_plan(raw, plan_path, config_cls, check_input_files=check_input_files)
+    return parse_plan(apply_overrides(raw, overrides or {}), plan_path, config_cls,
+                      check_input_files=check_input_files)

@@ -1,6 +1,8 @@
 """The plan runner: validates a plan, then executes its runs (resume, chaining, failure isolation, parallel).
 
     python <family>_experiment_plan_runner.py --plan_config_path PLAN.json [--dry_run] [--rerun]
+        [--set KEY=VALUE ...] [--only RUN ...]         (rules in common/cli_overrides.py)
+    python <family>_experiment_plan_runner.py --list_fields
 
 Every run writes `<outputs_dir>/<experiment_name>/`:
     .ld_run.json   ownership marker (plan, attempt id): only directories holding it are ever cleaned
@@ -39,11 +41,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from common.cli_overrides import (OverrideError, SelectionError, add_plan_selection_options, format_fields,
+                                  load_selected_plan)
 from common.config import ExperimentFamily, RunContext, config_to_dict
 from common.io_utils import atomic_write_json
 from common.metrics_logger import MetricsLogger
-from common.plan import Plan, PlanError, RunSpec, load_plan, sanitize_name
+from common.plan import Plan, PlanError, RunSpec, sanitize_name
 from common.run_state import (RunDirError, claim_run_dir, finished_state, mark_abandoned, run_identity, run_lock,
                               still_owned)
 from common.worker_pool import IsolatedProcessPool, WorkerDiedError
@@ -109,8 +114,9 @@ def _from_main(state, value: Any) -> Any:
     return holder[0]
 
 
-def _log_to_run_dir(run_dir: Path, file_name: str) -> Callable[[], None]:
-    """Send every log record (INFO and up) to `run_dir/file_name` too; returns the function that undoes it."""
+def _log_to_run_dir(run_dir: Path, file_name: str) -> tuple[logging.Handler, Callable[[], None]]:
+    """Send every log record (INFO and up) to `run_dir/file_name` too; returns the file's handler (for records
+    meant for the file only) and the function that undoes it."""
     handler = logging.FileHandler(run_dir / file_name, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -123,7 +129,7 @@ def _log_to_run_dir(run_dir: Path, file_name: str) -> Callable[[], None]:
         root.setLevel(previous_level)
         handler.close()
 
-    return undo
+    return handler, undo
 
 
 def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | None,
@@ -163,14 +169,17 @@ def execute_run(family: ExperimentFamily, spec: RunSpec, assigned_gpu: int | Non
         if refusal:
             log.error("run %s: %s", spec.name, refusal)
             return RunResult(spec.name, "failed", 0.0, str(spec.run_dir), refusal, redo_reason)
-        undo_logging = _log_to_run_dir(spec.run_dir, "run.log" if is_main else f"run.rank{state.process_index}.log")
+        run_log, undo_logging = _log_to_run_dir(spec.run_dir,
+                                                "run.log" if is_main else f"run.rank{state.process_index}.log")
         metrics_logger = None
         try:
             config = spec.config
             seed_everything(config.random_seed)
             device = resolve_device(config.device, assigned_gpu)
-            log.info("run %s on %s, seed %d (%s), config %s", spec.name, device, config.random_seed,
-                     f"redone: {redo_reason}" if redo_reason else "first run", config_to_dict(config))
+            log.info("run %s on %s, seed %d (%s), config in %s", spec.name, device, config.random_seed,
+                     f"redone: {redo_reason}" if redo_reason else "first run", spec.run_dir / "config.json")
+            run_log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "run %s config %s",
+                                        (spec.name, config_to_dict(config)), None))  # run.log only
             metrics_logger = _NullMetricsLogger() if not is_main else MetricsLogger(
                 spec.run_dir, use_wandb=config.use_wandb, wandb_project=config.wandb_project,
                 wandb_run_name=spec.name, wandb_config=config_to_dict(config))
@@ -267,7 +276,9 @@ def run_plan(plan: Plan, family: ExperimentFamily, *, rerun: bool = False, execu
     running: dict[futures.Future, tuple[RunSpec, int | None]] = {}
     executor = make_executor(plan, executor_name, ray_address)
     slots = plan.num_parallel if executor_name == "local" else max(plan.num_parallel, len(plan.runs))
-    with executor, tqdm(total=len(plan.runs), desc=f"plan {plan.name}", unit="run") as progress:
+    # logging_redirect_tqdm: console log lines print above the progress bars instead of through them
+    with executor, logging_redirect_tqdm(), \
+            tqdm(total=len(plan.runs), desc=f"plan {plan.name}", unit="run") as progress:
         try:
             while pending or running:
                 for spec in list(pending):
@@ -343,16 +354,27 @@ def configure_console_logging() -> None:
 def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:
     """Command-line entry point shared by every `*_experiment_plan_runner.py`. Returns the exit code."""
     parser = argparse.ArgumentParser(description=f"Run a {family.name} experiment plan.")
-    parser.add_argument("--plan_config_path", required=True, type=Path, help="JSON plan file")
+    parser.add_argument("--plan_config_path", type=Path, help="JSON plan file (required unless --list_fields)")
     parser.add_argument("--dry_run", action="store_true", help="print the expanded runs and exit")
     parser.add_argument("--rerun", action="store_true", help="redo runs that are already done")
     parser.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     parser.add_argument("--ray_address", default=None, help="Ray cluster address (default: start a local one)")
+    add_plan_selection_options(parser)
     args = parser.parse_args(argv)
+    if args.list_fields:
+        print(format_fields(family.name, family.config_cls))
+        return 0
+    if args.plan_config_path is None:
+        print("error: --plan_config_path is required (or pass --list_fields to see the config fields)",
+              file=sys.stderr)
+        return 2
     configure_console_logging()
     logging.getLogger("ld").setLevel(logging.INFO)  # the plan log gets why runs are redone, whatever the root level
     try:
-        plan = load_plan(args.plan_config_path, family.config_cls)
+        plan = load_selected_plan(args.plan_config_path, family.config_cls, args.assignments, args.only)
+    except (OverrideError, SelectionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except PlanError as err:
         print(f"error: invalid plan {args.plan_config_path} ({len(err.problems)} problem(s)); fix each and rerun:\n"
               + "\n".join(f"  - {problem}" for problem in err.problems), file=sys.stderr)

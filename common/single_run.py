@@ -38,12 +38,12 @@ FLAG_OF_FIELD = {
     "save_model": "save_at_end", "preference_num_samples": "preference_num_samples", "model": "model",
     "objective": "objective", "kl_coeff": "kl_coeff", "sft_coeff": "sft_coeff",
     "pref_similarity_measure": "pref_similarity_measure", "max_input_length": "max_input_length",
+    "save_every_epochs": "save_every_epochs",
 }
 # Reference flags accepted and reported as ignored when given: (flag, default, why it has no effect here).
 IGNORED_FLAGS = (
     ("num_proc", 4, "data preprocessing here is single-process"),
     ("cache_dir", None, "models load through common/models.py (the Hugging Face cache, HF_HOME)"),
-    ("save_every_epochs", -1, "only the final model is saved (--save_at_end)"),
     ("num_eval_generations_per_prompt", 1, "no generation-based evaluation in this script"),
     ("model_parallel_without_accelerate", False, "one process uses one device; see docs/scaling_out.md"),
 )
@@ -94,7 +94,8 @@ def add_dataset_training_flags(parser: argparse.ArgumentParser, defaults: Refere
     add_gpu_id_flag(parser)
     add("--num_proc", type=int, default=4, help="accepted for compatibility; no effect here")
     add("--cache_dir", default=None, help="accepted for compatibility; no effect here")
-    add("--save_every_epochs", type=int, default=-1, help="accepted for compatibility; no effect here")
+    add("--save_every_epochs", type=int, default=-1,
+        help="also save <run dir>/checkpoints/epoch_<E> every this many epochs; <= 0: off")
     add("--num_eval_generations_per_prompt", type=int, default=1, help="accepted for compatibility; no effect here")
     add_bool_flag(parser, "model_parallel_without_accelerate", default=False,
                   help="accepted for compatibility; no effect here")
@@ -119,6 +120,7 @@ def dataset_training_fields(args: argparse.Namespace) -> tuple[dict[str, Any], l
         "sft_coeff": args.sft_coeff, "pref_similarity_measure": args.pref_similarity_measure,
         "batch_size": args.batch_size_per_gpu_proc * args.gradient_accumulation_steps,
         "gradient_accumulation": args.gradient_accumulation_steps, "num_eval_samples": 0, "save_metric_plots": False,
+        "save_every_epochs": max(args.save_every_epochs, 0),
     }
     if args.random_seed_for_training_example_selection >= 0:
         values["data_seed"] = args.random_seed_for_training_example_selection

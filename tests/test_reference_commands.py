@@ -75,6 +75,7 @@ def test_similarity_command_random_subset(workdir, capsys):
     config = read_json(run_dir / "config.json")
     assert (config["batch_size"], config["gradient_accumulation"], config["num_train_samples"]) == (4, 2, 4)
     assert (config["lr"], config["epochs"], config["device"], config["wandb_project"]) == (1e-3, 1, "cpu", "uf_dpo")
+    assert config["save_every_epochs"] == 0  # --save_every_epochs -1: off
 
 
 def test_similarity_command_quantile_of_a_similarity_file(workdir):
@@ -180,3 +181,14 @@ def test_sorrybench_command_gold_preferences(workdir):
     run_dir = only_run_dir(workdir / "outputs" / "sorrybench_dpo")
     assert read_json(run_dir / "config.json")["use_gold_preferences"] is True
     assert CHANGE_KEY in read_jsonl(run_dir / "eval_metrics.jsonl")[-1]
+
+
+def test_similarity_command_save_every_epochs_writes_checkpoints(workdir):
+    dataset = write_jsonl(workdir / "prefs.jsonl", preference_rows(4))
+    flags = list(COMMON_FLAGS)
+    flags[flags.index("--save_every_epochs") + 1] = "1"
+    assert similarity_runner.main(["--run_name", "ckpt", "--preference_dataset_path", str(dataset),
+                                   "--dataset_format", "prompt_chosen_rejected", "--preference_num_samples", "4",
+                                   "--wandb_project", "uf_dpo", *flags]) == 0
+    run_dir = only_run_dir(workdir / "outputs" / "uf_dpo")
+    assert (run_dir / "checkpoints" / "epoch_1" / "config.json").is_file()
