@@ -154,7 +154,7 @@ def test_preference_plan_runner_with_set_and_only_on_tiny_gpt2(tmp_path):
 
     base = {"experiment_name": "tiny_{objective}", "outputs_dir": str(tmp_path / "out"), "model": "tiny-gpt2",
             "dataset": str(real_data("ultrafeedback/train_1000.jsonl")), "num_train_samples": 4,
-            "num_eval_samples": 0, "max_input_length": 32, "objective": "dpo", "optimizer": "adam", "lr": 1e-3,
+            "num_eval_samples": 0, "max_input_length": 32, "truncation": "keep_response", "objective": "dpo", "optimizer": "adam", "lr": 1e-3,
             "batch_size": 2, "epochs": 1, "random_seed": 0, "save_metric_plots": False}
     plan = write_plan(tmp_path, [{"base_config": base, "options": {"objective": ["dpo", "ipo"]}}])
     assert main(FAMILY, ["--plan_config_path", str(plan), "--only", "tiny_ipo", "--set", "lr_scheduler_type=linear",
