@@ -32,7 +32,8 @@ from common.preference_selection import select_examples
 from common.preference_trainer import train_preference_model
 from common.preference_training_config import DTYPES, PreferenceTrainingConfig
 from sorrybench.generation import GenerationSettings
-from sorrybench.judges import JUDGE_NAMES, build_judge
+from sorrybench.judge_factory import build_judge
+from sorrybench.judges import JUDGE_NAMES
 from sorrybench.refusal_rate import compute_refusal_rates, evaluate_refusal_rate, load_split_prompts
 
 

@@ -24,7 +24,8 @@ from common.io_utils import atomic_write_json, atomic_write_text
 from sorrybench.generation import GenerationSettings, generate_for_prompts
 from sorrybench.gold import (GENERIC_REFUSALS_FILE, GOLD_SOURCES, attach_generic_gold, attach_human_gold,
                              human_outputs_by_question, load_refusal_pool, resolve_gold_source)
-from sorrybench.judges import JUDGE_NAMES, Judge, build_judge
+from sorrybench.judge_factory import build_judge
+from sorrybench.judges import JUDGE_NAMES, Judge
 from sorrybench.pairs import (PairComparator, check_test_ratio, count_pairs_with_refusal_chosen, pair_two_responses,
                               relabel_random_pairs, split_train_test)
 from sorrybench.prompts import load_sorrybench_prompts
