@@ -28,7 +28,7 @@ from common.io_utils import atomic_write_json, read_jsonl
 from common.models import load_model_and_tokenizer
 from common.optim import low_precision_training_problem
 from common.preference_data import PreferenceExample, load_preference_examples
-from common.preference_selection import select_examples
+from ches.selection import select_examples
 from common.preference_trainer import train_preference_model
 from common.preference_training_config import DTYPES, PreferenceTrainingConfig
 from sorrybench.generation import GenerationSettings

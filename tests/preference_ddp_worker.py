@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.config import RunContext  # noqa: E402
 from common.metrics_logger import MetricsLogger  # noqa: E402
-from common.preference_selection import select_examples  # noqa: E402
+from ches.selection import select_examples  # noqa: E402
 from common.preference_trainer import train_preference_model  # noqa: E402
 from common.preference_training_config import PreferenceTrainingConfig  # noqa: E402
 
