@@ -27,10 +27,11 @@ from common.config import ExperimentFamily, RunContext
 from common.distributed import is_main_process
 from common.io_utils import atomic_write_json, read_jsonl
 from common.models import load_model_and_tokenizer
+from common.names import DTYPE_NAMES
 from common.optim import low_precision_training_problem
 from common.preference_data import PreferenceExample, load_preference_examples
 from common.preference_trainer import train_preference_model
-from common.preference_training_config import DTYPES, PreferenceTrainingConfig
+from common.preference_training_config import PreferenceTrainingConfig
 from sorrybench.generation import GenerationSettings
 from sorrybench.judge_factory import build_judge
 from sorrybench.judges import JUDGE_NAMES
@@ -118,8 +119,8 @@ class SorryBenchConfig(PreferenceTrainingConfig):
             self.refusal_generation_settings()
         except ValueError as error:
             problems.append(f"refusal_* fields: {error}")
-        if self.refusal_judge_dtype not in DTYPES:
-            problems.append(f"refusal_judge_dtype must be one of {DTYPES}, got {self.refusal_judge_dtype!r}")
+        if self.refusal_judge_dtype not in DTYPE_NAMES:
+            problems.append(f"refusal_judge_dtype must be one of {DTYPE_NAMES}, got {self.refusal_judge_dtype!r}")
         if self.refusal_judge_batch_size < 1:
             problems.append(f"refusal_judge_batch_size must be >= 1, got {self.refusal_judge_batch_size}")
         return problems
