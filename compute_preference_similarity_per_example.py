@@ -40,7 +40,7 @@ from ches.ches import (
 )
 from common.cli import add_bool_flag, add_gpu_id_flag, device_from_gpu_id, fail
 from common.data_locations import DataNotFoundError, is_hub_dataset_id, locate_data_file
-from common.io_utils import atomic_write_json
+from common.io_utils import atomic_write_json, atomic_write_via
 from common.names import DTYPE_NAMES
 from common.preference_data import (
     DATASET_FORMATS, HUB_DEFAULT_SPLITS, PreferenceExample, TokenizedPair, infer_dataset_format,
@@ -212,9 +212,9 @@ class SimilarityResults:
 
 
 def save(results: SimilarityResults, path: Path, complete: bool) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(results.to_file(complete), tmp)
-    tmp.replace(path)
+    """Write the similarity file atomically (a reader never sees a half-written file)."""
+    file = results.to_file(complete)
+    atomic_write_via(path, lambda tmp: torch.save(file, tmp))
 
 
 def summarize(file: dict) -> dict:
