@@ -1,8 +1,8 @@
 """Persona data: load the Anthropic persona jsonl, pick training prompts, map output tokens to ids, build a batch.
 
     examples = load_persona_examples("data_files/persona/ends-justify-means.jsonl")
-    chosen = select_examples(examples, num_train_samples=1, answer_matching_behavior_to_use="Yes", seed=9773)
-    batch = build_persona_batch(tokenizer, chosen, ["Yes"], ["No"], seed=9773)
+    selected = select_examples(examples, num_train_samples=1, answer_matching_behavior_to_use="Yes", seed=9773)
+    batch = build_persona_batch(tokenizer, selected, ["Yes"], ["No"], seed=9773)
 
 The dataset is found by the data-location rule (`common/data_locations.py`): the path as given, then
 `data_files/<name>`, then `$LD_DATA_DIR/<name>`, then the file's public source
