@@ -195,6 +195,7 @@ def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict
         eval_examples = with_gold_preferences(eval_examples, config.eval_dataset or config.dataset)
     train_rows = [example.source_index for example in train_examples]
     summary: dict = {**selected.info}
+    # rank 0 alone generates and judges (DDP keeps a full model replica on every rank)
     if config.refusal_eval_before_training and is_main_process():
         model, tokenizer = load_model_and_tokenizer(config.model, checkpoint=config.checkpoint,
                                                     is_lora_checkpoint=config.is_lora_checkpoint, dtype=config.dtype,

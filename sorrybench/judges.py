@@ -2,8 +2,8 @@
 
 Every judge implements one call (the `Judge` protocol):
 
-    judge = build_judge("keyword")   # sorrybench.judge_factory; or "hf_classifier", "hf_judge"
-    results = judge(prompts, responses)                                # list[JudgeResult], one per pair
+    judge = build_judge("keyword")          # sorrybench.judge_factory; or "hf_classifier", "hf_judge"
+    results = judge(prompts, responses)     # list[JudgeResult], one per pair
 
 `JudgeResult.score` is a refusal score: higher means more refusal-like (keyword: 1.0 / 0.0;
 `hf_classifier`: softmax probability of the refusal label; `hf_judge`: 1 - the judge's compliance score,
