@@ -34,3 +34,26 @@ def test_common_imports_no_higher_layer() -> None:
     offenders = {path.relative_to(ROOT).as_posix(): sorted(imported_packages(path) & set(UPPER_PACKAGES))
                  for path in sorted((ROOT / "common").rglob("*.py"))}
     assert {name: upper for name, upper in offenders.items() if upper} == {}
+
+
+# Each package and the project packages it may import (docs/ARCHITECTURE.md, "Layers"); the entry points above
+# them (top-level scripts, examples/, bench/, tests/) may import any.
+ALLOWED_IMPORTS = {
+    "common": set(),
+    "ches": {"common"},
+    "persona_experiments": {"common"},
+    "preference_similarity": {"common", "ches"},
+    "sorrybench": {"common", "ches"},
+    "integrations": {"common", "persona_experiments"},
+}
+
+
+def test_every_layer_imports_only_the_layers_below_it() -> None:
+    project = set(ALLOWED_IMPORTS) | set(UPPER_PACKAGES)
+    offenders = {}
+    for package, allowed in ALLOWED_IMPORTS.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            upward = sorted((imported_packages(path) & project) - allowed - {package})
+            if upward:
+                offenders[path.relative_to(ROOT).as_posix()] = upward
+    assert offenders == {}
