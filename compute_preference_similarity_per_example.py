@@ -40,7 +40,8 @@ from ches.ches import (
 )
 from common.cli import add_bool_flag, add_gpu_id_flag, device_from_gpu_id, fail
 from common.data_locations import DataNotFoundError, is_hub_dataset_id, locate_data_file
-from common.io_utils import atomic_write_json
+from common.io_utils import atomic_write_json, atomic_write_via
+from common.names import DTYPE_NAMES
 from common.preference_data import (
     DATASET_FORMATS, HUB_DEFAULT_SPLITS, PreferenceExample, TokenizedPair, infer_dataset_format,
     load_preference_examples, sample_row_indices,
@@ -52,7 +53,6 @@ from common.preference_tokenization import (
 logger = logging.getLogger("compute_preference_similarity")
 RESULTS_FILE = "results_samples.pt"
 PARTIAL_FILE = "results_samples.partial.pt"
-DTYPES = ("float32", "bfloat16", "float16")
 # Settings that must match for a partial file to be resumed.
 RESUME_KEYS = ("model", "dataset", "dataset_format", "split", "num_train_samples", "train_samples_random_seed",
                "max_input_length", "dtype", "prompt_format", "truncation", "skip_identical_pairs")
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pairs per forward. Default: 1 on CPU (prompt key/value cache path), 8 on a GPU")
     parser.add_argument("--padding_side", default="right", choices=("left", "right"))
     parser.add_argument("--device", default=None, help="cpu or cuda:N; overrides --gpu_id")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype. Default float32")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="model dtype. Default float32")
     parser.add_argument("--save_every_seconds", type=float, default=30.0, help="partial-file interval. Default 30")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing complete results file")
     add_bool_flag(parser, "self_check", default=True,
@@ -212,9 +212,9 @@ class SimilarityResults:
 
 
 def save(results: SimilarityResults, path: Path, complete: bool) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(results.to_file(complete), tmp)
-    tmp.replace(path)
+    """Write the similarity file atomically (a reader never sees a half-written file)."""
+    file = results.to_file(complete)
+    atomic_write_via(path, lambda tmp: torch.save(file, tmp))
 
 
 def summarize(file: dict) -> dict:

@@ -50,7 +50,7 @@ from ches.results_file import (  # noqa: F401  (re-exported: the file's field na
 )
 from common.preference_data import TokenizedPair
 from common.sequence_logprobs import (  # noqa: F401  (pack_pairs, packed_attention_mask: re-exported)
-    CHOSEN, PROMPT, REJECTED, SUPPORTED_ATTENTION, pack_pairs, packed_attention_mask,
+    CHOSEN, PROMPT, REJECTED, SUPPORTED_ATTENTION, pack_pairs, packed_attention_mask, transformer_body,
 )
 
 
@@ -99,14 +99,7 @@ def minus_normalized_edit_distance(chosen_ids: Sequence[int], rejected_ids: Sequ
     return 0.0 if longest == 0 else -levenshtein_distance(chosen_ids, rejected_ids) / longest
 
 
-def base_transformer(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack without the LM head (`model.model` for Llama, `model.transformer` for GPT-2).
-
-    Accepts a causal LM, a PEFT-wrapped causal LM, or an already-bare base model (returned unchanged)."""
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
-    base = getattr(model, "base_model", model)
-    return model if base is None else base
+base_transformer = transformer_body  # the name this module exported before (common.sequence_logprobs)
 
 
 @dataclass
@@ -145,7 +138,7 @@ def summarize_pair_hidden_states(model: torch.nn.Module, pairs: Sequence[Tokeniz
     if attention not in SUPPORTED_ATTENTION:
         raise ValueError(f"CHES needs a custom 4D attention mask; the model uses attn_implementation "
                          f"{attention!r}. Load it with attn_implementation in {SUPPORTED_ATTENTION}")
-    decoder = base_transformer(model)
+    decoder = transformer_body(model)
     parameter = next(model.parameters())
     input_ids, segments, positions = (t.to(parameter.device) for t in pack_pairs(pairs, padding_side))
     mask = packed_attention_mask(segments, getattr(model, "dtype", parameter.dtype))
@@ -183,7 +176,7 @@ def summarize_pair_with_prompt_cache(model: torch.nn.Module, pair: TokenizedPair
     computed, and there is no padding. Returns None when the model's cache is not a plain full-attention
     DynamicCache (e.g. sliding-window layers); the caller then uses the packed path.
     """
-    decoder = base_transformer(model)
+    decoder = transformer_body(model)
     device = next(model.parameters()).device
     prompt_length, chosen_length = len(pair.prompt_ids), len(pair.chosen_ids)
     first = decoder(input_ids=torch.tensor([pair.prompt_ids + pair.chosen_ids], device=device), use_cache=True)

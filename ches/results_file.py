@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-MEASURE_NAMES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
-                 "last_hidden_embedding_inner_prods")
+from common.names import SIMILARITY_MEASURE_NAMES
+
+MEASURE_NAMES = SIMILARITY_MEASURE_NAMES
 LENGTH_NAMES = ("prompt_lengths", "chosen_lengths", "rejected_lengths")
 REFERENCE_KEYS = ("sample_indices",) + MEASURE_NAMES
 

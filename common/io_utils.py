@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes, strict JSONL reads, and the run discovery the results printers share.
+"""Small file helpers: atomic writes, strict JSONL reads and writes (`jsonlines`), and the run discovery the results printers share.
 
 Atomic = write to a temporary file in the same directory, fsync, then `os.replace`, so a reader (or a rerun
 after `kill -9`) sees either the old file or the complete new one, never half a file. Every writer that goes
@@ -13,9 +13,12 @@ import math
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import jsonlines
 
 T = TypeVar("T")
 # What a results printer's per-run check may raise on a config/summary of the wrong shape.
@@ -94,8 +97,41 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
 
 
+def _jsonl_dumps(record: Any) -> str:
+    """One JSONL line's text: plain JSON types (`to_jsonable`), non-ASCII kept as is (the files are UTF-8)."""
+    return json.dumps(to_jsonable(record), ensure_ascii=False)
+
+
+def write_jsonl(path: Path, records: Iterable[Any]) -> None:
+    """Write `records` as a JSONL file (one JSON value per line) atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle, jsonlines.Writer(handle, dumps=_jsonl_dumps) as writer:
+            writer.write_all(records)
+
+    atomic_write_via(path, write)
+
+
+@contextmanager
+def jsonl_appender(path: Path) -> Iterator[jsonlines.Writer]:
+    """A `jsonlines.Writer` appending to `path` (created if absent), flushed after every record so a kill leaves
+    at most a cut-off last line (which `iter_jsonl(..., allow_partial_last_line=True)` skips)."""
+    with Path(path).open("a", encoding="utf-8") as handle, \
+            jsonlines.Writer(handle, dumps=_jsonl_dumps, flush=True) as writer:
+        yield writer
+
+
+def _decoded_lines(path: Path, lines: list[bytes]) -> Iterator[str]:
+    """The lines as text; a line that is not UTF-8 is an error naming the file, line and byte."""
+    for index, raw in enumerate(lines):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}:{index + 1}: byte {err.start + 1} of the line is not UTF-8 ({err.reason}); "
+                             "expected UTF-8 text (re-save the file as UTF-8)") from None
+
+
 def iter_jsonl(path: Path, *, allow_partial_last_line: bool = False) -> Iterator[dict]:
-    """Yield the records (JSON objects) of a JSONL file, one per non-blank line.
+    """Yield the records (JSON objects) of a JSONL file, one per non-blank line (read with `jsonlines`).
 
     Raises ValueError naming the file and line for a line that is not UTF-8, not valid JSON, or not an object.
     With `allow_partial_last_line` (append-only logs of our own, e.g. metrics.jsonl after a kill -9), a last line
@@ -103,26 +139,23 @@ def iter_jsonl(path: Path, *, allow_partial_last_line: bool = False) -> Iterator
     path = Path(path)
     data = path.read_bytes()
     lines = data.split(b"\n")
-    unterminated_last = len(lines) - 1 if not data.endswith(b"\n") else -1
-    for index, raw in enumerate(lines):
-        line_number = index + 1
+    unterminated_last = len(lines) if not data.endswith(b"\n") else 0  # 1-based line number, 0: none
+    reader = jsonlines.Reader(_decoded_lines(path, lines), loads=json.loads)
+    while True:
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}:{line_number}: byte {err.start + 1} of the line is not UTF-8 ({err.reason}); "
-                             "expected UTF-8 text (re-save the file as UTF-8)") from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if allow_partial_last_line and index == unterminated_last:
+            record = reader.read(type=dict, skip_empty=True)
+        except EOFError:
+            return
+        except jsonlines.InvalidLineError as err:
+            cause = err.__cause__
+            if not isinstance(cause, json.JSONDecodeError):  # valid JSON, but not an object (null included)
+                raise ValueError(f"{path}:{err.lineno}: expected a JSON object per line, "
+                                 f"got {type(json.loads(err.line)).__name__}") from None
+            if allow_partial_last_line and err.lineno == unterminated_last:
                 return
-            truncated = " (the line looks cut off)" if index == unterminated_last else ""
-            raise ValueError(f"{path}:{line_number}: invalid JSON line{truncated}: {err.msg} at column {err.colno}; "
-                             "expected one JSON object per line") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{line_number}: expected a JSON object per line, got {type(record).__name__}")
+            truncated = " (the line looks cut off)" if err.lineno == unterminated_last else ""
+            raise ValueError(f"{path}:{err.lineno}: invalid JSON line{truncated}: {cause.msg} at column "
+                             f"{cause.colno}; expected one JSON object per line") from None
         yield record
 
 

@@ -8,7 +8,7 @@ API for experiment families (the similarity-quantile runs in `preference_similar
     result.summary                   # JSON-able dict: counts, final eval metrics, tracker summaries (timings: ctx.timings)
 
 `config` is a `PreferenceTrainingConfig` (or a subclass adding family fields), the examples are
-`common.preference_data.PreferenceExample` lists (pick them with `common.preference_selection.select_examples`
+`common.preference_data.PreferenceExample` lists (pick them with `ches.selection.select_examples`
 or your own logic; `eval_examples` may be empty), `ctx` the runner's `RunContext`. Post-training evaluation
 (e.g. refusal rates) is the caller's: it gets the model back.
 

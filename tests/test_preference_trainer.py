@@ -218,7 +218,7 @@ def small_config(tmp_path: Path, **overrides) -> PreferenceTrainingConfig:
 
 
 def run_training(config: PreferenceTrainingConfig, run_dir: Path):
-    from common.preference_selection import select_examples
+    from ches.selection import select_examples
 
     run_dir.mkdir(parents=True)
     logger = MetricsLogger(run_dir)

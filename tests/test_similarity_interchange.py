@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ches.ches import MEASURE_NAMES, load_similarity_results
-from common.preference_selection import select_examples, select_similarity_rows
+from ches.selection import select_examples, select_similarity_rows
 from common.preference_training_config import PreferenceTrainingConfig
 
 # Rows of the source data in draw order, and their CHES scores.

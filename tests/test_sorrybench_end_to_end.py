@@ -196,7 +196,9 @@ def test_plan_runner_trains_and_measures_refusal_rates(fake_judged_dataset, tmp_
     for name in ("dpo_sft1-0", "gold", "filtered_ipo"):
         summary = read_json(tmp_path / "runs" / name / "summary.json")
         for split in ("train", "test"):
-            assert 0.0 <= summary[f"refusal_rate/{split}"] <= 1.0
+            # 4 sampled tokens of a randomly initialised tiny-gpt2 never open with a keyword judge's refusal phrase
+            assert summary[f"refusal_rate/{split}"] == 0.0
+            assert summary[f"refusal_counts/{split}"] == [0, {"train": num_train, "test": 1}[split]]
             assert f"eval_metrics/{split}/preferred_logprobs_change_mean" in summary
         assert summary["refusal_counts/train"][1] == num_train  # every train prompt, one response each
         rates = read_json(tmp_path / "runs" / name / "refusal_eval" / "refusal_rates.json")

@@ -19,6 +19,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from ches.ches import load_similarity_results, select_lowest_k, select_quantile_window
 from common.data_locations import find_local_data_file, is_hub_dataset_id
 from common.preference_data import PreferenceExample, load_preference_examples
 from common.preference_training_config import PreferenceTrainingConfig
@@ -59,8 +60,6 @@ def _check_settings(config: PreferenceTrainingConfig, settings: dict) -> None:
 
 def select_similarity_rows(config: PreferenceTrainingConfig) -> tuple[list[int], list[int], dict]:
     """(training rows, rows the file drew, info) from the similarity results file (see the module docstring)."""
-    from ches.ches import load_similarity_results, select_lowest_k, select_quantile_window
-
     results = load_similarity_results(config.similarity_results_path)
     _check_settings(config, results.get("settings", {}))
     rows = [int(i) for i in results["sample_indices"].tolist()]
