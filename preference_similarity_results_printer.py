@@ -4,11 +4,18 @@
         [--metric eval_metrics/train/preferred_logprobs_change_mean] [--save_dir DIR]
 
 In:  the run directories under `--outputs_dir` (each with `config.json` and `summary.json`, as written by
-     `preference_similarity_experiment_plan_runner.py`); runs without a similarity file or still running are
-     skipped. Reads JSON only.
+     `preference_similarity_experiment_plan_runner.py`); runs without a similarity file, still running, or with
+     files of the wrong shape are skipped and listed (`common.io_utils.finished_runs_or_none`). The per-example
+     figure also reads the similarity file and `displacement_train.safetensors`. A directory holding only runs of
+     another family (SORRY-Bench, persona) is refused (exit 2).
 Out (in `--save_dir`, default `--outputs_dir`):
-     similarity_quantiles.png   one line per (model, objective, measure): x = quantile, y = mean over seeds of
-                                `--metric`, error bars = std over seeds (population)
+     similarity_quantiles.png   Figure 2: x = quantile; left y = mean over seeds of `--metric` (Δ log π(y+), nats),
+                                right the dispreferred counterpart (Δ log π(y−)); error bars = std over seeds
+                                (population), every seed a point, the model in the title
+     similarity_examples.png    per similarity file and measure: a histogram of the measure over the file, the
+                                trained pairs marked; per-example measure vs Δ log π(y+) of every run, with
+                                Spearman's rank correlation (scipy.stats.spearmanr)
+     similarity_examples.json   [{"similarity_file", "measure", "num_points", "spearman_rho", "spearman_p", "points"}]
      similarity_quantiles.md    the same numbers as a table (also printed)
      similarity_quantiles.json  [{"model", "objective", "measure", "quantile", "num_runs", "mean", "std",
                                   "values", "frac_preferred_decreased_mean", "run_dirs"}, ...]
@@ -20,30 +27,30 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+from common.io_utils import FinishedRun, atomic_write_json, finished_runs_or_none
+from common.run_family import other_family_error
+from preference_similarity.plots import figure_2, join_examples, similarity_examples
 
 DEFAULT_METRIC = "eval_metrics/train/preferred_logprobs_change_mean"
 FRACTION_METRIC = "eval_metrics/train/frac_preferred_logprobs_decreased"
 OUTPUT_STEM = "similarity_quantiles"
+EXAMPLES_STEM = "similarity_examples"
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def collect_runs(outputs_dir: Path) -> list[tuple[Path, dict, dict]]:
-    """(run dir, config, summary) of every finished similarity-filtered run directly under `outputs_dir`."""
-    runs = []
-    for run_dir in sorted(p for p in Path(outputs_dir).iterdir() if p.is_dir()):
-        config, summary = _read_json(run_dir / "config.json"), _read_json(run_dir / "summary.json")
-        if config is None or summary is None or not config.get("similarity_results_path"):
-            continue
-        runs.append((run_dir, config, summary))
-    return runs
+def similarity_run(run: FinishedRun, metric: str) -> tuple[Path, dict, dict] | str:
+    """(run dir, config, summary) of a finished similarity-filtered run, or a note saying why it is skipped.
+    A config/summary of the wrong shape raises (the shared discovery skips the run with a note)."""
+    if not run.config.get("similarity_results_path"):
+        return f"skipping {run.run_dir}: no similarity_results_path (not a similarity-filtered run)"
+    if not isinstance(run.summary.get(metric), (int, float)):
+        return f"skipping {run.run_dir}: summary.json has {metric} = {run.summary.get(metric)!r}, expected a number"
+    entry = (run.run_dir, run.config, run.summary)
+    format_table(aggregate([entry], metric), metric)  # the grouping fields must have usable types
+    return entry
 
 
 def aggregate(runs: list[tuple[Path, dict, dict]], metric: str) -> list[dict]:
@@ -87,31 +94,11 @@ def format_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], metric: str, path: Path) -> None:
-    """Quantile (x) vs mean metric (y) with std error bars, one line per (model, objective, measure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        series[(row["model"], row["objective"], row["measure"])].append(row)
-    vary = [len({key[i] for key in series}) > 1 for i in range(3)]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for key, points in series.items():
-        label = " / ".join(str(part) for part, show in zip(key, vary) if show) or str(key[2])
-        axis.errorbar([p["quantile"] for p in points], [p["mean"] for p in points],
-                      yerr=[p["std"] for p in points], marker="o", capsize=3, label=label)
-    axis.axhline(0.0, color="grey", linewidth=0.8)
-    axis.set_xlabel("similarity quantile of the training subset")
-    axis.set_ylabel(metric.split("/")[-1].replace("_", " "))
-    axis.set_title(metric)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+def dispreferred_metric(metric: str) -> str | None:
+    """The dispreferred counterpart of a preferred metric key, None if there is none.
+    Example: eval_metrics/train/preferred_logprobs_change_mean -> eval_metrics/train/dispreferred_logprobs_change_mean.
+    """
+    return metric.replace("/preferred_", "/dispreferred_") if "/preferred_" in metric else None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -120,11 +107,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"summary.json key. Default {DEFAULT_METRIC}")
     parser.add_argument("--save_dir", type=Path, default=None, help="where to write the PNG/MD/JSON")
     args = parser.parse_args(argv)
-    if not args.outputs_dir.is_dir():
-        raise SystemExit(f"--outputs_dir {args.outputs_dir}: not a directory")
-    rows = aggregate(collect_runs(args.outputs_dir), args.metric)
-    if not rows:
-        raise SystemExit(f"no finished similarity-filtered runs with `{args.metric}` under {args.outputs_dir}")
+    if args.outputs_dir.is_dir():
+        wrong_family = other_family_error(args.outputs_dir, ("preference_similarity",), "--outputs_dir")
+        if wrong_family:
+            print(f"error: {wrong_family}", file=sys.stderr)
+            raise SystemExit(2)
+    found = finished_runs_or_none([args.outputs_dir], lambda run: similarity_run(run, args.metric))
+    if found is None:
+        raise SystemExit(2)
+    runs = found[0]
+    rows = aggregate(runs, args.metric)
     save_dir = args.save_dir or args.outputs_dir
     save_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(rows, args.metric)
@@ -133,8 +125,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     json_rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
                  for row in rows]
     (save_dir / f"{OUTPUT_STEM}.json").write_text(json.dumps(json_rows, indent=2) + "\n", encoding="utf-8")
-    plot(rows, args.metric, save_dir / f"{OUTPUT_STEM}.png")
+    other_metric = dispreferred_metric(args.metric)
+    figure_2(rows, aggregate(runs, other_metric) if other_metric else [], save_dir / f"{OUTPUT_STEM}.png")
     print(f"wrote {save_dir / OUTPUT_STEM}.{{png,md,json}}")
+    groups, notes = join_examples(runs)
+    for note in notes:
+        print(f"note: {note}")
+    if groups:
+        stats = similarity_examples(groups, save_dir / f"{EXAMPLES_STEM}.png")
+        for entry in stats:
+            print(f"{entry['measure']} vs Δ log π(y+) per training pair ({entry['similarity_file']}): Spearman rho "
+                  f"{entry['spearman_rho']:.3f} (p {entry['spearman_p']:.3g}, n {entry['num_points']})")
+        atomic_write_json(save_dir / f"{EXAMPLES_STEM}.json", stats)  # NaN (fewer than 3 points) -> null
+        print(f"wrote {save_dir / EXAMPLES_STEM}.{{png,json}}")
     return rows
 
 

@@ -24,7 +24,7 @@ from common.cli import fail
 from common.io_utils import atomic_write_json
 from sorrybench.cli import add_generation_arguments, add_judge_and_device_arguments, generation_settings, \
     resolve_judge_and_device
-from sorrybench.judges import build_judge
+from sorrybench.judge_factory import build_judge
 from sorrybench.refusal_rate import evaluate_refusal_rate, format_comparison_table, load_dataset_prompts
 
 

@@ -15,9 +15,16 @@ Sides, each in its own subprocess so its peak RSS is its own:
     trl           TRL `DPOTrainer` with an in-memory copy of the model as `ref_model`, `use_cpu=True`, no reporting,
                   `bf16=False`, `gradient_checkpointing=False` (the same fp32 arithmetic as ours).
     trl_defaults  the same with TRL's own defaults for `bf16` (True) and `gradient_checkpointing` (True).
+    trl_precompute  TRL as a user who wants speed would set it up (issue 17): `precompute_ref_log_probs=True` (no
+                  reference model in memory; its pass is timed separately, like ours), `padding_free=True` (TRL 1.16
+                  accepts it but switches it off with a warning; the report records what was in effect), fp32, no
+                  gradient checkpointing. TRL 1.16 has no `use_logits_to_keep`: its fused LM head already projects
+                  only the completion positions.
 TRL gets exactly the token ids ours trains on: its trainer is built on the text pairs, then its `train_dataset`
 is replaced by the pre-tokenized `prompt_ids`/`chosen_ids`/`rejected_ids` (its own tokenization truncates
-differently). Step time: ours from one logged step to the next (everything in the loop: forward, backward,
+differently). With `precompute_ref_log_probs`, TRL computed the reference log-probs of its own tokenization in
+`__init__`, so they are computed again (`_precompute_ref_logps`) for the swapped-in ids.
+Step time: ours from one logged step to the next (everything in the loop: forward, backward,
 optimizer, logging); TRL from its `on_step_begin` to its `on_step_end` callback (forward, backward, clipping,
 optimizer; data loading and logging excluded, which favours TRL slightly). Setup (model loading, tokenization,
 our reference pass) is excluded. Both wall seconds and process CPU seconds are recorded (with one thread, CPU
@@ -25,6 +32,11 @@ seconds measure the work and do not depend on other jobs on a shared machine). M
 rounds; the rounds alternate the side order. `trl_defaults` runs `--defaults_steps` steps in the first
 `--defaults_rounds` rounds only (bf16 autocast is very slow on CPUs without native bf16).
 The results are printed and written to the `dpo_step` section of bench/RESULTS.md.
+
+    python bench/bench_dpo_step.py --flop_floor   # matmul GFLOP/s of this CPU and the step's FLOP floor (seconds)
+
+writes the `flop_floor` section: the FLOPs one step of ours must do at least (`step_flops`) divided by the best
+fp32 matmul rate one thread reaches here (`matmul_flops_per_second`).
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ from bench.bench_common import (  # noqa: E402
     update_results_section, worker_main,
 )
 
-SIDES = ("ours", "trl", "trl_defaults")
+SIDES = ("ours", "trl", "trl_defaults", "trl_precompute")
 TARGET_TIME_RATIO, TARGET_MEMORY_RATIO = 0.4, 0.6  # ours / trl, from the issue
 
 
@@ -122,8 +134,11 @@ def _model_location(model: str) -> str:
 
 
 def trl_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: int, steps: int,
-               lr: float, beta: float, trl_defaults: bool) -> dict:
-    """Train `steps` steps with TRL's DPOTrainer and an in-memory reference copy; time its steps by callback."""
+               lr: float, beta: float, variant: str) -> dict:
+    """Train `steps` steps with TRL's DPOTrainer; time its steps by callback.
+
+    `variant`: "copy" (an in-memory reference copy, fp32, no checkpointing), "defaults" (the same with TRL's bf16 and
+    gradient-checkpointing defaults) or "precompute" (precomputed reference log-probs, padding_free requested)."""
     import copy
 
     import datasets
@@ -145,20 +160,28 @@ def trl_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: 
     tokenizer = AutoTokenizer.from_pretrained(location)
     examples, pairs = load_tokenized_pairs(tokenizer, dataset, num_pairs, seed, max_length)
     policy = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
-    reference = copy.deepcopy(policy)
+    reference = None if variant == "precompute" else copy.deepcopy(policy)
     text_rows = [{"prompt": [{"role": "user", "content": e.prompt}],
                   "chosen": [{"role": "assistant", "content": e.chosen}],
                   "rejected": [{"role": "assistant", "content": e.rejected}]} for e in examples]
     options = dict(output_dir=tempfile.mkdtemp(prefix="bench_trl_"), use_cpu=True, report_to=[],
                    per_device_train_batch_size=num_pairs, max_steps=steps, logging_steps=1, save_strategy="no",
                    learning_rate=lr, beta=beta, max_length=max_length, seed=seed, dataloader_num_workers=0)
-    if not trl_defaults:
+    if variant != "defaults":
         options.update(bf16=False, gradient_checkpointing=False)
+    if variant == "precompute":
+        options.update(precompute_ref_log_probs=True, padding_free=True)
     timer = StepTimer()
     trainer = DPOTrainer(model=policy, ref_model=reference, args=DPOConfig(**options), processing_class=tokenizer,
                          train_dataset=datasets.Dataset.from_list(text_rows), callbacks=[timer])
-    trainer.train_dataset = datasets.Dataset.from_list(
+    shared_ids = datasets.Dataset.from_list(
         [{"prompt_ids": p.prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids} for p in pairs])
+    reference_seconds = math.nan
+    if variant == "precompute":  # TRL's __init__ precomputed its own tokenization's: redo it for the shared ids
+        started = time.perf_counter()
+        shared_ids = trainer._precompute_ref_logps(shared_ids, "train", num_pairs)
+        reference_seconds = time.perf_counter() - started
+    trainer.train_dataset = shared_ids
     trainer.train()
     first = next(record for record in trainer.state.log_history if "loss" in record)
     return {"step_seconds": [end[0] - begin[0] for begin, end in zip(timer.begins, timer.ends)],
@@ -167,11 +190,62 @@ def trl_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: 
             "first_logps_rejected": first.get("logps/rejected", math.nan),
             "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
                               else trainer.optimizer).__name__,
-            "bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.gradient_checkpointing}
+            "bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.gradient_checkpointing,
+            "padding_free": bool(trainer.padding_free), "reference_seconds": reference_seconds}
 
 
-WORKERS = {"ours": ours_worker, "trl": lambda **kw: trl_worker(trl_defaults=False, **kw),
-           "trl_defaults": lambda **kw: trl_worker(trl_defaults=True, **kw)}
+def flop_floor_report(args) -> str:
+    """The `flop_floor` section: matmul rate of this CPU, FLOPs of one step of ours, and the floor in seconds."""
+    import re
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from bench.bench_common import RESULTS_PATH, set_threads
+    from bench.flop_floor import attended_pairs, matmul_flops_per_second, step_flops
+
+    set_threads(args.threads)
+    location = _model_location(args.model)
+    pairs = load_tokenized_pairs(AutoTokenizer.from_pretrained(location), args.dataset, args.num_pairs, args.seed,
+                                 args.max_length)[1]
+    config = AutoConfig.from_pretrained(location)
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(config)
+    embeddings = {id(m.weight): m.weight.numel() for m in (net.get_input_embeddings(), net.get_output_embeddings())}
+    # Tied or not, the embedding lookup does no FLOPs and the LM head is its own term of step_flops.
+    body = sum(p.numel() for p in net.parameters()) - sum(embeddings.values())
+    text_config = net.config.get_text_config()
+    fed = sum(len(p.prompt_ids) - 1 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    response = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    attended = sum(attended_pairs(len(p.prompt_ids), (len(p.chosen_ids), len(p.rejected_ids))) for p in pairs)
+    flops = step_flops(body, text_config.vocab_size, text_config.hidden_size, text_config.num_hidden_layers, fed,
+                       response, attended)
+    rate = matmul_flops_per_second()
+    floor = flops / rate
+    lines = ["## 5. FLOP floor of a DPO step on this CPU (`bench/bench_dpo_step.py --flop_floor`)", ""]
+    lines += machine_lines(sys.argv, args.threads)
+    lines += [f"- fp32 matmul rate, {args.threads} thread(s), best of 10 half-second bursts of (2048 x 576) @ "
+              f"(576 x 1536): "
+              f"**{rate / 1e9:.1f} GFLOP/s**",
+              f"- one step of ours on the section-1 setting ({args.num_pairs} pairs, {args.max_length} tokens): "
+              f"{fed} fed tokens, {response} response tokens, {attended} attended (query, key) pairs, "
+              f"{body / 1e6:.1f}M "
+              f"body parameters: {flops / 1e12:.2f} TFLOP (`bench/flop_floor.py`, a lower bound)",
+              f"- floor: **{floor:.1f} s/step** at that rate"]
+    recorded = RESULTS_PATH.read_text(encoding="utf-8") if RESULTS_PATH.exists() else ""
+    section = recorded.split("<!-- bench:dpo_step:begin -->")[-1].split("<!-- bench:dpo_step:end -->")[0]
+    step = re.search(r"^\| ours \| ([0-9.]+) \(.*?\| ([0-9.]+) \(", section, flags=re.MULTILINE)
+    machine = re.search(r"^- machine: ([^,]+, [^,]+),", section, flags=re.MULTILINE)
+    if step and machine:
+        lines.append(f"- ours as recorded in section 1 ({machine.group(1)}): {step.group(2)} CPU s/step = "
+                     f"{float(step.group(2)) / floor:.2f}x this floor; compare like with like only when the machine "
+                     f"line above names the same CPU (rerun `--flop_floor` there)")
+    return "\n".join(lines) + "\n"
+
+
+WORKERS = {"ours": ours_worker, "trl": lambda **kw: trl_worker(variant="copy", **kw),
+           "trl_defaults": lambda **kw: trl_worker(variant="defaults", **kw),
+           "trl_precompute": lambda **kw: trl_worker(variant="precompute", **kw)}
 
 
 def model_bytes(model: str) -> int:
@@ -218,7 +292,12 @@ def report(args, results: dict[str, list[dict]], counts: dict[str, int], bytes_o
         reference_seconds = median([r["reference_seconds"] for r in results["ours"]])
         lines += ["", f"Ours, one-off per run (not in the step time): reference pass over the {args.num_pairs} pairs "
                   f"{reference_seconds:.1f} s (median), setup incl. model load {median([r['setup_seconds'] for r in results['ours']]):.1f} s."]
-        for competitor in ("trl", "trl_defaults"):
+        if "trl_precompute" in results:
+            runs = results["trl_precompute"]
+            lines.append(f"- trl_precompute, one-off (not in the step time): its reference pass over the shared ids "
+                         f"{median([r['reference_seconds'] for r in runs]):.1f} s (median); padding_free in effect: "
+                         f"{sorted({r['padding_free'] for r in runs})} (requested True; TRL 1.16 turns it off)")
+        for competitor in ("trl", "trl_defaults", "trl_precompute"):
             if competitor not in results:
                 continue
             time_ratio = median(steps["ours"]) / median(steps[competitor])
@@ -233,7 +312,8 @@ def report(args, results: dict[str, list[dict]], counts: dict[str, int], bytes_o
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--dataset", default="data_files/ultrafeedback/train_1000.jsonl")
+    parser.add_argument("--dataset", default="data_files/ultrafeedback/train_1000.jsonl",
+                        help="found through common.data_locations (e.g. $LD_DATA_DIR/ultrafeedback/train_1000.jsonl)")
     parser.add_argument("--num_pairs", type=int, default=8, help="pairs drawn (= the batch: one step per batch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_length", type=int, default=256, help="tokens per prompt + response")
@@ -256,13 +336,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 round")
     parser.add_argument("--no_write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    parser.add_argument("--flop_floor", action="store_true",
+                        help="run nothing else: measure this CPU's matmul rate and write the step's FLOP floor")
     args = parser.parse_args()
+    from common.data_locations import locate_data_file
+
+    args.dataset = str(locate_data_file(args.dataset))
+    if args.flop_floor:
+        text = flop_floor_report(args)
+        print(text)
+        if not args.no_write:
+            update_results_section("flop_floor", text)
+        return
     if args.quick:
         args.steps, args.rounds, args.defaults_steps = 2, 1, 1
     common = dict(model=args.model, dataset=args.dataset, num_pairs=args.num_pairs, seed=args.seed,
                   max_length=args.max_length, steps=args.steps, lr=args.lr, beta=args.beta)
     kwargs = {"ours": {**common, "optimizer": args.optimizer}, "trl": common,
-              "trl_defaults": {**common, "steps": args.defaults_steps}}
+              "trl_defaults": {**common, "steps": args.defaults_steps}, "trl_precompute": common}
     results: dict[str, list[dict]] = {side: [] for side in args.sides}
     for raw_path in args.from_raw or []:
         for line in Path(raw_path).read_text(encoding="utf-8").splitlines():

@@ -7,11 +7,15 @@ last prompt token predicts token 1, response token k-1 predicts token k. With S�
 
     ches     = <S+, S->  - ||S+||²
     ln_ches  = <S+/|y+|, S-/|y-|> - ||S+/|y+|||²
-    minus_normalized_edit_distance  = - Levenshtein(y+ ids, y- ids) / max(|y+|, |y-|)
-    last_hidden_embedding_inner_prod = <h+_final, h-_final>, h±_final = hidden state at the last token of
-        prompt + y± (the EOS when not truncated), i.e. the position right after the last one summed in S±.
+    minus_normalized_edit_distance  = - Levenshtein(y+, y-) / max(|y+| - 1, |y-| - 1), over the response ids
+        without the final EOS
+    last_hidden_embedding_inner_prod = <h+_final, h-_final>, h±_final = hidden state at the last response
+        token before the EOS (the last prompt token for an EOS-only response), the last position summed in S±.
 
-|y±| counts the response tokens as tokenized by `common.preference_data.tokenize_pair` (EOS included).
+Each response ends with the EOS (`common.preference_tokenization`, `eos_after_truncation=True`: appended after
+truncation), and |y±| counts it. So S± sums the hidden states from the last prompt token to the last response
+token, |y±| of them: exactly the reference script's `hidden_states[-1][0][query_len - 1:]` (its responses carry
+no EOS), its lengths, its last-hidden position and its edit distance. The EOS's own hidden state is not used.
 Hidden states are cast to fp32 before summing, whatever the model dtype; the inner products are then taken in
 fp64 (no overflow / cancellation trouble for 8B models in half precision).
 
@@ -35,21 +39,20 @@ import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
+from ches.results_file import (  # noqa: F401  (re-exported: the file's field names and reader live there)
+    LENGTH_NAMES, MEASURE_NAMES, load_similarity_results,
+)
 from common.preference_data import TokenizedPair
 from common.sequence_logprobs import (  # noqa: F401  (pack_pairs, packed_attention_mask: re-exported)
-    CHOSEN, PROMPT, REJECTED, SUPPORTED_ATTENTION, pack_pairs, packed_attention_mask,
+    CHOSEN, PROMPT, REJECTED, SUPPORTED_ATTENTION, pack_pairs, packed_attention_mask, transformer_body,
 )
 
-MEASURE_NAMES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
-                 "last_hidden_embedding_inner_prods")
-LENGTH_NAMES = ("prompt_lengths", "chosen_lengths", "rejected_lengths")
 
 
 def ches_from_sums(chosen_sums: torch.Tensor, rejected_sums: torch.Tensor) -> torch.Tensor:
@@ -96,14 +99,7 @@ def minus_normalized_edit_distance(chosen_ids: Sequence[int], rejected_ids: Sequ
     return 0.0 if longest == 0 else -levenshtein_distance(chosen_ids, rejected_ids) / longest
 
 
-def base_transformer(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack without the LM head (`model.model` for Llama, `model.transformer` for GPT-2).
-
-    Accepts a causal LM, a PEFT-wrapped causal LM, or an already-bare base model (returned unchanged)."""
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
-    base = getattr(model, "base_model", model)
-    return model if base is None else base
+base_transformer = transformer_body  # the name this module exported before (common.sequence_logprobs)
 
 
 @dataclass
@@ -112,7 +108,8 @@ class PairHiddenSummaries:
 
     Attributes:
         chosen_sums, rejected_sums: S±, shape (B, D).
-        chosen_final, rejected_final: hidden state at the last token of prompt + y±, shape (B, D).
+        chosen_final, rejected_final: hidden state at the last position summed in S± (the last response token
+            before the EOS), shape (B, D).
     """
 
     chosen_sums: torch.Tensor
@@ -135,28 +132,29 @@ def summarize_pair_hidden_states(model: torch.nn.Module, pairs: Sequence[Tokeniz
     alone, and there is no padding between the two responses.
 
     Summed positions for y (length n): the last prompt token, then response tokens 1..n-1 (all found through
-    the segment masks, whichever side the padding is on); response token n is the "final" position.
+    the segment masks, whichever side the padding is on); the last of them is the "final" position.
     """
     attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
     if attention not in SUPPORTED_ATTENTION:
         raise ValueError(f"CHES needs a custom 4D attention mask; the model uses attn_implementation "
                          f"{attention!r}. Load it with attn_implementation in {SUPPORTED_ATTENTION}")
-    decoder = base_transformer(model)
+    decoder = transformer_body(model)
     parameter = next(model.parameters())
     input_ids, segments, positions = (t.to(parameter.device) for t in pack_pairs(pairs, padding_side))
     mask = packed_attention_mask(segments, getattr(model, "dtype", parameter.dtype))
     hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                      use_cache=False).last_hidden_state.float()  # (B, L, D)
     rows = torch.arange(len(pairs), device=hidden.device)
-    prompt_last = hidden[rows, _last_position(segments == PROMPT)]  # predicts response token 1, (B, D)
+    prompt_last_position = _last_position(segments == PROMPT)
+    prompt_last = hidden[rows, prompt_last_position]  # predicts response token 1, (B, D)
     results = []
     for segment in (CHOSEN, REJECTED):
         in_response = segments == segment
-        last = _last_position(in_response)
         predicting = in_response.clone()
-        predicting[rows, last] = False  # the last response token predicts nothing inside the response
+        predicting[rows, _last_position(in_response)] = False  # the EOS predicts nothing inside the response
         sums = prompt_last + (hidden * predicting.unsqueeze(-1).float()).sum(dim=1)
-        results.append((sums, hidden[rows, last]))
+        final = torch.where(predicting.any(-1), _last_position(predicting), prompt_last_position)
+        results.append((sums, hidden[rows, final]))
     (chosen_sums, chosen_final), (rejected_sums, rejected_final) = results
     return PairHiddenSummaries(chosen_sums, rejected_sums, chosen_final, rejected_final)
 
@@ -178,7 +176,7 @@ def summarize_pair_with_prompt_cache(model: torch.nn.Module, pair: TokenizedPair
     computed, and there is no padding. Returns None when the model's cache is not a plain full-attention
     DynamicCache (e.g. sliding-window layers); the caller then uses the packed path.
     """
-    decoder = base_transformer(model)
+    decoder = transformer_body(model)
     device = next(model.parameters()).device
     prompt_length, chosen_length = len(pair.prompt_ids), len(pair.chosen_ids)
     first = decoder(input_ids=torch.tensor([pair.prompt_ids + pair.chosen_ids], device=device), use_cache=True)
@@ -191,8 +189,10 @@ def summarize_pair_with_prompt_cache(model: torch.nn.Module, pair: TokenizedPair
     rejected = decoder(input_ids=torch.tensor([pair.rejected_ids], device=device), use_cache=True,
                        past_key_values=_prompt_cache(cache, prompt_length, model.config)
                        ).last_hidden_state[0].float()  # (R, D)
-    return PairHiddenSummaries(chosen_sums, prompt_last + rejected[:-1].sum(0, keepdim=True), hidden[-1:],
-                               rejected[-1:])
+    chosen_final = hidden[prompt_length + chosen_length - 2:prompt_length + chosen_length - 1]
+    rejected_final = rejected[-2:-1] if len(pair.rejected_ids) > 1 else prompt_last
+    return PairHiddenSummaries(chosen_sums, prompt_last + rejected[:-1].sum(0, keepdim=True), chosen_final,
+                               rejected_final)
 
 
 @torch.no_grad()
@@ -208,7 +208,7 @@ def reference_pair_summaries(model: torch.nn.Module, pair: TokenizedPair) -> Pai
         input_ids = torch.tensor([pair.prompt_ids + response], device=device)
         hidden = model(input_ids=input_ids, output_hidden_states=True).hidden_states[-1][0].float()  # (L, D)
         sums.append(hidden[start:start + len(response)].sum(0, keepdim=True))
-        finals.append(hidden[-1:])
+        finals.append(hidden[start + len(response) - 1:start + len(response)])
     return PairHiddenSummaries(sums[0], sums[1], finals[0], finals[1])
 
 
@@ -223,15 +223,22 @@ def relative_difference(summaries: PairHiddenSummaries, reference: PairHiddenSum
 
 def measures_from_summaries(summaries: PairHiddenSummaries, pairs: Sequence[TokenizedPair]
                             ) -> dict[str, list[float]]:
-    """All MEASURE_NAMES for a batch (lists of length B, same order as `pairs`)."""
+    """All MEASURE_NAMES for a batch (lists of length B, same order as `pairs`). The edit distance compares the
+    response ids without their final EOS (module docstring). A pair with identical responses uses the chosen
+    summaries for both sides, so its CHES is exactly 0, as in the reference (where both forwards are the same
+    computation); the two paths here differ only by float rounding."""
     chosen_lengths = torch.tensor([len(p.chosen_ids) for p in pairs])
     rejected_lengths = torch.tensor([len(p.rejected_ids) for p in pairs])
-    chosen_sums, rejected_sums = summaries.chosen_sums.cpu(), summaries.rejected_sums.cpu()
-    final_products = (summaries.chosen_final.double() * summaries.rejected_final.double()).sum(-1).cpu()
+    identical = torch.tensor([p.chosen_ids == p.rejected_ids for p in pairs]).unsqueeze(-1)
+    chosen_sums = summaries.chosen_sums.cpu()
+    rejected_sums = torch.where(identical, chosen_sums, summaries.rejected_sums.cpu())
+    chosen_final = summaries.chosen_final.double().cpu()
+    rejected_final = torch.where(identical, chosen_final, summaries.rejected_final.double().cpu())
+    final_products = (chosen_final * rejected_final).sum(-1)
     return {
         "ches_scores": ches_from_sums(chosen_sums, rejected_sums).tolist(),
         "ln_ches_scores": ln_ches_from_sums(chosen_sums, rejected_sums, chosen_lengths, rejected_lengths).tolist(),
-        "minus_normalized_edit_distances": [minus_normalized_edit_distance(p.chosen_ids, p.rejected_ids)
+        "minus_normalized_edit_distances": [minus_normalized_edit_distance(p.chosen_ids[:-1], p.rejected_ids[:-1])
                                             for p in pairs],
         "last_hidden_embedding_inner_prods": final_products.tolist(),
     }
@@ -341,29 +348,3 @@ def select_quantile_window(scores: Sequence[float], k: int, quantile: float) -> 
     centre = round(quantile * (len(ranked) - 1))
     start = min(max(centre - k // 2, 0), len(ranked) - k)
     return sorted(ranked[start:start + k])
-
-
-def load_similarity_results(path: str | Path, *, allow_partial: bool = False) -> dict:
-    """Read a file written by `compute_preference_similarity_per_example.py`.
-
-    Returns:
-        dict with `sample_indices` (N,) long (rows of the source data), every MEASURE_NAMES entry (N,) float64
-        (NaN for skipped rows), every LENGTH_NAMES entry (N,) long (-1 for skipped rows), `skip_reasons`
-        (list of N str, "" when computed), `computed` (N,) bool, and `settings` (dict; `complete` tells whether
-        the run finished).
-
-    Raises:
-        ValueError: missing field, fields of different lengths, or a partial file without `allow_partial`.
-    """
-    results = torch.load(path, weights_only=True, map_location="cpu")
-    expected = ("settings", "sample_indices", "skip_reasons", "computed") + MEASURE_NAMES + LENGTH_NAMES
-    missing = [key for key in expected if key not in results]
-    if missing:
-        raise ValueError(f"{path}: missing fields {missing}; expected {list(expected)}")
-    lengths = {key: len(results[key]) for key in expected if key != "settings"}
-    if len(set(lengths.values())) != 1:
-        raise ValueError(f"{path}: fields are not in lockstep, lengths {lengths}")
-    if not allow_partial and not results["settings"].get("complete", False):
-        raise ValueError(f"{path}: partial file (run interrupted; rerun the script with the same arguments "
-                         "to finish it), or pass allow_partial=True")
-    return results

@@ -18,20 +18,37 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-# Fields found in plans written for the reference implementation. They are accepted so those plans still
-# validate, have no effect here, and are reported once per plan (see `common/plan.py`).
+MAX_SEED = 2**32  # numpy's seeds are 32-bit: every seed field must be < 2**32
+# Fields of the reference implementation's plans that have no effect here. They are accepted so those plans
+# still validate, and listed once per plan (see `common/plan.py`).
 LEGACY_IGNORED_FIELDS = frozenset(
     {
-        "gpu_ids", "trainer_checkpoint", "validate_every", "disable_console_log", "save_logs",
+        "trainer_checkpoint", "validate_every", "disable_console_log", "save_logs",
         "train_batch_log_interval", "epoch_log_interval", "save_every_num_val", "use_tensorboard",
         "wandb_resume_path", "wandb_entity_name", "wandb_track_model", "wandb_exclude_files",
-        "score_metric_name", "score_largest", "return_best_score", "save_checkpoints",
+        "score_metric_name", "is_train_metric", "score_largest", "return_best_score", "save_checkpoints",
         "num_checkpoints", "save_checkpoints_by_score", "early_stop", "early_stop_min_delta",
         "early_stop_patience", "early_stop_cooldown", "early_stop_restore_best_weights",
         "stop_on_zero_train_loss", "stop_on_perfect_train_acc", "stop_on_perfect_train_acc_patience",
-        "plot_metric_groups", "wandb_project_name", "train_batch_size", "load_dataset_to_gpu",
+        "plot_metric_groups", "train_batch_size", "load_dataset_to_gpu", "model_cache_dir",
     }
 )
+# Reference plan fields that mean the same as one of ours under another name: reference name -> our name.
+LEGACY_RENAMED_FIELDS = {"wandb_project_name": "wandb_project"}
+# Reference plan fields mapped onto ours with a rule (see `common.plan_checks.map_legacy_fields`).
+LEGACY_MAPPED_FIELDS = frozenset({"gpu_ids"})
+# The reference plans' placeholder for a value the user must provide (e.g. the SFT checkpoint).
+FILL_THIS_IN = "FILL_THIS_IN"
+# Names used elsewhere (the reference scripts, TRL, HF Trainer) for our fields: suggested for unknown fields.
+FIELD_ALIASES = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs", "seed": "random_seed",
+    "gradient_accumulation_steps": "gradient_accumulation", "optimizer_name": "optimizer", "beta": "kl_coeff",
+    "output_dir": "outputs_dir", "run_name": "experiment_name", "model_name": "model",
+    "model_name_or_path": "model", "batch_size_per_gpu_proc": "batch_size", "per_device_train_batch_size": "batch_size",
+    "preference_similarity_path": "similarity_results_path", "preference_dataset_path": "dataset",
+    "use_samples_with_preference_similarity_quantile": "quantile", "eval_every_epochs": "eval_every",
+    "loss_type": "objective", "wandb_project_name": "wandb_project", "optim": "optimizer", "lora_r": "lora_rank",
+}
 
 
 @dataclass(kw_only=True)
@@ -47,7 +64,7 @@ class RunConfig:
         device: "auto" (the GPU the runner assigns, else CPU), "cpu", or "cuda:N". Default "auto".
         use_wandb: Also log metrics to Weights & Biases (honours WANDB_MODE=offline). Default False.
         wandb_project: W&B project name. Default "likelihood-displacement".
-        save_metric_plots: Plot every logged metric curve to `<run dir>/plots/` at the end. Default True.
+        save_metric_plots: Draw the run's metric panels into `<run dir>/plots/` at the end. Default True.
         num_gpus: GPUs one run needs (used by the parallel and Ray executors). Default 0 = CPU-only run
             unless the runner assigns a GPU from `gpu_ids_pool`.
         num_cpus: CPUs one run needs (Ray executor). Default 1.
@@ -63,14 +80,33 @@ class RunConfig:
     num_gpus: float = 0.0
     num_cpus: float = 1.0
 
+    @classmethod
+    def input_file_fields(cls) -> tuple[str, ...]:
+        """Names of the fields that hold paths of input files or directories the run reads (data sets,
+        similarity files, checkpoints). Plan validation checks they exist (unless a `{run:...}` makes them), and
+        a finished run's identity includes a fingerprint of each (`common.run_state`). Default: none."""
+        return ()
+
     def validate(self) -> list[str]:
         """Cross-field checks. Returns a list of problems (empty if valid); subclasses extend it."""
         problems = []
-        if self.random_seed < -1:
-            problems.append(f"random_seed must be >= 0 or -1 (derive from name), got {self.random_seed}")
+        if not -1 <= self.random_seed < MAX_SEED:
+            problems.append(f"random_seed must be in [0, 2**32) or -1 (derive from name), got {self.random_seed}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             problems.append(f"device must be 'auto', 'cpu' or 'cuda:N', got {self.device!r}")
         return problems
+
+    @classmethod
+    def input_file_hint(cls, field_name: str, value: str) -> str:
+        """How to make or get the input file `value` of field `field_name` (shown when it is missing)."""
+        from common.data_locations import how_to_get  # deferred: keeps this module free of data-layout imports
+
+        return how_to_get(value)
+
+    def deferred_checks(self) -> list[str]:
+        """Checks `validate` could not do without loading, converting or downloading something; they run when
+        the run starts. One line each, reported once per plan (e.g. "token check deferred to run start")."""
+        return []
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

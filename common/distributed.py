@@ -22,6 +22,20 @@ import torch
 from torch import Tensor
 
 
+def resolve_device(requested: str, assigned_gpu: int | None = None) -> torch.device:
+    """'auto' -> cuda:`assigned_gpu` (cuda:0 when None) if CUDA is available, else CPU; anything else as given."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{assigned_gpu if assigned_gpu is not None else 0}")
+    return torch.device("cpu")
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (environment RANK), or the only process (RANK unset)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def launched_distributed() -> bool:
     """True when started by a multi-process launcher (torchrun / accelerate launch set WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

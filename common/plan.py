@@ -1,7 +1,8 @@
 """Experiment plans: load a JSON plan, validate it against a family's config dataclass, expand it into runs.
 
-Pure: nothing here touches the disk except reading the plan file, so the whole plan is checked before any
-run starts. Plan format (compatible with the reference implementation's plans):
+Nothing here writes to the disk: the whole plan is checked before any run starts (reading the plan file
+strictly, `common/plan_json.py`; checking that input files exist and outputs_dir is writable,
+`common/plan_checks.py`). Plan format (compatible with the reference implementation's plans):
 
     {"name": "...", "description": "...", "skip": 0, "repetitions": 1, "largest": false,
      "multiprocess": false, "num_parallel": 1, "gpu_ids_pool": [],
@@ -9,21 +10,25 @@ run starts. Plan format (compatible with the reference implementation's plans):
 
 Expansion: every configuration yields the cartesian product of its `options` over its `base_config` (option
 fields must also appear in base_config). String fields are templated with `{field}` from the same expanded
-config; in `experiment_name`, '.' and ',' then become '-' and '[', ']' and spaces are removed. `skip` drops the
-first N expanded runs; `repetitions` > 1 repeats each run into `<name>_rep<i>` directories.
+config; in `experiment_name`, '.' and ',' then become '-' and '[', ']' and spaces are removed. `~` in
+outputs_dir is expanded. `skip` drops the first N expanded runs; `repetitions` > 1 repeats each run into
+`<name>_rep<i>` directories, repetition i of a run with a fixed `random_seed` s using the seed
+(s + i * 1_000_003) mod 2**32 (recorded in its config.json; -1 derives each repetition's seed from its name).
 A string field may reference another run of the plan as `{run:EXPERIMENT_NAME}` (replaced by that run's
 directory); runs are ordered so references come first. With repetitions, a reference resolves to the same
 repetition of the referenced run. A reference to a run removed by `skip` resolves to its directory without
 ordering (it is assumed done by an earlier invocation).
+Reference-plan fields (`common.config.LEGACY_*`) are mapped (`wandb_project_name` -> `wandb_project`,
+`gpu_ids` -> `device`) or ignored and listed once per plan; `"FILL_THIS_IN"` is an error naming the field.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import itertools
-import json
 import re
 import types
 import typing
@@ -31,10 +36,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import LEGACY_IGNORED_FIELDS, RunConfig
+import torch
+
+from common.config import (FILL_THIS_IN, LEGACY_IGNORED_FIELDS, LEGACY_MAPPED_FIELDS,
+                           LEGACY_RENAMED_FIELDS, RunConfig)
+from common.plan_checks import (fill_this_in_problems, map_legacy_fields, missing_input_files, name_problem,
+                                outputs_dir_problem, repetition_seed, seed_problems, suggest_fields,
+                                summarize_missing_inputs, type_name)
+from common.plan_json import read_plan_json
 
 TEMPLATE_PATTERN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RUN_REFERENCE_PATTERN = re.compile(r"\{run:([^{}]+)\}")
+LEGACY_FIELDS = LEGACY_IGNORED_FIELDS | LEGACY_MAPPED_FIELDS | set(LEGACY_RENAMED_FIELDS)
+PLAN_FILE_SUFFIXES = (".plan.log", ".plan_status.json")  # files the runner writes as <plan name><suffix>
 PLAN_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "name": (str, "plan"),
     "description": (str, ""),
@@ -66,6 +80,7 @@ class RunSpec:
     configuration_index: int
     overrides: dict[str, Any]  # the option values that made this run
     depends_on: tuple[str, ...] = ()
+    references: dict[str, Path] = field(default_factory=dict)  # every `{run:NAME}` target -> its directory
 
 
 @dataclass
@@ -78,7 +93,8 @@ class Plan:
     gpu_ids_pool: list[int]
     largest: bool
     runs: list[RunSpec]  # in execution order: every run after the runs it references
-    ignored_legacy_fields: list[str] = field(default_factory=list)
+    ignored_legacy_fields: list[str] = field(default_factory=list)  # reference-plan fields without effect here
+    notes: list[str] = field(default_factory=list)  # deferred checks and field mappings, each once per plan
 
 
 def derive_seed(run_name: str) -> int:
@@ -137,18 +153,22 @@ def _fill_templates(values: dict[str, Any], where: str, problems: list[str]) -> 
 
 def _check_fields(config_cls: type[RunConfig], values: dict[str, Any], where: str, problems: list[str],
                  check_required: bool = True) -> None:
-    """Append a problem for every unknown field, wrongly typed value and (optionally) missing required field."""
+    """Append a problem for every unknown field, wrongly typed value, placeholder, out-of-range seed and
+    (optionally) missing required field. Reference-plan fields (`LEGACY_FIELDS`) are accepted here."""
     hints = typing.get_type_hints(config_cls)
     known = {f.name: f for f in dataclasses.fields(config_cls)}
+    problems += fill_this_in_problems(values, where) + seed_problems(values, where)
     for key, value in values.items():
-        if key in LEGACY_IGNORED_FIELDS and key not in known:
+        if key in LEGACY_FIELDS and key not in known:
             continue
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3)
-            hint = f" (did you mean {close}?)" if close else f"; valid fields: {sorted(known)}"
+            close = suggest_fields(key, list(known))
+            hint = (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close
+                    else f"; the fields are documented in {config_cls.__module__}.{config_cls.__name__}")
             problems.append(f"{where}: unknown field '{key}'{hint}")
-        elif not _type_matches(value, hints[key]):
-            problems.append(f"{where}: field '{key}' must be {hints[key]}, got {type(value).__name__} {value!r}")
+        elif not _type_matches(value, hints[key]) and value != FILL_THIS_IN:
+            problems.append(f"{where}: field '{key}' must be {type_name(hints[key])}, "
+                            f"got {type(value).__name__} {value!r}")
     for name, f in known.items() if check_required else ():
         no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if no_default and name not in values:
@@ -156,9 +176,12 @@ def _check_fields(config_cls: type[RunConfig], values: dict[str, Any], where: st
 
 
 def _expand_configuration(
-    index: int, configuration: Any, config_cls: type[RunConfig], problems: list[str]
+    index: int, configuration: Any, config_cls: type[RunConfig], problems: list[str], notes: list[str],
+    sanitize_names: bool = True,
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Cartesian product of one configuration's options: list of (resolved field values, overrides)."""
+    """Cartesian product of one configuration's options: list of (resolved field values, overrides).
+
+    Reference-plan fields are mapped onto ours (`map_legacy_fields`) before the defaults fill the rest."""
     where = f"configurations[{index}]"
     if not isinstance(configuration, dict) or not isinstance(configuration.get("base_config"), dict):
         problems.append(f"{where}: expected an object with a 'base_config' object (and optional 'options')")
@@ -182,12 +205,15 @@ def _expand_configuration(
         return []
     defaults = {f.name: getattr(config_cls, f.name) for f in dataclasses.fields(config_cls)
                 if f.default is not dataclasses.MISSING}
+    cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     expanded = []
     for combination in itertools.product(*options.values()):
         overrides = dict(zip(options, combination))
-        values = {**defaults, **base, **overrides}
-        values = _fill_templates(values, where, problems)
-        values["experiment_name"] = sanitize_name(values["experiment_name"])
+        given = map_legacy_fields({**base, **overrides}, where, problems, notes, cuda_devices)
+        values = _fill_templates({**defaults, **given}, where, problems)
+        if sanitize_names:
+            values["experiment_name"] = sanitize_name(values["experiment_name"])
+        values["outputs_dir"] = str(Path(values["outputs_dir"]).expanduser())
         expanded.append((values, overrides))
     return expanded
 
@@ -234,58 +260,106 @@ def _resolve_run_references(values: dict[str, Any], run_dirs: dict[str, Path], r
     return referenced
 
 
-def parse_plan(raw: dict[str, Any], plan_path: Path, config_cls: type[RunConfig]) -> Plan:
-    """Validate and expand an already-parsed plan dict. Raises PlanError listing every problem."""
-    problems: list[str] = []
+def _plan_settings(raw: Any, problems: list[str]) -> dict[str, Any]:
+    """The plan-level fields (PLAN_FIELDS) with their defaults; a problem for each bad one."""
     if not isinstance(raw, dict):
-        raise PlanError(plan_path, [f"expected a JSON object at the top level, got {type(raw).__name__}"])
+        problems.append(f"expected a JSON object at the top level, got {type(raw).__name__}")
+        return {}
     settings = {}
     for key, (expected_type, default) in PLAN_FIELDS.items():
         value = raw.get(key, default)
         if value is None or not isinstance(value, expected_type) or (expected_type is int and isinstance(value, bool)):
             problems.append(f"plan field '{key}' must be {expected_type.__name__}, got {value!r}")
         settings[key] = value
-    for key in set(raw) - set(PLAN_FIELDS):
-        problems.append(f"unknown plan field '{key}'; valid plan fields: {sorted(PLAN_FIELDS)}")
+    for key in sorted(set(raw) - set(PLAN_FIELDS)):
+        close = difflib.get_close_matches(key, PLAN_FIELDS, n=2)
+        problems.append(f"unknown plan field '{key}'" + (f" (did you mean {' or '.join(map(repr, close))}?)"
+                                                         if close else " (plan fields: see common/plan.py)"))
     if problems:
-        raise PlanError(plan_path, problems)
+        return settings
     if settings["repetitions"] < 1 or settings["skip"] < 0 or settings["num_parallel"] < 1:
-        raise PlanError(plan_path, ["'repetitions' and 'num_parallel' must be >= 1 and 'skip' >= 0"])
+        problems.append("'repetitions' and 'num_parallel' must be >= 1 and 'skip' >= 0")
+    bad_gpus = [g for g in settings["gpu_ids_pool"] if not isinstance(g, int) or isinstance(g, bool) or g < 0]
+    if bad_gpus:
+        problems.append(f"plan field 'gpu_ids_pool' must list GPU indices (integers >= 0), got {bad_gpus!r}")
+    if not settings["configurations"]:
+        problems.append("plan field 'configurations' is empty; add at least one {\"base_config\": {...}}")
+    reserve = max(len(suffix) for suffix in PLAN_FILE_SUFFIXES)
+    problem = name_problem(sanitize_name(settings["name"]), "plan name (after '.'/','/space rules)", reserve)
+    if problem:
+        problems.append(problem)
+    return settings
 
-    expanded = []
-    for index, configuration in enumerate(settings["configurations"]):
-        expanded += [(index, *pair) for pair in _expand_configuration(index, configuration, config_cls, problems)]
-    if problems:
-        raise PlanError(plan_path, list(dict.fromkeys(problems)))
+
+def _run_directories(expanded: list, settings: dict[str, Any], problems: list[str],
+                     check_skip: bool = True) -> tuple[dict, list]:
+    """Name and directory of every run (all repetitions), and the runs `skip` keeps with their seeds."""
     repetitions = settings["repetitions"]
     suffixes = [f"_rep{r}" for r in range(repetitions)] if repetitions > 1 else [""]
     run_dirs: dict[str, Path] = {}
     seen_dirs: set[Path] = set()
     pending = []
     for position, (index, values, overrides) in enumerate(expanded):
-        for suffix in suffixes:
+        for repetition, suffix in enumerate(suffixes):
             name = values["experiment_name"] + suffix
             outputs_dir = Path(values["outputs_dir"])
             run_dir = outputs_dir / name
             where = f"configurations[{index}] run '{name}'"
-            if "/" in name or "\\" in name or not name or name.startswith("."):
-                problems.append(f"{where}: experiment_name must be a plain directory name inside outputs_dir")
-            elif not run_dir.resolve().is_relative_to(outputs_dir.resolve()):
-                problems.append(f"{where}: run directory {run_dir} escapes outputs_dir {outputs_dir}")
+            problem = name_problem(name, "experiment_name")
+            if problem:
+                problems.append(f"{where}: {problem}")
+                continue
             if run_dir.resolve() in seen_dirs:
-                problems.append(f"{where}: duplicate run directory {run_dir} (put the option fields in experiment_name)")
+                problems.append(f"{where}: duplicate run directory {run_dir} "
+                                "(put the option fields in experiment_name)")
+            elif name in run_dirs:
+                problems.append(f"{where}: experiment_name also used for {run_dirs[name]} (names identify runs, e.g. "
+                                "in {run:NAME}); put the fields that differ in experiment_name")
             seen_dirs.add(run_dir.resolve())
             run_dirs[name] = run_dir
             if position >= settings["skip"]:
-                pending.append((index, dict(values), overrides, name, run_dir, suffix))
+                seed = values["random_seed"]
+                seed = derive_seed(name) if seed == -1 else repetition_seed(seed, repetition)
+                pending.append((index, {**values, "random_seed": seed}, overrides, name, run_dir, suffix))
+    total = len(expanded) * len(suffixes)
+    if check_skip and expanded and settings["skip"] >= len(expanded):
+        problems.append(f"'skip' {settings['skip']} drops every run ({len(expanded)} configuration(s) expand to "
+                        f"{total} run(s)); lower it")
+    for outputs_dir in dict.fromkeys(Path(values["outputs_dir"]) for _, values, _ in expanded):
+        problem = outputs_dir_problem(outputs_dir)
+        if problem:
+            problems.append(problem)
+    return run_dirs, pending
+
+
+def parse_plan(raw: Any, plan_path: Path, config_cls: type[RunConfig], *, sanitize_names: bool = True,
+               check_input_files: bool = True) -> Plan:
+    """Validate and expand an already-parsed plan. Raises PlanError listing every problem of every run.
+
+    `sanitize_names=False` keeps experiment names as given (the reference-command front-ends, whose directory
+    names keep their '.', e.g. `_quantile_0.5_`). `check_input_files=False` skips the existence check of input
+    files (for tests of shipped plans whose inputs are made by other commands first)."""
+    problems: list[str] = []
+    notes: list[str] = []
+    settings = _plan_settings(raw, problems)
+    if problems:
+        raise PlanError(plan_path, problems)
+    expanded = []
+    for index, configuration in enumerate(settings["configurations"]):
+        expanded += [(index, *pair) for pair in _expand_configuration(index, configuration, config_cls, problems,
+                                                                       notes, sanitize_names)]
+    # Configurations with field problems expanded to nothing; the others are still checked run by run below,
+    # so one pass reports every problem (the skip count is only judged when every configuration expanded).
+    all_expanded = not problems
+    run_dirs, pending = _run_directories(expanded, settings, problems, all_expanded)
     kept_names = {entry[3] for entry in pending}
     config_field_names = {f.name for f in dataclasses.fields(config_cls)}
     runs = []
+    missing_inputs: dict[str, list[str]] = {}  # problem -> the runs it concerns (one line per distinct file)
     for index, values, overrides, name, run_dir, suffix in pending:
         where = f"configurations[{index}] run '{name}'"
+        unresolved = dict(values)
         referenced = _resolve_run_references(values, run_dirs, suffix, where, problems)
-        if values["random_seed"] == -1:
-            values["random_seed"] = derive_seed(name)
         values["experiment_name"] = name
         try:
             config = config_cls(**{k: v for k, v in values.items() if k in config_field_names})
@@ -293,23 +367,48 @@ def parse_plan(raw: dict[str, Any], plan_path: Path, config_cls: type[RunConfig]
             problems.append(f"{where}: {err}")
             continue
         problems += [f"{where}: {problem}" for problem in config.validate()]
+        for _, problem in missing_input_files(config, unresolved, kept_names) if check_input_files else ():
+            missing_inputs.setdefault(problem, []).append(where)
+        notes += config.deferred_checks()
         dependencies = tuple(dict.fromkeys(r for r in referenced if r in kept_names))
-        runs.append(RunSpec(name, run_dir, config, index, overrides, dependencies))
+        runs.append(RunSpec(name, run_dir, config, index, overrides, dependencies,
+                            {r: run_dirs[r] for r in dict.fromkeys(referenced)}))
+    problems += summarize_missing_inputs(missing_inputs)
     if problems:
         raise PlanError(plan_path, list(dict.fromkeys(problems)))
-    legacy = sorted({k for c in settings["configurations"] for k in c["base_config"] if k in LEGACY_IGNORED_FIELDS})
+    used = {k for c in settings["configurations"] for part in (c["base_config"], c.get("options", {})) for k in part}
+    legacy = sorted(used & LEGACY_IGNORED_FIELDS)
     return Plan(plan_path, settings["name"], settings["description"], settings["num_parallel"],
                 settings["multiprocess"], list(settings["gpu_ids_pool"]), settings["largest"],
-                _order_by_references(runs, plan_path), legacy)
+                _order_by_references(runs, plan_path), legacy, list(dict.fromkeys(notes)))
 
 
-def load_plan(plan_path: Path, config_cls: type[RunConfig]) -> Plan:
-    """Read, validate and expand the plan file at `plan_path` (see module docstring). Raises PlanError."""
+def apply_overrides(raw_plan: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of the parsed plan JSON with `overrides` set in every configuration's base_config (and the same
+    fields removed from its options). A plan that is not an object with a configurations list is returned as
+    is (its own validation reports it)."""
+    if not overrides or not isinstance(raw_plan, dict) or not isinstance(raw_plan.get("configurations"), list):
+        return raw_plan
+    plan = copy.deepcopy(raw_plan)
+    for configuration in plan["configurations"]:
+        if not isinstance(configuration, dict) or not isinstance(configuration.get("base_config"), dict):
+            continue
+        configuration["base_config"].update(overrides)
+        options = configuration.get("options")
+        if isinstance(options, dict):
+            configuration["options"] = {k: v for k, v in options.items() if k not in overrides}
+    return plan
+
+
+def load_plan(plan_path: Path, config_cls: type[RunConfig], *, check_input_files: bool = True,
+              overrides: dict[str, Any] | None = None) -> Plan:
+    """Read, validate and expand the plan file at `plan_path` (see module docstring). Raises PlanError.
+
+    `overrides` (typed field values, e.g. from `--set`) are set in every configuration's base_config first
+    (`apply_overrides`)."""
     plan_path = Path(plan_path)
-    try:
-        raw = json.loads(plan_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlanError(plan_path, ["plan file not found"]) from None
-    except json.JSONDecodeError as err:
-        raise PlanError(plan_path, [f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"]) from None
-    return parse_plan(raw, plan_path, config_cls)
+    raw, problems = read_plan_json(plan_path)
+    if problems:
+        raise PlanError(plan_path, problems)
+    return parse_plan(apply_overrides(raw, overrides or {}), plan_path, config_cls,
+                      check_input_files=check_input_files)

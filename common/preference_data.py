@@ -7,8 +7,9 @@ both see exactly the same text and token ids.
                                         num_samples=100, seed=0)
     hh = load_preference_examples("Anthropic/hh-rlhf/harmless-base", "hh_rlhf", split="test")  # Hub, data_dir
     pair = tokenize_pair(tokenizer, examples[0], max_input_length=512)   # TokenizedPair, or a str skip reason
+(formatting and tokenization: `common/preference_tokenization.py`, re-exported here).
 
-Formats (`dataset_format`):
+Formats (`dataset_format`; `infer_dataset_format` picks one from a Hub id or a file's first row):
     prompt_chosen_rejected  columns `prompt`, `chosen`, `rejected` (strings).
     ultrafeedback           `prompt` plus `chosen`/`rejected` as strings (the local sample) or as message lists
                             (Hub `HuggingFaceH4/ultrafeedback_binarized`, split e.g. `train_prefs`); the response
@@ -19,6 +20,9 @@ Formats (`dataset_format`):
                             are the rest (usually starting with a space). The prompt is used as plain text (no
                             chat template: it already carries the Human/Assistant markers).
     sorrybench_prefs        `query`, `chosen`, `rejected`, `category` (written by the SORRY-Bench preference script).
+    alpaca_farm             `instruction`, `input`, `output_1`, `output_2`, `preference` (Hub `tatsu-lab/alpaca_farm`,
+                            config `alpaca_human_preference`, split `preference`): prompt = instruction, plus
+                            "\\n" + input when input is not empty; chosen = output_<preference>, rejected = the other.
 Columns not used for the text are kept in `PreferenceExample.metadata` (a nested `metadata` dict is merged in).
 """
 
@@ -30,21 +34,28 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from common.data_locations import is_hub_dataset_id, load_hub_dataset, locate_data_file, parse_hub_dataset
 
-DATASET_FORMATS = ("prompt_chosen_rejected", "ultrafeedback", "hh_rlhf", "sorrybench_prefs")
+DATASET_FORMATS = ("prompt_chosen_rejected", "ultrafeedback", "hh_rlhf", "sorrybench_prefs", "alpaca_farm")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".csv")
 HH_ASSISTANT_TURN = "\n\nAssistant:"
 PLAIN_PROMPT_SEPARATOR = "\n"  # appended to the prompt when the tokenizer has no chat template
 PROMPT_IS_DIALOGUE_KEY = "prompt_is_dialogue"  # metadata flag: prompt is used as plain text (hh_rlhf)
+SAMPLE_RULES = ("python_random", "torch_randperm")
+# Hub data sets the reference implementation names, with the config / split / format it loads them with.
+HUB_CONFIG_NAMES = {"tatsu-lab/alpaca_farm": "alpaca_human_preference"}
+HUB_DEFAULT_SPLITS = {"tatsu-lab/alpaca_farm": "preference", "HuggingFaceH4/ultrafeedback_binarized": "train_prefs"}
+HUB_FORMATS = {"tatsu-lab/alpaca_farm": "alpaca_farm", "HuggingFaceH4/ultrafeedback_binarized": "ultrafeedback",
+               "Anthropic/hh-rlhf": "hh_rlhf"}
 
 _TEXT_COLUMNS = {
     "prompt_chosen_rejected": ("prompt", "chosen", "rejected"),
     "ultrafeedback": ("chosen", "rejected"),
     "hh_rlhf": ("chosen", "rejected"),
     "sorrybench_prefs": ("query", "chosen", "rejected"),
+    "alpaca_farm": ("instruction", "output_1", "output_2", "preference"),
 }
 
 
@@ -74,7 +85,8 @@ class TokenizedPair:
 
     Attributes:
         prompt_ids: Formatted prompt tokens (>= 1 token).
-        chosen_ids: Preferred response tokens, EOS appended (unless truncated away), >= 1 token.
+        chosen_ids: Preferred response tokens, >= 1 token, ending with the EOS (for training pairs it may have
+            been truncated away; CHES pairs, `eos_after_truncation`, always end with it: see ches/ches.py).
         rejected_ids: Dispreferred response tokens, same rules.
         source_index: `PreferenceExample.source_index` of the pair.
     """
@@ -131,7 +143,8 @@ def _load_rows(dataset: str, split: str) -> tuple[Any, str]:
         if not path.endswith(LOCAL_SUFFIXES):
             raise ValueError(f"dataset file {path}: unsupported suffix; expected one of {LOCAL_SUFFIXES}")
         return _read_local_rows(path), f"file {path}"
-    return load_hub_dataset(dataset, split), f"{parse_hub_dataset(dataset).describe()} (split {split})"
+    config_name = HUB_CONFIG_NAMES.get(parse_hub_dataset(dataset).repo_id)
+    return load_hub_dataset(dataset, split, default_config_name=config_name), f"{parse_hub_dataset(dataset).describe()} (split {split})"
 
 
 def _response_text(value: Any, column: str, where: str) -> str:
@@ -164,6 +177,21 @@ def _split_hh_dialogues(chosen: str, rejected: str, where: str) -> tuple[str, st
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
+def _alpaca_farm_texts(row: dict, where: str) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) of an AlpacaFarm human-preference row, as the reference builds them: prompt =
+    instruction, plus "\\n" + input when input is not empty; `preference` 1 -> output_1 preferred, else output_2."""
+    instruction, input_text = str(row["instruction"]), str(row.get("input") or "")
+    try:
+        preference = int(row["preference"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: column `preference` must be 1 or 2, got {row['preference']!r}") from None
+    if preference not in (1, 2):
+        raise ValueError(f"{where}: column `preference` must be 1 or 2, got {preference}")
+    first, second = str(row["output_1"]), str(row["output_2"])
+    chosen, rejected = (first, second) if preference == 1 else (second, first)
+    return (f"{instruction}\n{input_text}" if input_text else instruction), chosen, rejected
+
+
 def _row_to_example(row: dict, dataset_format: str, source_index: int, where: str) -> PreferenceExample:
     for column in _TEXT_COLUMNS[dataset_format]:
         if column not in row or row[column] is None:
@@ -174,6 +202,9 @@ def _row_to_example(row: dict, dataset_format: str, source_index: int, where: st
         prompt, chosen, rejected = _split_hh_dialogues(str(row["chosen"]), str(row["rejected"]), where)
         metadata[PROMPT_IS_DIALOGUE_KEY] = True
         used = {"chosen", "rejected"}
+    elif dataset_format == "alpaca_farm":
+        prompt, chosen, rejected = _alpaca_farm_texts(row, where)
+        used = {"instruction", "input", "output_1", "output_2"}
     else:
         prompt_column = "query" if dataset_format == "sorrybench_prefs" else "prompt"
         chosen = _response_text(row["chosen"], "chosen", where)
@@ -196,105 +227,117 @@ def _row_to_example(row: dict, dataset_format: str, source_index: int, where: st
     return PreferenceExample(prompt, chosen, rejected, source_index, metadata)
 
 
+def sample_row_indices(total: int, num_samples: int | None, seed: int, rule: str = "python_random") -> list[int]:
+    """Rows to load out of `total`.
+
+    Rules:
+        python_random: `sorted(random.Random(seed).sample(range(total), num_samples))`; `num_samples` must be in
+            [1, total].
+        torch_randperm: the reference implementation's draw, in its order (not sorted):
+            `torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:min(num_samples, total)]`, and
+            an unseeded `torch.randperm(total)` when seed <= 0 (then not reproducible; the rows are saved).
+    `num_samples` None = all rows, in order (both rules).
+    """
+    if rule not in SAMPLE_RULES:
+        raise ValueError(f"sample rule: unknown {rule!r}; expected one of {SAMPLE_RULES}")
+    if num_samples is None:
+        return list(range(total))
+    if rule == "torch_randperm":
+        import torch
+
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1 (or None for all rows), got {num_samples}")
+        generator = torch.Generator().manual_seed(seed) if seed > 0 else None
+        return torch.randperm(total, generator=generator)[:min(num_samples, total)].tolist()
+    if not 0 < num_samples <= total:
+        raise ValueError(f"num_samples must be in [1, {total}] ({total} rows), got {num_samples}; "
+                         "use None for all rows")
+    return sorted(random.Random(seed).sample(range(total), num_samples))
+
+
 def load_preference_examples(dataset: str, dataset_format: str, *, split: str = "train",
-                             num_samples: int | None = None, seed: int = 0) -> list[PreferenceExample]:
-    """Load preference pairs from a Hub id (`datasets.load_dataset`) or a local file (the data-location rule).
+                             num_samples: int | None = None, seed: int = 0, sample_rule: str = "python_random",
+                             column_renames: dict[str, str] | None = None) -> list[PreferenceExample]:
+    """Load preference pairs from a Hub id (`datasets.load_dataset`, with `HUB_CONFIG_NAMES`' configuration for
+    known repositories) or a local file (the data-location rule).
 
     Args:
         dataset: Hub id (`org/name`; a data directory `org/name/data_dir`, e.g. `Anthropic/hh-rlhf/harmless-base`;
             a configuration `org/name:config`), or a local .json/.jsonl/.jsonl.gz/.json.gz/.csv file, found as
             given, under data_files/, or under $LD_DATA_DIR (`common/data_locations.py`; `split` is ignored).
         dataset_format: One of DATASET_FORMATS (see the module docstring).
-        split: Hub split name (UltraFeedback binarized: `train_prefs` / `test_prefs`).
-        num_samples: Draw this many rows uniformly without replacement (`random.Random(seed).sample`),
-            returned in increasing `source_index` order; None = all rows. Must not exceed the row count.
-        seed: Seed of the subsample.
+        split: Hub split name (UltraFeedback binarized: `train_prefs` / `test_prefs`; AlpacaFarm: `preference`).
+        num_samples: Rows to draw (`sample_row_indices` with `sample_rule`); None = all rows.
+        seed: Seed of the draw.
+        sample_rule: `python_random` (sorted seeded sample) or `torch_randperm` (the reference's draw and order).
+        column_renames: {column in the file: column the format expects}, applied to every row first (the
+            reference's `--chat_chosen_field` / `--chat_rejected_field`).
 
     Returns:
-        The examples; `source_index` is the row of the file / split.
+        The examples in draw order; `source_index` is the row of the file / split.
     """
     if dataset_format not in DATASET_FORMATS:
         raise ValueError(f"dataset_format: unknown {dataset_format!r}; expected one of {DATASET_FORMATS}")
     rows, description = _load_rows(dataset, split)
-    total = len(rows)
-    if num_samples is None:
-        indices: Iterable[int] = range(total)
-    else:
-        if not 0 < num_samples <= total:
-            raise ValueError(f"num_samples must be in [1, {total}] for {description} ({total} rows), "
-                             f"got {num_samples}; use None for all rows")
-        indices = sorted(random.Random(seed).sample(range(total), num_samples))
-    return [_row_to_example(dict(rows[i]), dataset_format, i, f"{description}, row {i}") for i in indices]
+    try:
+        indices = sample_row_indices(len(rows), num_samples, seed, sample_rule)
+    except ValueError as error:
+        raise ValueError(f"{description}: {error}") from None
+    examples = []
+    for i in indices:
+        row = dict(rows[i])
+        for old, new in (column_renames or {}).items():
+            if old in row:
+                row[new] = row.pop(old)
+        examples.append(_row_to_example(row, dataset_format, i, f"{description}, row {i}"))
+    return examples
 
 
-def format_prompt(tokenizer, prompt: str, *, is_dialogue: bool = False) -> str:
-    """The prompt text exactly as the model sees it (before tokenization).
+def infer_dataset_format(dataset: str, split: str = "train", column_renames: dict[str, str] | None = None) -> str:
+    """The format of `dataset`: a known Hub id (`HUB_FORMATS`), else from the columns of its first row:
+    instruction/output_1/output_2/preference -> alpaca_farm; query/chosen/rejected -> sorrybench_prefs;
+    chosen/rejected dialogues starting with "\\n\\nHuman:" and no prompt -> hh_rlhf; message lists or
+    `score_chosen` (in the row or its `metadata`) -> ultrafeedback; prompt/chosen/rejected strings ->
+    prompt_chosen_rejected. `column_renames` as in `load_preference_examples`, applied first.
 
-    - `is_dialogue` (hh_rlhf prompts): the text unchanged; it already ends with "\\n\\nAssistant:".
-    - tokenizer with a chat template: one user turn plus the generation prompt
-      (`apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)`).
-    - otherwise: `prompt + PLAIN_PROMPT_SEPARATOR` ("\\n").
+    Raises:
+        ValueError: no rule matches (the message lists the row's columns and asks for --dataset_format).
     """
-    if is_dialogue:
-        return prompt
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return prompt + PLAIN_PROMPT_SEPARATOR
+    if dataset in HUB_FORMATS:
+        return HUB_FORMATS[dataset]
+    rows, description = _load_rows(dataset, split)
+    if len(rows) == 0:
+        raise ValueError(f"{description} has no rows")
+    row = dict(rows[0])
+    for old, new in (column_renames or {}).items():
+        if old in row:
+            row[new] = row.pop(old)
+    columns = set(row)
+    metadata = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+    if {"instruction", "output_1", "output_2", "preference"} <= columns:
+        return "alpaca_farm"
+    if {"query", "chosen", "rejected"} <= columns:
+        return "sorrybench_prefs"
+    if {"chosen", "rejected"} <= columns:
+        if isinstance(row["chosen"], list) or "score_chosen" in columns or "score_chosen" in metadata:
+            return "ultrafeedback"
+        if "prompt" in columns:
+            return "prompt_chosen_rejected"
+        if str(row["chosen"]).startswith("\n\nHuman:"):
+            return "hh_rlhf"
+    raise ValueError(f"{description}: cannot tell the data set format from the columns {sorted(columns)}; pass "
+                     f"--dataset_format (one of {', '.join(DATASET_FORMATS)})")
 
 
-def _encode_prompt(tokenizer, example: PreferenceExample) -> list[int]:
-    """Prompt ids. Special tokens (e.g. BOS) are added by the tokenizer only for plain text; a rendered chat
-    template already contains them."""
-    is_dialogue = bool(example.metadata.get(PROMPT_IS_DIALOGUE_KEY, False))
-    text = format_prompt(tokenizer, example.prompt, is_dialogue=is_dialogue)
-    uses_template = not is_dialogue and bool(getattr(tokenizer, "chat_template", None))
-    return tokenizer(text, add_special_tokens=not uses_template)["input_ids"]
+# Formatting and tokenization live in common/preference_tokenization.py (which imports the dataclasses above);
+# callers have always imported them from here, so they resolve lazily (PEP 562) without an import cycle.
+_TOKENIZATION_NAMES = ("PAPER_ASSISTANT_TOKEN", "PAPER_PROMPTER_TOKEN", "PROMPT_FORMATS", "TRUNCATIONS",
+                       "TokenizationOptions", "format_prompt", "prepare_tokenizer_for_prompt_format", "tokenize_pair")
 
 
-def _encode_response(tokenizer, text: str) -> list[int]:
-    """Response ids, tokenized on their own (no special tokens), then EOS appended if the tokenizer has one."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
-        ids = ids + [tokenizer.eos_token_id]
-    return ids
+def __getattr__(name: str) -> Any:
+    if name in _TOKENIZATION_NAMES:
+        from common import preference_tokenization
 
-
-def tokenize_pair(tokenizer, example: PreferenceExample, max_input_length: int | None) -> TokenizedPair | str:
-    """Tokenize prompt and responses separately (no BPE merge across the boundary) and apply truncation.
-
-    Truncation, for L = max_input_length, P = prompt length, R = longest response length (EOS included),
-    when P + R > L:
-      1. the prompt keeps its last min(P, max(L - R, L // 2, 1)) tokens (cut from the left; the end holds the
-         generation prompt);
-      2. each response keeps its first L - (kept prompt length) tokens (cut from the right; EOS may go).
-    Every sequence prompt + response then has <= L tokens, >= 1 prompt and >= 1 response token.
-
-    Returns:
-        The TokenizedPair, or a string naming why the pair is skipped: empty chosen/rejected response,
-        empty prompt, chosen == rejected (before or after truncation).
-    """
-    if max_input_length is not None and max_input_length < 2:
-        raise ValueError(f"max_input_length must be >= 2 (one prompt + one response token) or None, "
-                         f"got {max_input_length}")
-    for name, text in (("chosen", example.chosen), ("rejected", example.rejected)):
-        if not text.strip():
-            return f"empty {name} response"
-    if example.chosen == example.rejected:
-        return "chosen and rejected responses are identical"
-    prompt_ids = _encode_prompt(tokenizer, example)
-    if not prompt_ids:
-        return "empty prompt (no tokens)"
-    chosen_ids = _encode_response(tokenizer, example.chosen)
-    rejected_ids = _encode_response(tokenizer, example.rejected)
-    longest = max(len(chosen_ids), len(rejected_ids))
-    if max_input_length is not None and len(prompt_ids) + longest > max_input_length:
-        keep_prompt = min(len(prompt_ids), max(max_input_length - longest, max_input_length // 2, 1))
-        prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:]
-        response_budget = max_input_length - keep_prompt
-        chosen_ids, rejected_ids = chosen_ids[:response_budget], rejected_ids[:response_budget]
-        if chosen_ids == rejected_ids:
-            return f"chosen and rejected identical after truncation to {max_input_length} tokens"
-    if chosen_ids == rejected_ids:
-        return "chosen and rejected token ids are identical"
-    return TokenizedPair(prompt_ids, chosen_ids, rejected_ids, example.source_index)
+        return getattr(preference_tokenization, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,14 +8,14 @@ API for experiment families (the similarity-quantile runs in `preference_similar
     result.summary                   # JSON-able dict: counts, final eval metrics, tracker summaries (timings: ctx.timings)
 
 `config` is a `PreferenceTrainingConfig` (or a subclass adding family fields), the examples are
-`common.preference_data.PreferenceExample` lists (pick them with `common.preference_selection.select_examples`
+`common.preference_data.PreferenceExample` lists (pick them with `ches.selection.select_examples`
 or your own logic; `eval_examples` may be empty), `ctx` the runner's `RunContext`. Post-training evaluation
 (e.g. refusal rates) is the caller's: it gets the model back.
 
 What one run does, in order (the order matters: the reference pass must see the initial weights):
   1. load the model (dropout off, as TRL's `disable_dropout`) and tokenize prompt/responses separately;
-  2. reference log-probs of the training and held-out pairs with the initial model, no gradients, cached on disk
-     (no reference model stays in memory);
+  2. reference log-probs of the training and held-out pairs with the initial model (or `ref_model`), no gradients,
+     cached on disk (no reference model stays in memory);
   3. evaluate (step 0), train `epochs` epochs (batches reshuffled with `random_seed` each epoch), evaluating
      every `eval_every` epochs and after the last one;
   4. save the model if asked.
@@ -24,8 +24,11 @@ so the accumulated gradient is exactly that of the batch-mean loss while only on
 
 Files in ctx.run_dir (main process only): `eval_metrics.jsonl` (one line per evaluation point, names in
 `common/preference_eval.py`), `displacement_<split>.safetensors` (per-example trajectories, `DisplacementTracker`),
-`model/` (with `save_model`). Per-step metrics go to `ctx.logger`: loss, rewards/{chosen,rejected,margins,
-accuracies}, logps/{chosen,rejected} (means over the step's batch), lr (optimizer.param_groups[0]["lr"]), epoch.
+`model/` (with `save_model`), `checkpoints/step_<N>/`, `checkpoints/epoch_<E>/` (with `save_steps`,
+`save_every_epochs`). Per-step metrics go to `ctx.logger`: loss, rewards/{chosen,rejected,margins,accuracies},
+logps/{chosen,rejected} (means over the step's batch), lr (the rate of that step's update, after the scheduler),
+grad_norm (with `max_grad_norm`: the norm before clipping), epoch.
+TRL-named settings (scheduler, clipping, bf16/fp16, gradient checkpointing, `ref_model`): `common/training_settings.py`.
 Step numbering (shared with the persona trainer): a record at step s holds values measured on the weights after
 s optimizer updates, so the first batch's loss is logged at step 0 next to the initial evaluation, and the
 evaluation after the k-th update at step k.
@@ -49,8 +52,9 @@ from common.distributed import ProcessGroup
 from common.losses import PreferenceLogps, compute_preference_loss
 from common.metrics_logger import MetricsLogger
 from common.models import load_model_and_tokenizer, save_model
-from common.optim import build_optimizer
-from common.preference_data import PreferenceExample, TokenizedPair, tokenize_pair
+from common.optim import build_lr_scheduler, build_optimizer
+from common.preference_data import PreferenceExample, TokenizedPair
+from common.preference_tokenization import TokenizationOptions, tokenize_pair
 from common.preference_entanglement import EntanglementProbe
 from common.preference_eval import split_eval_metrics
 from common.preference_logps import LogpsOptions, compute_split_logps, reference_logps
@@ -58,6 +62,8 @@ from common.preference_training_config import PreferenceTrainingConfig
 from common.reference_cache import reference_cache_key
 from common.sequence_logprobs import supports_logits_to_keep
 from common.tracker import DisplacementTracker
+from common.training_settings import (MixedPrecision, clip_gradients, disable_gradient_checkpointing,
+                                      enable_gradient_checkpointing)
 
 log = logging.getLogger("ld.preference_trainer")
 STEP_STATS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -95,12 +101,14 @@ class TrainingSplit:
                 torch.tensor([len(p.rejected_ids) for p in self.pairs]))
 
 
-def tokenize_examples(tokenizer, examples: Sequence[PreferenceExample], max_input_length: int | None
+def tokenize_examples(tokenizer, examples: Sequence[PreferenceExample], max_input_length: int | None,
+                      options: TokenizationOptions = TokenizationOptions()
                       ) -> tuple[list[TokenizedPair], dict[str, int]]:
-    """Tokenized pairs (unusable ones dropped) and the count of each skip reason."""
+    """Tokenized pairs (unusable ones dropped: with `truncation` "paper" that includes prompts longer than
+    `max_input_length`, as the reference trainer's filter) and the count of each skip reason."""
     pairs, skipped = [], Counter()
     for example in examples:
-        pair = tokenize_pair(tokenizer, example, max_input_length)
+        pair = tokenize_pair(tokenizer, example, max_input_length, options)
         if isinstance(pair, str):
             skipped[pair] += 1
         else:
@@ -108,12 +116,32 @@ def tokenize_examples(tokenizer, examples: Sequence[PreferenceExample], max_inpu
     return pairs, dict(skipped)
 
 
-def _load_model(config: PreferenceTrainingConfig, device: torch.device):
+def _load_model(config: PreferenceTrainingConfig, device: torch.device, precision: MixedPrecision):
     model, tokenizer = load_model_and_tokenizer(
         config.model, checkpoint=config.checkpoint, is_lora_checkpoint=config.is_lora_checkpoint,
-        use_lora=config.use_lora, lora_rank=config.lora_rank, dtype=config.dtype, device=device)
+        use_lora=config.use_lora, lora_rank=config.lora_rank, dtype=config.dtype, device=device,
+        lora_alpha=config.lora_alpha, lora_target_modules=config.lora_target_modules,
+        lora_dropout=config.lora_dropout)
     model.eval()  # no dropout anywhere: policy and reference log-probs are deterministic functions
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)  # training mode (needed by transformers) with every dropout at 0
+    precision.wrap_forward(model)
     return model, tokenizer
+
+
+def _load_reference_model(config: PreferenceTrainingConfig, tokenizer, device: torch.device,
+                          precision: MixedPrecision) -> torch.nn.Module | None:
+    """The separate reference model `ref_model` (eval mode, same dtype and autocast), or None without one.
+    Raises ValueError when its tokenizer's vocabulary differs from the policy's (the token ids must agree)."""
+    if not config.ref_model:
+        return None
+    reference, reference_tokenizer = load_model_and_tokenizer(config.ref_model, dtype=config.dtype, device=device)
+    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"ref_model {config.ref_model!r} has another tokenizer vocabulary than model "
+                         f"{config.model!r}; the reference must tokenize the pairs identically")
+    reference.eval()
+    precision.wrap_forward(reference)
+    return reference
 
 
 def _cache_dir(config: PreferenceTrainingConfig) -> Path | None:
@@ -130,12 +158,12 @@ def _step_batches(order: list[int], batch_size: int, world_size: int) -> list[li
 
 def accumulate_step_gradients(model: torch.nn.Module, split: TrainingSplit, positions: Sequence[int], scale: float,
                               config: PreferenceTrainingConfig, options: LogpsOptions, group: ProcessGroup,
-                              ) -> torch.Tensor:
+                              precision: MixedPrecision | None = None) -> torch.Tensor:
     """Add d(scale * sum_i loss_i)/d(theta) over this process's pairs `positions` to the parameters' .grad.
 
     The pairs are processed one at a time (padding-free) or in `gradient_accumulation` micro-batches; the
-    gradients are all-reduced on the last backward only. Returns the sums over these pairs of STEP_STATS
-    (shape (7,), float64; divide by the global batch size for means).
+    gradients are all-reduced on the last backward only; with fp16 the loss is scaled by `precision`. Returns the
+    sums over these pairs of STEP_STATS (shape (7,), float64; divide by the global batch size for means).
     """
     device = group.device
     if config.padding_free:
@@ -152,7 +180,8 @@ def accumulate_step_gradients(model: torch.nn.Module, split: TrainingSplit, posi
                                     split.reference_rejected[chunk].to(device), chosen_lengths[chunk].to(device),
                                     rejected_lengths[chunk].to(device))
             output = compute_preference_loss(config, logps)
-            group.backward(output.losses.sum() * scale)
+            loss = output.losses.sum() * scale
+            group.backward(loss if precision is None else precision.scale(loss))
         margins = output.chosen_rewards - output.rejected_rewards
         values = (output.losses.detach(), output.chosen_rewards, output.rejected_rewards, margins,
                   (margins > 0).float(), policy_chosen.detach(), policy_rejected.detach())
@@ -166,15 +195,17 @@ class _Evaluator:
     def __init__(self, splits: list[TrainingSplit], config: PreferenceTrainingConfig, options: LogpsOptions,
                  group: ProcessGroup, ctx: RunContext):
         self.splits, self.config, self.options, self.group, self.ctx = splits, config, options, group, ctx
+        self.reference_is_initial = not config.ref_model  # with a separate ref_model step 0 is measured too
         self.file = MetricsLogger(ctx.run_dir, filename="eval_metrics.jsonl") if group.is_main else None
         self.last: dict[str, float] = {}
 
     def __call__(self, model: torch.nn.Module, step: int, epoch: int) -> dict[str, float]:
         """Evaluate every split at `step`. At step 0 the model is the initial one, whose log-probs are the
-        reference log-probs (same weights, same code), so they are reused instead of recomputed."""
+        reference log-probs (same weights, same code), so they are reused instead of recomputed (unless a separate
+        `ref_model` made them)."""
         metrics: dict[str, float] = {}
         for split in self.splits:
-            if step == 0:
+            if step == 0 and self.reference_is_initial:
                 chosen, rejected = split.reference_chosen, split.reference_rejected
             else:
                 chosen, rejected = compute_split_logps(model, split.pairs, self.options, self.group,
@@ -195,42 +226,65 @@ class _Evaluator:
             self.file.close()
 
 
-def _prepare_splits(model, tokenizer, config, train_examples, eval_examples, options, group
+def _prepare_splits(model, tokenizer, config, train_examples, eval_examples, options, group, precision
                     ) -> tuple[list[TrainingSplit], dict]:
-    """Tokenize both splits and get their reference log-probs (cache or initial model)."""
+    """Tokenize both splits and get their reference log-probs (cache, `ref_model` or the initial model)."""
     splits, info = [], {}
+    reference = _load_reference_model(config, tokenizer, group.device, precision)
+    dtype_key = "+".join(filter(None, (config.dtype, precision.tag)))
     for name, examples in (("train", train_examples), ("test", eval_examples)):
-        pairs, skipped = tokenize_examples(tokenizer, examples, config.max_input_length)
+        tokenization = TokenizationOptions(truncation=config.truncation, skip_identical=config.skip_identical_pairs)
+        pairs, skipped = tokenize_examples(tokenizer, examples, config.max_input_length, tokenization)
+        if skipped:
+            log.info("%s split: dropped %d of %d pairs %s", name, len(examples) - len(pairs), len(examples), skipped)
         info[f"num_{name}_pairs"], info[f"skipped_{name}_pairs"] = len(pairs), skipped
         if not pairs:
             if name == "train":
                 raise ValueError(f"no usable training pairs out of {len(examples)} examples (skipped: {skipped})")
             continue
-        key = reference_cache_key(model=config.model, checkpoint=config.checkpoint,
-                                  is_lora_checkpoint=config.is_lora_checkpoint, dtype=config.dtype,
-                                  tokenizer=tokenizer, max_input_length=config.max_input_length, pairs=pairs)
-        chosen, rejected, hit = reference_logps(model, pairs, options, group, _cache_dir(config), key,
-                                                f"reference log-probs ({name})")
+        # a local ref_model directory is fingerprinted like a checkpoint (rewritten weights are not a cache hit)
+        ref_directory = config.ref_model if reference is not None and Path(config.ref_model).is_dir() else None
+        key = reference_cache_key(model=config.ref_model or config.model,
+                                  checkpoint=ref_directory if reference is not None else config.checkpoint,
+                                  is_lora_checkpoint=reference is None and config.is_lora_checkpoint,
+                                  dtype=dtype_key, tokenizer=tokenizer, max_input_length=config.max_input_length,
+                                  pairs=pairs)
+        chosen, rejected, hit = reference_logps(model if reference is None else reference, pairs, options, group,
+                                                _cache_dir(config), key, f"reference log-probs ({name})")
         info[f"reference_cache_hit/{name}"] = hit
         tracker = DisplacementTracker(len(pairs), example_ids=[p.source_index for p in pairs])
         splits.append(TrainingSplit(name, pairs, chosen, rejected, tracker))
     return splits, info
 
 
+def _save_checkpoint(model: torch.nn.Module, tokenizer, group: ProcessGroup, directory: Path) -> None:
+    """An intermediate checkpoint (as `save_model`: a LoRA model saves its adapter only); every process joins."""
+    state_dict = group.full_state_dict(model)  # collective under FSDP
+    if group.is_main:
+        save_model(group.unwrap(model), tokenizer, directory, state_dict=state_dict)
+    group.barrier()
+
+
 def train_preference_model(config: PreferenceTrainingConfig, train_examples: Sequence[PreferenceExample],
                            eval_examples: Sequence[PreferenceExample], ctx: RunContext) -> PreferenceTrainingResult:
     """Train on `train_examples`, evaluating on them and on `eval_examples`; see the module docstring."""
     group = ProcessGroup(ctx.device)
-    model, tokenizer = _load_model(config, group.device)
+    precision = MixedPrecision.from_flags(config.bf16, config.fp16, group.device)
+    model, tokenizer = _load_model(config, group.device, precision)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     options = LogpsOptions(config.padding_free, config.share_prompt,
                            max(1, config.batch_size // config.gradient_accumulation), pad_token_id,
                            supports_logits_to_keep(model))
     started = time.time()
-    splits, summary = _prepare_splits(model, tokenizer, config, train_examples, eval_examples, options, group)
+    splits, summary = _prepare_splits(model, tokenizer, config, train_examples, eval_examples, options, group,
+                                      precision)
     ctx.timings["reference_seconds"] = time.time() - started
-    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, weight_decay=config.weight_decay,
+                                device=group.device)
     model, optimizer = group.prepare(model, optimizer)
+    steps_per_epoch = len(_step_batches(list(range(len(splits[0].pairs))), config.batch_size, group.world_size))
+    scheduler = build_lr_scheduler(optimizer, config.lr_scheduler_type, steps_per_epoch * config.epochs,
+                                   config.warmup_steps, config.warmup_ratio)
     evaluator = _Evaluator(splits, config, options, group, ctx)
     probe = EntanglementProbe(config, splits[0].pairs, options, group)
     train = splits[0]
@@ -246,20 +300,29 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
             step_started = time.time()
             probe.before_step(model, step)
             sums = accumulate_step_gradients(model, train, batch[group.rank::group.world_size],
-                                             group.world_size / len(batch), config, options, group)
-            optimizer.step()
+                                             group.world_size / len(batch), config, options, group, precision)
+            step_lr = optimizer.param_groups[0]["lr"]  # the rate of this update (before the scheduler moves it)
+            clip_metrics = {} if config.max_grad_norm is None else {
+                "grad_norm": clip_gradients(model, optimizer, config.max_grad_norm, precision, group.accelerator)}
+            precision.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
             probe_metrics = probe.after_step(model, step + 1)
             train_seconds += time.time() - step_started
             means = group.sum(sums) / len(batch)
             epoch_loss_sum, epoch_count = epoch_loss_sum + float(means[0]) * len(batch), epoch_count + len(batch)
             if group.is_main:  # logged at `step`: the batch was measured on the weights after `step` updates
-                ctx.logger.log(step, **dict(zip(STEP_STATS, means.tolist())), lr=optimizer.param_groups[0]["lr"],
-                               epoch=epoch, **probe_metrics)
+                ctx.logger.log(step, **dict(zip(STEP_STATS, means.tolist())), lr=step_lr, epoch=epoch,
+                               **clip_metrics, **probe_metrics)
             step += 1
+            if config.save_steps and step % config.save_steps == 0:
+                _save_checkpoint(model, tokenizer, group, ctx.run_dir / "checkpoints" / f"step_{step}")
         epoch_losses.append(epoch_loss_sum / max(epoch_count, 1))
         if epoch == config.epochs or (config.eval_every is not None and epoch % config.eval_every == 0):
             evaluator(model, step, epoch=epoch)
+        if config.save_every_epochs and epoch % config.save_every_epochs == 0:
+            _save_checkpoint(model, tokenizer, group, ctx.run_dir / "checkpoints" / f"epoch_{epoch}")
     evaluator.close()
     ctx.timings.update(train_seconds=train_seconds, seconds_per_step=train_seconds / max(step, 1))
     summary.update(num_steps=step, epoch_mean_losses=epoch_losses, world_size=group.world_size, **evaluator.last,
@@ -270,11 +333,9 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
             split.tracker.save_tensors(ctx.run_dir / f"displacement_{split.name}.safetensors")
     state_dict = group.full_state_dict(model) if config.save_model else None  # collective under FSDP
     model = group.unwrap(model)
+    if config.gradient_checkpointing:  # back to the documented state: evaluation mode, no recomputation
+        disable_gradient_checkpointing(model)
     if config.save_model and group.is_main:
-        if state_dict is None:
-            save_model(model, tokenizer, ctx.run_dir / "model")
-        else:
-            model.save_pretrained(ctx.run_dir / "model", state_dict=state_dict)
-            tokenizer.save_pretrained(ctx.run_dir / "model")
+        save_model(model, tokenizer, ctx.run_dir / "model", state_dict=state_dict)
     group.barrier()
     return PreferenceTrainingResult(model, tokenizer, summary)

@@ -10,12 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.losses import LossConfig
-from common.optim import OPTIMIZERS
+from common.optim import LR_SCHEDULERS, OPTIMIZERS
 from common.preference_data import DATASET_FORMATS
+from common.preference_tokenization import TRUNCATIONS
 
 SIMILARITY_MEASURES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
                        "last_hidden_embedding_inner_prods")
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+# How to make each input file of these configs when it is missing (shown by plan validation).
+INPUT_FILE_HINTS = {
+    "similarity_results_path": "make it with `python compute_preference_similarity_per_example.py --model MODEL "
+                               "--dataset DATASET --dataset_format FORMAT` (same model, dataset and max_input_length "
+                               "as this run; see docs/dataset_level.md)",
+    "load_model_checkpoint": "give a directory written by a run with save_model true, or chain that run with "
+                             "\"{run:NAME}/model\"",
+}
 
 
 @dataclass(kw_only=True)
@@ -30,9 +41,25 @@ class PreferenceTrainingConfig(LossConfig):
         is_lora_checkpoint (`bool`, defaults to `False`): The checkpoint holds LoRA adapters for `model`.
         use_lora (`bool`, defaults to `False`): Train LoRA adapters (rank `lora_rank`) instead of all weights.
             The reference model is the initial model (adapters start at zero, so it equals the base model).
-        lora_rank (`int`, defaults to `8`): LoRA rank r >= 1.
+        lora_rank (`int`, defaults to `8`): LoRA rank r >= 1 (TRL/peft: `lora_r`).
+        lora_alpha (`float` or `None`, defaults to `None`): LoRA scale numerator (the update is scaled by
+            lora_alpha / r); `None` = 2 r, as before.
+        lora_target_modules (`list[str]` or `None`, defaults to `None`): Module names (or suffixes) peft wraps;
+            `None` = the attention projections (see `common/models.py`).
+        lora_dropout (`float`, defaults to `0.0`): Dropout on the LoRA input, recorded in the adapter config. It
+            is inactive while training here, since all dropout is off (as under TRL's default `disable_dropout`).
+        ref_model (`str` or `None`, defaults to `None`): TRL's `ref_model`: a separate reference model (built-in
+            name, Hub id or local directory with the same tokenizer) whose log-probs the losses compare against.
+            `None` = the initial policy (the model after `load_model_checkpoint`), as the reference does. With one,
+            `eval_metrics/*_logprobs_change_*` are relative to it and `displacement/*` to the initial policy.
+        gradient_checkpointing (`bool`, defaults to `False`): Recompute activations in the backward pass (less
+            memory, about one more forward of time); dropout stays off, log-probs are unchanged.
         dtype (`str`, defaults to `"float32"`): Parameter dtype, one of `float32`, `bfloat16`, `float16`.
             Log-probs and losses are always accumulated in float32.
+        bf16 (`bool`, defaults to `False`): TRL's mixed precision: forward passes under CUDA autocast in
+            bfloat16 with float32 master weights (`dtype` must be `float32`). CUDA only (a CPU run fails at start
+            with a clear message).
+        fp16 (`bool`, defaults to `False`): As `bf16` in float16, with loss scaling (`torch.amp.GradScaler`).
 
     Parameters that control the data:
         dataset (`str`, defaults to the UltraFeedback sample `data_files/ultrafeedback/train_1000.jsonl`):
@@ -44,6 +71,11 @@ class PreferenceTrainingConfig(LossConfig):
             ignored for local files.
         max_input_length (`int` or `None`, defaults to `512`): Truncate prompt + response to this many tokens
             (rule in `tokenize_pair`); must match the value the similarity file was computed with.
+        truncation (`str`, defaults to `"paper"`): `paper` (the reference's: prompt + response cut on the right;
+            a pair whose prompt is longer than `max_input_length`, or whose response is left empty, is dropped)
+            or `keep_response` (ours: the prompt is cut from the left, no pair dropped for length).
+        skip_identical_pairs (`bool`, defaults to `False`): Drop pairs with identical responses (the reference
+            keeps them; their DPO gradient is zero).
         data_seed (`int`, defaults to `0`): Seed of every data draw (the pool without a similarity file, the
             held-out split). Separate from `random_seed`, so seeds change only the training order.
         num_train_samples (`int` or `None`, defaults to `None`): Without a similarity file: draw this many rows
@@ -71,8 +103,18 @@ class PreferenceTrainingConfig(LossConfig):
             (no filtering; `quantile` must then be `None`).
 
     Parameters that control the training:
-        optimizer (`str`, defaults to `"rmsprop"`): `rmsprop` (the paper's), `adam` or `sgd`, torch defaults.
+        optimizer (`str`, defaults to `"rmsprop"`): TRL's `optim`: `rmsprop` (the paper's), `adam`, `adamw`
+            (TRL's `adamw_torch`) or `sgd`, torch defaults otherwise. On CUDA torch's multi-tensor (foreach)
+            implementations are used; on the CPU RMSprop is `ScratchRMSprop` (same update, measured faster).
+        weight_decay (`float`, defaults to `0.0`): Weight decay of the optimizer (decoupled for `adamw`).
         lr (`float`, defaults to `1e-7`): Learning rate (the paper's value for OLMo/Gemma/Llama).
+        lr_scheduler_type (`str`, defaults to `"constant"`): `constant`, `constant_with_warmup`, `linear` or
+            `cosine` (transformers' schedules over all optimizer steps; formulas in `common.optim.build_lr_scheduler`).
+        warmup_steps (`int`, defaults to `0`): Linear warm-up steps from lr 0; when > 0 it overrides
+            `warmup_ratio`.
+        warmup_ratio (`float`, defaults to `0.0`): Warm-up as a fraction of all steps (ceil(ratio x steps)).
+        max_grad_norm (`float` or `None`, defaults to `None`): Clip the global gradient L2 norm to this value
+            before each step and log `grad_norm` (TRL's default is 1.0); `None` = no clipping, as before.
         batch_size (`int`, defaults to `32`): Pairs per optimizer step, over all processes. The loss of a step
             is the mean per-pair loss over the batch; a final partial batch is kept (under W processes it is
             dropped if it has fewer than W pairs).
@@ -90,6 +132,10 @@ class PreferenceTrainingConfig(LossConfig):
             always happens before training and after the last epoch. `None` = before/after only.
         save_model (`bool`, defaults to `False`): Save the trained model (or adapters) and tokenizer to
             `<run dir>/model` (load it with `load_model_checkpoint`).
+        save_steps (`int`, defaults to `0`): Also save the model to `<run dir>/checkpoints/step_<N>` every this
+            many optimizer steps; 0 = off.
+        save_every_epochs (`int`, defaults to `0`): Also save it to `<run dir>/checkpoints/epoch_<E>` after every
+            this many epochs; 0 = off.
         reference_cache_dir (`str` or `None`, defaults to `None`): Where reference log-probs are cached;
             `None` = `<outputs_dir>/.reference_cache`, `""` = no cache (recompute every run).
     """
@@ -100,12 +146,21 @@ class PreferenceTrainingConfig(LossConfig):
     is_lora_checkpoint: bool = False
     use_lora: bool = False
     lora_rank: int = 8
+    lora_alpha: float | None = None
+    lora_target_modules: list[str] | None = None
+    lora_dropout: float = 0.0
+    ref_model: str | None = None
+    gradient_checkpointing: bool = False
     dtype: str = "float32"
+    bf16: bool = False
+    fp16: bool = False
     # data
     dataset: str = "data_files/ultrafeedback/train_1000.jsonl"
     dataset_format: str = "ultrafeedback"
     dataset_split: str = "train"
     max_input_length: int | None = 512
+    truncation: str = "paper"
+    skip_identical_pairs: bool = False
     data_seed: int = 0
     num_train_samples: int | None = None
     eval_dataset: str | None = None
@@ -118,7 +173,12 @@ class PreferenceTrainingConfig(LossConfig):
     preference_num_samples: int | None = None
     # training
     optimizer: str = "rmsprop"
+    weight_decay: float = 0.0
     lr: float = 1e-7
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float | None = None
     batch_size: int = 32
     gradient_accumulation: int = 1
     epochs: int = 1
@@ -127,7 +187,13 @@ class PreferenceTrainingConfig(LossConfig):
     # evaluation and outputs
     eval_every: int | None = 1
     save_model: bool = False
+    save_steps: int = 0
+    save_every_epochs: int = 0
     reference_cache_dir: str | None = None
+
+    @classmethod
+    def input_file_fields(cls) -> tuple[str, ...]:
+        return ("dataset", "eval_dataset", "similarity_results_path", "load_model_checkpoint")
 
     def validate(self) -> list[str]:
         """Loss/run checks plus the cross-field rules of this trainer (each message names the field)."""
@@ -142,6 +208,8 @@ class PreferenceTrainingConfig(LossConfig):
             problems.append(f"dataset_format must be one of {DATASET_FORMATS}, got {self.dataset_format!r}")
         if self.max_input_length is not None and self.max_input_length < 2:
             problems.append(f"max_input_length must be >= 2 or null, got {self.max_input_length}")
+        if self.truncation not in TRUNCATIONS:
+            problems.append(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if self.num_train_samples is not None and self.num_train_samples < 1:
             problems.append(f"num_train_samples must be >= 1 or null (all rows), got {self.num_train_samples}")
         if self.num_eval_samples < 0:
@@ -157,10 +225,42 @@ class PreferenceTrainingConfig(LossConfig):
         elif self.batch_size % self.gradient_accumulation:
             problems.append(f"batch_size ({self.batch_size}) must be divisible by gradient_accumulation "
                             f"({self.gradient_accumulation}); e.g. set gradient_accumulation to a divisor")
+        problems += self._training_setting_problems()
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.eval_every is not None and self.eval_every < 1:
             problems.append(f"eval_every must be >= 1 (epochs) or null (before/after only), got {self.eval_every}")
+        return problems
+
+    def _training_setting_problems(self) -> list[str]:
+        """The TRL-named settings: scheduler, warm-up, clipping, mixed precision, LoRA, checkpoints."""
+        problems = []
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            problems.append(f"lr_scheduler_type must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_type!r}")
+        if self.warmup_steps < 0 or not 0.0 <= self.warmup_ratio <= 1.0:
+            problems.append(f"warmup_steps must be >= 0 and warmup_ratio in [0, 1], got {self.warmup_steps} and "
+                            f"{self.warmup_ratio}")
+        elif self.lr_scheduler_type == "constant" and (self.warmup_steps or self.warmup_ratio):
+            problems.append("lr_scheduler_type 'constant' has no warm-up (as in transformers); use "
+                            "'constant_with_warmup' or set warmup_steps and warmup_ratio to 0")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            problems.append(f"max_grad_norm must be > 0 or null (no clipping), got {self.max_grad_norm}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.bf16 and self.fp16:
+            problems.append("bf16 and fp16 are both true; choose one")
+        if (self.bf16 or self.fp16) and self.dtype != "float32":
+            problems.append(f"bf16/fp16 autocast keeps float32 master weights: set dtype to float32 (got "
+                            f"{self.dtype!r})")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            problems.append(f"lora_alpha must be > 0 or null (2 x lora_rank), got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_target_modules is not None and not self.lora_target_modules:
+            problems.append("lora_target_modules is an empty list; list module names or use null (attention)")
+        if self.save_steps < 0 or self.save_every_epochs < 0:
+            problems.append(f"save_steps and save_every_epochs must be >= 0 (0 = off), got {self.save_steps} and "
+                            f"{self.save_every_epochs}")
         return problems
 
     def _selection_problems(self) -> list[str]:
@@ -180,6 +280,10 @@ class PreferenceTrainingConfig(LossConfig):
         if self.quantile is not None and self.preference_num_samples is None:
             problems.append(f"quantile={self.quantile} needs preference_num_samples (the window size k)")
         return problems
+
+    @classmethod
+    def input_file_hint(cls, field_name: str, value: str) -> str:
+        return INPUT_FILE_HINTS.get(field_name) or super().input_file_hint(field_name, value)
 
     @property
     def checkpoint(self) -> str | None:

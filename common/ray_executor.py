@@ -29,6 +29,7 @@ used and left running.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -40,6 +41,11 @@ log = logging.getLogger("ld.ray_executor")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RAY_MISSING_MESSAGE = ('--executor ray needs Ray, an optional dependency that is not installed: '
                        'pip install "ray[default]==2.60.0"  (or run the plan with the default --executor local)')
+
+
+def ray_missing_message() -> str:
+    """RAY_MISSING_MESSAGE when Ray is not installed, else "" (checked without importing Ray)."""
+    return RAY_MISSING_MESSAGE if importlib.util.find_spec("ray") is None else ""
 
 
 def _run_in_task(driver_cwd: str, fn: Callable, family: Any, spec: RunSpec, *rest: Any) -> Any:

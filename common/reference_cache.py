@@ -9,8 +9,8 @@ The key (JSON, also stored in the file's metadata) holds everything the numbers 
 checkpoint path and a fingerprint of its files (name, size, mtime), whether it is a LoRA checkpoint, the dtype,
 the tokenizer (name and vocabulary size), the max input length, and a SHA-256 of every pair's token ids (which
 already pins the data set, the formatting and the truncation). Runs of a plan that share model and data (e.g.
-the 3 seeds of a quantile, or the IPO and DPO runs) then compute them once. Files are written atomically, so
-concurrent runs at worst compute the same entry twice.
+the 3 seeds of a quantile, or the IPO and DPO runs) then compute them once. Files are written atomically (mode
+0666 minus the umask), so concurrent runs at worst compute the same entry twice.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from common.io_utils import atomic_write_via
 from common.preference_data import TokenizedPair
 
 log = logging.getLogger("ld.reference_cache")
@@ -100,15 +99,6 @@ def load_cached_logps(path: Path, num_pairs: int) -> tuple[Tensor, Tensor] | Non
 
 def save_cached_logps(path: Path, chosen: Tensor, rejected: Tensor, key: dict) -> None:
     """Write the tensors (and the key as metadata) atomically to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"chosen_logps": chosen.detach().float().cpu().contiguous(),
-                   "rejected_logps": rejected.detach().float().cpu().contiguous()},
-                  tmp_name, metadata={"key": json.dumps(key, sort_keys=True)})
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    tensors = {"chosen_logps": chosen.detach().float().cpu().contiguous(),
+               "rejected_logps": rejected.detach().float().cpu().contiguous()}
+    atomic_write_via(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"key": json.dumps(key, sort_keys=True)}))

@@ -42,6 +42,22 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def transformer_body(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack without the LM head (`model.model` for Llama, `model.transformer` for GPT-2) of a causal
+    LM, wrapped (DDP, PEFT) or not; an already-bare base model is returned unchanged."""
+    inner = unwrap_model(model)
+    return getattr(inner, "base_model", inner)
+
+
+def pad_token_id_of(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id (GPT-2 style tokenizers have no pad token; `common.models` sets
+    pad = EOS when loading, so the fallback serves tokenizers loaded elsewhere)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token first")
+    return pad_id
+
+
 def supports_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the (unwrapped) model's forward accepts `logits_to_keep` (transformers >= 4.45 causal LMs)."""
     return "logits_to_keep" in inspect.signature(unwrap_model(model).forward).parameters

@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from common.io_utils import atomic_write_via
+
 
 def largest_decrease_per_example(values: Tensor) -> Tensor:
     """Largest decrease max_{t < t'} (values[t] - values[t']) of each column, 0 if a column never decreases.
@@ -260,9 +262,8 @@ class DisplacementTracker:
             if clashes:
                 raise ValueError(f"DisplacementTracker.save_tensors: extra keys clash with tracker keys {clashes}")
             tensors.update(extra)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+        contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write_via(Path(path), lambda tmp: save_file(contiguous, tmp))  # safetensors alone makes it 0600
 
     def _require_updates(self, what: str) -> None:
         if not self.steps:

@@ -4,10 +4,26 @@ reference implementation's plans; every field is documented in docs/persona.md."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from common.losses import LossConfig
 from common.optim import OPTIMIZERS
 from persona_experiments.data import ANSWERS, DEFAULT_PERSONA_DATASET, output_token_problems
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def tokenizer_without_conversion(model: str) -> str | None:
+    """Where `model`'s tokenizer loads from with no conversion and no download ("built-in" or a directory), or
+    None: a Hub id, or the SmolLM2 built-in before its one-time conversion."""
+    from common.models import BUILTIN_MODELS, SMOLLM2, cache_root  # deferred: imports transformers
+
+    if model in BUILTIN_MODELS and model != SMOLLM2:
+        return "built-in"
+    directory = cache_root() / "models" / SMOLLM2 if model == SMOLLM2 else Path(model).expanduser()
+    if (directory / "config.json").is_file() and any((directory / f).is_file() for f in TOKENIZER_FILES):
+        return str(directory)
+    return None
 
 
 @dataclass(kw_only=True)
@@ -25,14 +41,16 @@ class PersonaConfig(LossConfig):
         batch_size: Prompts per optimizer step, -1 = all (full batch). Default -1.
         output_tokens_matching_yes: Candidate outputs for prompts whose answer_matching_behavior is Yes (y+ is
             drawn from this list, y- from the other). Each must encode to exactly one token: checked when the plan
-            is validated if the tokenizer is available offline (built-in or local model), else when the run
-            starts. Default ["Yes"].
+            is validated if the tokenizer loads without conversion or download (built-in tiny models, the
+            converted SmolLM2 cache, a local directory), else when the run starts (the plan then says "token
+            check deferred to run start"). Default ["Yes"].
         output_tokens_matching_no: Same for No. Default ["No"].
 
     Model:
         model: Built-in name (smollm2-135m-instruct, tiny-gpt2, tiny-llama), Hub id or local directory.
             Default "smollm2-135m-instruct".
-        load_model_checkpoint: Directory to load the weights from (e.g. "{run:sft_run}/model"); "" = `model`'s own.
+        load_model_checkpoint: Directory to load the weights from (e.g. "{run:sft_run}/model"); null or "" =
+            `model`'s own. Default None.
         is_lora_checkpoint: The checkpoint is a LoRA adapter on top of `model`. Default False.
         use_lora: Train a fresh LoRA adapter instead of all weights. Default False.
         lora_rank: LoRA rank r. Default 8.
@@ -50,8 +68,8 @@ class PersonaConfig(LossConfig):
 
     Logging and outputs:
         log_top_token_logit_change_interval: Every this many steps (and at the end), record the top tokens by
-            probability / log-prob increase since init and the rank of y+ among them; None = only at the end.
-            Default 10.
+            probability / log-prob increase since init and the rank of y+ among them; None = only at the end
+            (a value <= 0, the reference plans' "off", is stored as None). Default 10.
         num_top_tokens: k of the top-token lists. Default 10.
         track_logits_for_tokens: Extra tokens (each one vocabulary token) whose logit and log-prob are logged at
             every tracked step. Default [].
@@ -63,6 +81,11 @@ class PersonaConfig(LossConfig):
     """
 
     # data
+    INPUT_FILE_HINTS = {
+        "load_model_checkpoint": "give a directory written by a run with save_model true, or chain that run with "
+                                 "\"{run:NAME}/model\"",
+    }
+
     dataset: str = DEFAULT_PERSONA_DATASET
     num_train_samples: int = 1
     answer_matching_behavior_to_use: str = ""
@@ -72,7 +95,7 @@ class PersonaConfig(LossConfig):
     output_tokens_matching_no: list[str] = field(default_factory=lambda: ["No"])
     # model
     model: str = "smollm2-135m-instruct"
-    load_model_checkpoint: str = ""
+    load_model_checkpoint: str | None = None
     is_lora_checkpoint: bool = False
     use_lora: bool = False
     lora_rank: int = 8
@@ -89,6 +112,10 @@ class PersonaConfig(LossConfig):
     track_logits_for_tokens: list[str] = field(default_factory=list)
     save_finegrained_token_metrics: bool = False
     save_model: bool = False
+
+    @classmethod
+    def input_file_fields(cls) -> tuple[str, ...]:
+        return ("dataset", "load_model_checkpoint")
 
     def validate(self) -> list[str]:
         """Base and loss checks plus the persona fields' ranges and cross-field rules."""
@@ -141,12 +168,36 @@ class PersonaConfig(LossConfig):
                             f"got {self.log_top_token_logit_change_interval}")
         if self.num_top_tokens < 1:
             problems.append(f"num_top_tokens must be >= 1, got {self.num_top_tokens}")
-        if self.model:  # each output token must be one vocabulary token (checked here when the tokenizer is local)
-            problems += output_token_problems(self.model, {
-                "output_tokens_matching_yes": self.output_tokens_matching_yes,
-                "output_tokens_matching_no": self.output_tokens_matching_no,
-                "track_logits_for_tokens": self.track_logits_for_tokens})
-        return problems
+        return problems + self.output_token_problems()
+
+    def __post_init__(self) -> None:
+        if self.log_top_token_logit_change_interval is not None and self.log_top_token_logit_change_interval <= 0:
+            self.log_top_token_logit_change_interval = None  # the reference's -1: no intermediate points
+
+    @classmethod
+    def input_file_hint(cls, field_name: str, value: str) -> str:
+        return cls.INPUT_FILE_HINTS.get(field_name) or super().input_file_hint(field_name, value)
+
+    def deferred_checks(self) -> list[str]:
+        if self.model and tokenizer_without_conversion(self.model) is None:
+            return [f"token check deferred to run start: the tokenizer of model {self.model!r} is not available "
+                    "without conversion or download (output tokens are checked when each run starts)"]
+        return []
+
+    def output_token_problems(self) -> list[str]:
+        """Each output/tracked token must be one vocabulary token. Checked only when the tokenizer is there
+        without conversion or download (`deferred_checks` reports the other case); a tokenizer that is there but
+        does not load is a problem naming it, never a silent skip."""
+        if not self.model or tokenizer_without_conversion(self.model) is None:
+            return []
+        token_lists = {name: getattr(self, name) for name in
+                       ("output_tokens_matching_yes", "output_tokens_matching_no", "track_logits_for_tokens")}
+        try:
+            return output_token_problems(self.model, token_lists)
+        except Exception as error:  # noqa: BLE001 - whatever a broken tokenizer file raises is reported
+            return [f"model {self.model!r}: the tokenizer in {tokenizer_without_conversion(self.model)} does not "
+                    f"load ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); repair "
+                    "or delete that directory (a built-in cache is rebuilt on next use)"]
 
     def resolved_train_samples_seed(self) -> int:
         """train_samples_random_seed, or random_seed when it is -1."""

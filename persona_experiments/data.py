@@ -1,8 +1,8 @@
 """Persona data: load the Anthropic persona jsonl, pick training prompts, map output tokens to ids, build a batch.
 
     examples = load_persona_examples("data_files/persona/ends-justify-means.jsonl")
-    chosen = select_examples(examples, num_train_samples=1, answer_matching_behavior_to_use="Yes", seed=9773)
-    batch = build_persona_batch(tokenizer, chosen, ["Yes"], ["No"], seed=9773)
+    selected = select_examples(examples, num_train_samples=1, answer_matching_behavior_to_use="Yes", seed=9773)
+    batch = build_persona_batch(tokenizer, selected, ["Yes"], ["No"], seed=9773)
 
 The dataset is found by the data-location rule (`common/data_locations.py`): the path as given, then
 `data_files/<name>`, then `$LD_DATA_DIR/<name>`, then the file's public source
@@ -23,6 +23,7 @@ from torch import Tensor
 
 from common.data_locations import locate_data_file
 from common.preference_data import format_prompt
+from common.sequence_logprobs import pad_token_id_of
 
 DEFAULT_PERSONA_DATASET = "data_files/persona/ends-justify-means.jsonl"
 ANSWERS = ("Yes", "No")
@@ -168,22 +169,26 @@ def output_token_id(tokenizer, token: str, field: str) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _offline_tokenizer(model: str):
-    """`model`'s tokenizer if it loads without the network (built-in or local directory), else None."""
+    """`model`'s tokenizer if it loads without the network (built-in or local directory), else None (Hub id).
+    A tokenizer that should load offline but does not (a corrupt tokenizer.json) raises ModelLoadError."""
     from common import models  # imported lazily: loads transformers/peft
 
-    try:
-        return models.load_tokenizer(model, offline_only=True)
-    except Exception:  # noqa: BLE001 - the run itself reports loading errors
-        return None
+    return models.load_tokenizer(model, offline_only=True)
 
 
 def output_token_problems(model: str, token_lists: dict[str, list[str]]) -> list[str]:
     """Plan-time check that every token of `token_lists` (field name -> tokens) is one vocabulary token of `model`.
 
-    Runs only when the tokenizer loads offline (built-in models, local directories); Hub models are checked when
-    the run starts. Returns one problem string (the OutputTokenError message) per bad token.
+    Runs when the tokenizer loads offline (built-in models, local directories); Hub models are checked when the
+    run starts. Returns one problem string (the OutputTokenError message) per bad token, or one problem naming
+    the file when the tokenizer that should load offline is broken (the check is never skipped silently).
     """
-    tokenizer = _offline_tokenizer(model)
+    from common.models import ModelLoadError
+
+    try:
+        tokenizer = _offline_tokenizer(model)
+    except ModelLoadError as error:
+        return [f"output tokens cannot be checked: {error}"]
     if tokenizer is None:
         return []
     problems = []
@@ -222,7 +227,7 @@ def build_persona_batch(tokenizer, examples: list[PersonaExample], output_tokens
     lists = [(yes_ids, no_ids) if e.answer_matching_behavior == "Yes" else (no_ids, yes_ids) for e in examples]
     preferred = [matching[int(torch.randint(len(matching), (1,), generator=generator))] for matching, _ in lists]
     dispreferred = [other[int(torch.randint(len(other), (1,), generator=generator))] for _, other in lists]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_token_id_of(tokenizer)
     width = max(len(ids) for ids in encoded)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.sequence_logprobs import unwrap_model
+from common.sequence_logprobs import transformer_body, unwrap_model
 
 
 @dataclass
@@ -35,7 +35,7 @@ class LastPositionOutput:
 def body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
     """(transformer body, LM head, final logit soft-cap or None) of a causal LM (PEFT-wrapped or not)."""
     inner = unwrap_model(model)
-    body = inner.base_model
+    body = transformer_body(inner)
     head = inner.get_output_embeddings()
     if body is inner or head is None:
         raise ValueError(f"model {type(inner).__name__} has no separate transformer body and LM head "

@@ -13,7 +13,6 @@ At each tracked point (every step with full batch; the start of every epoch othe
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from common.io_utils import jsonl_appender
 from common.tracker import DisplacementTracker
 from persona_experiments.geometry import GEOMETRY_KEYS, hidden_norm_metrics
 from persona_experiments.token_tracking import TopTokenChanges, describe_top_tokens, top_token_changes
@@ -138,8 +138,8 @@ class PersonaRecorder:
         record = {"step": step, "examples": [
             {"example_id": example_id, **describe_top_tokens(changes, self.tokenizer, index)}
             for index, example_id in enumerate(self.tracker.example_ids)]}
-        with self.top_tokens_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        with jsonl_appender(self.top_tokens_path) as writer:
+            writer.write(record)
         return {
             "tokens/preferred_rank_by_prob_increase_mean": float(changes.preferred_rank_by_prob_increase.double().mean()),
             "tokens/preferred_rank_by_logprob_increase_mean":

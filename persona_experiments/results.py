@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from common.io_utils import read_json, read_jsonl
+from common.io_utils import FinishedRun, find_finished_runs, read_jsonl
 from persona_experiments.reference_statistics import (REFERENCE_MAX_STEP, format_reference_block,
                                                       is_every_step_tracked, load_run_arrays,
                                                       reference_loss_increased, reference_statistics)
@@ -37,48 +36,25 @@ ENTANGLEMENT_STATS = ("grad_entanglement/cosine", "grad_entanglement/ratio",
                       "grad_entanglement/chosen_decrease_predicted", "grad_entanglement/chosen_decrease_accuracy")
 
 
-class ResultsError(ValueError):
-    """The experiments directory cannot be summarised (missing, or holds no runs)."""
-
-
-@dataclass
-class RunRecord:
-    """One finished run: its directory, config, summary and (optionally loaded) metrics."""
-
-    run_dir: Path
-    config: dict
-    summary: dict
-
-    @property
-    def name(self) -> str:
-        return self.run_dir.name
+# One finished run: its directory, config and summary (metrics.jsonl is read on demand).
+RunRecord = FinishedRun
 
 
 def find_runs(experiments_dir: Path) -> tuple[list[RunRecord], list[str]]:
     """Finished runs under `experiments_dir` (recursively) and notes about the skipped ones.
 
     Raises:
-        ResultsError: the directory does not exist, or holds no run directory (no status.json anywhere).
+        RunDiscoveryError: the directory does not exist, or holds no run directory (no status.json anywhere).
     """
-    experiments_dir = Path(experiments_dir)
-    if not experiments_dir.is_dir():
-        raise ResultsError(f"--experiments_dir {experiments_dir}: not a directory")
-    status_files = sorted(experiments_dir.rglob("status.json"))
-    if not status_files:
-        raise ResultsError(f"--experiments_dir {experiments_dir}: no run directories found (a run directory holds "
-                           "status.json, config.json and summary.json); pass the plan's outputs_dir")
-    runs, notes = [], []
-    for status_file in status_files:
-        run_dir = status_file.parent
-        try:
-            status = read_json(status_file).get("status")
-            if status != "done" or not (run_dir / "summary.json").exists():
-                notes.append(f"skipping incomplete run {run_dir} (status: {status})")
-                continue
-            runs.append(RunRecord(run_dir, read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")))
-        except (FileNotFoundError, ValueError) as error:
-            notes.append(f"skipping unreadable run {run_dir}: {error}")
-    return runs, notes
+    return find_finished_runs([experiments_dir])
+
+
+def checked_run(run: RunRecord) -> RunRecord:
+    """`run` after summarising it alone and reading its trajectory: a config/summary/metrics of the wrong shape
+    raises here (KeyError, TypeError, ValueError, ...) and the shared discovery skips the run with a note."""
+    summarize_runs([run], keep_unstable=True)
+    load_trajectory(run)
+    return run
 
 
 def setting_of(run: RunRecord) -> str:
@@ -210,44 +186,40 @@ def format_table(results: dict[str, dict]) -> str:
 
 
 def load_trajectory(run: RunRecord) -> tuple[list[int], list[float], list[float]]:
-    """(steps, preferred prob, dispreferred prob) of a run's tracked steps, from metrics.jsonl."""
+    """(steps, preferred log-prob, dispreferred log-prob) at the run's tracked steps, means over its prompts
+    (nats), from metrics.jsonl (`displacement/{preferred,dispreferred}_logprob_mean`)."""
     steps, preferred, dispreferred = [], [], []
     metrics_path = run.run_dir / "metrics.jsonl"
     if not metrics_path.exists():
         return steps, preferred, dispreferred
-    for record in read_jsonl(metrics_path):
-        if "displacement/preferred_prob_mean" in record:
+    for record in read_jsonl(metrics_path, allow_partial_last_line=True):
+        if record.get("displacement/preferred_logprob_mean") is not None:
             steps.append(record["step"])
-            preferred.append(record["displacement/preferred_prob_mean"])
-            dispreferred.append(record["displacement/dispreferred_prob_mean"])
+            preferred.append(record["displacement/preferred_logprob_mean"])
+            dispreferred.append(record["displacement/dispreferred_logprob_mean"])
     return steps, preferred, dispreferred
 
 
 def plot_trajectories(runs: list[RunRecord], results: dict[str, dict], path: Path) -> Path:
-    """One panel per setting: preferred (solid) and dispreferred (dashed) probability of every used run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One panel per setting: π(y+) and π(y−) over steps on a log axis, the geometric mean over the used runs
+    (seeds) with a band of ± 1 std of the log-prob (`common.plots.plot_mean_band`)."""
+    from common.plots import PREFERRED_COLOR, DISPREFERRED_COLOR, new_figure, plot_mean_band, save_figure
 
     by_name = {run.name: run for run in runs}
     columns = min(len(results), 3)
-    rows = -(-len(results) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.6 * rows), squeeze=False)
-    for axis, (label, stats) in zip(axes.flat, results.items()):
-        for index, name in enumerate(stats["runs"]):
-            steps, preferred, dispreferred = load_trajectory(by_name[name])
-            color = f"C{index % 10}"
-            axis.plot(steps, preferred, color=color, label="preferred" if index == 0 else None)
-            axis.plot(steps, dispreferred, color=color, linestyle="--", label="dispreferred" if index == 0 else None)
+    figure, axes = new_figure(-(-len(results) // columns), columns, 5.5, 3.8)
+    for axis, (label, stats) in zip(axes, results.items()):
+        trajectories = [load_trajectory(by_name[name]) for name in stats["runs"]]
+        trajectories = [t for t in trajectories if t[0]]
+        for index, color, symbol in ((1, PREFERRED_COLOR, "y+"), (2, DISPREFERRED_COLOR, "y−")):
+            plot_mean_band(axis, [(t[0], t[index]) for t in trajectories], color=color, label=f"π({symbol})",
+                           exponentiate=True)
+        axis.set_yscale("log")
         axis.set_title(label, fontsize=7)
         axis.set_xlabel("step")
-        axis.set_ylabel("probability")
+        axis.set_ylabel("π (geometric mean over prompts, runs)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(results):]:
+        axis.legend(fontsize=7, title=f"band: ± 1 std of log π over {len(trajectories)} run(s)", title_fontsize=7)
+    for axis in axes[len(results):]:
         axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=90)

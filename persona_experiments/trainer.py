@@ -45,8 +45,8 @@ class StepOutput:
     """Result of one forward (and, when training, backward) pass over a batch split into micro-batches."""
 
     values: PointValues          # detached, rows in the order of the batch
-    chosen_rewards: Tensor       # (B,)
-    rejected_rewards: Tensor     # (B,)
+    preferred_rewards: Tensor     # (B,)
+    dispreferred_rewards: Tensor  # (B,)
     entanglement: list[dict]     # gradient-entanglement stats (empty unless due)
 
 
@@ -56,8 +56,8 @@ def _loss_on(config: PersonaConfig, out, batch: PersonaBatch, reference: tuple[T
     dispreferred = out.logprobs.gather(1, batch.dispreferred_ids.to(out.logprobs.device).view(-1, 1)).squeeze(1)
     ones = torch.ones_like(preferred, dtype=torch.long)
     # reference None = this is the reference pass: the reference log-probs are the pass's own.
-    ref_chosen, ref_rejected = reference if reference is not None else (preferred.detach(), dispreferred.detach())
-    logps = PreferenceLogps(preferred, dispreferred, ref_chosen, ref_rejected, ones, ones)
+    ref_preferred, ref_dispreferred = reference if reference is not None else (preferred.detach(), dispreferred.detach())
+    logps = PreferenceLogps(preferred, dispreferred, ref_preferred, ref_dispreferred, ones, ones)
     return logps, compute_preference_loss(config, logps)
 
 
@@ -105,11 +105,11 @@ def _step_scalars(step_out: StepOutput, optimizer, epoch: int) -> dict[str, floa
 def batch_scalars(step_out: StepOutput) -> dict[str, float]:
     """Means over the batch of `step_out`: loss, rewards/{chosen,rejected,margins,accuracies}, logps/*."""
     values = step_out.values
-    margins = step_out.chosen_rewards - step_out.rejected_rewards
+    margins = step_out.preferred_rewards - step_out.dispreferred_rewards
     return {
         "loss": float(values.losses.mean()),
-        "rewards/chosen": float(step_out.chosen_rewards.mean()),
-        "rewards/rejected": float(step_out.rejected_rewards.mean()),
+        "rewards/chosen": float(step_out.preferred_rewards.mean()),
+        "rewards/rejected": float(step_out.dispreferred_rewards.mean()),
         "rewards/margins": float(margins.mean()),
         "rewards/accuracies": float((margins > 0).float().mean()),
         "logps/chosen": float(values.preferred_logps.mean()),

@@ -11,8 +11,8 @@ Outputs per run, besides the runner's files: `eval_metrics.jsonl`, `displacement
 
 from __future__ import annotations
 
+from ches.selection import select_examples
 from common.config import ExperimentFamily, RunContext
-from common.preference_selection import select_examples
 from common.preference_trainer import train_preference_model
 from common.preference_training_config import PreferenceTrainingConfig
 

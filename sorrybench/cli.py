@@ -10,6 +10,7 @@ import argparse
 import os
 
 from common.cli import add_gpu_id_flag, device_from_gpu_id
+from common.distributed import resolve_device
 from sorrybench.generation import GenerationSettings
 from sorrybench.judges import JUDGE_NAMES
 
@@ -60,15 +61,6 @@ def resolve_judge_and_device(args: argparse.Namespace) -> None:
         args.judge = "hf_judge" if args.judge_model else "keyword"
     if args.judge_batch_size is None:
         args.judge_batch_size = args.batch_size
-    args.device = device_from_gpu_id(args.gpu_id) if args.gpu_id is not None else resolve_device(args.device)
+    args.device = device_from_gpu_id(args.gpu_id) if args.gpu_id is not None else str(resolve_device(args.device))
     if args.cache_dir:
         os.environ["HF_HUB_CACHE"] = os.path.abspath(os.path.expanduser(args.cache_dir))
-
-
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" if available else "cpu"; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -16,23 +16,25 @@ with `refusal_eval_before_training`), and in summary.json `refusal_rate/{train,t
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ches.selection import select_examples
 from common.config import ExperimentFamily, RunContext
+from common.distributed import is_main_process
 from common.io_utils import atomic_write_json, read_jsonl
 from common.models import load_model_and_tokenizer
+from common.names import DTYPE_NAMES
 from common.optim import low_precision_training_problem
 from common.preference_data import PreferenceExample, load_preference_examples
-from common.preference_selection import select_examples
 from common.preference_trainer import train_preference_model
-from common.preference_training_config import DTYPES, PreferenceTrainingConfig
+from common.preference_training_config import PreferenceTrainingConfig
 from sorrybench.generation import GenerationSettings
-from sorrybench.judges import JUDGE_NAMES, build_judge
+from sorrybench.judge_factory import build_judge
+from sorrybench.judges import JUDGE_NAMES
 from sorrybench.refusal_rate import compute_refusal_rates, evaluate_refusal_rate, load_split_prompts
 
 
@@ -92,6 +94,13 @@ class SorryBenchConfig(PreferenceTrainingConfig):
     refusal_max_new_tokens: int = 512
     refusal_generation_batch_size: int = 8
 
+    @classmethod
+    def input_file_hint(cls, field_name: str, value: str) -> str:
+        if field_name in ("dataset", "eval_dataset"):
+            return ("make the data set with `python sorrybench_create_preferences_dataset.py --model MODEL` (it writes "
+                    "train.jsonl and test.jsonl; see docs/sorrybench.md)")
+        return super().input_file_hint(field_name, value)
+
     def validate(self) -> list[str]:
         problems = super().validate()
         if self.dataset_format != "sorrybench_prefs":
@@ -110,8 +119,8 @@ class SorryBenchConfig(PreferenceTrainingConfig):
             self.refusal_generation_settings()
         except ValueError as error:
             problems.append(f"refusal_* fields: {error}")
-        if self.refusal_judge_dtype not in DTYPES:
-            problems.append(f"refusal_judge_dtype must be one of {DTYPES}, got {self.refusal_judge_dtype!r}")
+        if self.refusal_judge_dtype not in DTYPE_NAMES:
+            problems.append(f"refusal_judge_dtype must be one of {DTYPE_NAMES}, got {self.refusal_judge_dtype!r}")
         if self.refusal_judge_batch_size < 1:
             problems.append(f"refusal_judge_batch_size must be >= 1, got {self.refusal_judge_batch_size}")
         return problems
@@ -174,12 +183,6 @@ def measure_refusal_rates(model, tokenizer, config: SorryBenchConfig, device, ou
     return rates
 
 
-def _is_main_process() -> bool:
-    """Rank 0 of a torchrun/accelerate launch (or the only process): it alone generates and judges (DDP keeps a
-    full model replica on every rank)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict:
     """Select the training pairs (all, or CHES-filtered), train, then measure refusal rates; return the summary."""
     selected = select_examples(dataclasses.replace(config, num_eval_samples=0) if config.eval_all_test_pairs
@@ -192,7 +195,8 @@ def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict
         eval_examples = with_gold_preferences(eval_examples, config.eval_dataset or config.dataset)
     train_rows = [example.source_index for example in train_examples]
     summary: dict = {**selected.info}
-    if config.refusal_eval_before_training and _is_main_process():
+    # rank 0 alone generates and judges (DDP keeps a full model replica on every rank)
+    if config.refusal_eval_before_training and is_main_process():
         model, tokenizer = load_model_and_tokenizer(config.model, checkpoint=config.checkpoint,
                                                     is_lora_checkpoint=config.is_lora_checkpoint, dtype=config.dtype,
                                                     device=ctx.device)
@@ -202,7 +206,7 @@ def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict
         del model, tokenizer
     result = train_preference_model(config, train_examples, eval_examples, ctx)
     summary.update(result.summary)
-    if config.refusal_eval and _is_main_process():
+    if config.refusal_eval and is_main_process():
         rates = measure_refusal_rates(result.model, result.tokenizer, config, ctx.device, ctx.run_dir / "refusal_eval",
                                       train_rows)
         refusal = _refusal_summary(rates)

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from common.preference_data import format_prompt
+from common.sequence_logprobs import pad_token_id_of
 from sorrybench.resumable import process_resumably
 
 
@@ -70,14 +71,6 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     tokenizer only when no chat template is used (a rendered template already contains them)."""
     uses_template = bool(getattr(tokenizer, "chat_template", None))
     return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not uses_template)["input_ids"]
-
-
-def pad_token_id_of(tokenizer) -> int:
-    """The tokenizer's pad id, else its EOS id (GPT-2 style tokenizers have no pad token)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token before generating")
-    return pad_id
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import torch
 
-from sorrybench.generation import left_pad, pad_token_id_of
+from common.sequence_logprobs import pad_token_id_of
+from sorrybench.generation import left_pad
 from sorrybench.judges import COMPLIANCE, REFUSAL, UNKNOWN, JudgeResult
 
 # The official SORRY-Bench judge (Xie et al., 2024): Mistral-7B-Instruct-v0.2 fine-tuned on human judgments.

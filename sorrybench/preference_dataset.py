@@ -13,18 +13,18 @@ global `random`. An empty outcome raises `EmptyDatasetError` (no train/test file
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common.io_utils import atomic_write_json, atomic_write_text
+from common.io_utils import atomic_write_json, write_jsonl
 from sorrybench.generation import GenerationSettings, generate_for_prompts
 from sorrybench.gold import (GENERIC_REFUSALS_FILE, GOLD_SOURCES, attach_generic_gold, attach_human_gold,
                              human_outputs_by_question, load_refusal_pool, resolve_gold_source)
-from sorrybench.judges import JUDGE_NAMES, Judge, build_judge
+from sorrybench.judge_factory import build_judge
+from sorrybench.judges import JUDGE_NAMES, Judge
 from sorrybench.pairs import (PairComparator, check_test_ratio, count_pairs_with_refusal_chosen, pair_two_responses,
                               relabel_random_pairs, split_train_test)
 from sorrybench.prompts import load_sorrybench_prompts
@@ -123,9 +123,6 @@ def _copy_generations(source_dir: Path, output_dir: Path) -> None:
         for name in names:
             shutil.copyfile(source_dir / name, output_dir / name)
 
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _build_comparator(options: DatasetOptions) -> PairComparator:
@@ -227,6 +224,6 @@ def create_preferences_dataset(options: DatasetOptions, *, judge: Judge | None =
         for name in ("train.jsonl", "test.jsonl"):  # never leave an earlier run's pairs beside this run's info
             (output_dir / name).unlink(missing_ok=True)
         raise
-    _write_jsonl(output_dir / "train.jsonl", train)
-    _write_jsonl(output_dir / "test.jsonl", test)
+    write_jsonl(output_dir / "train.jsonl", train)
+    write_jsonl(output_dir / "test.jsonl", test)
     return info

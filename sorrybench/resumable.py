@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from common.io_utils import atomic_write_json, iter_jsonl, read_json, to_jsonable
+from common.io_utils import atomic_write_json, iter_jsonl, jsonl_appender, read_json, to_jsonable
 
 
 def settings_path_for(output_path: Path) -> Path:
@@ -52,7 +52,7 @@ def count_missing(items: Sequence[dict], *, key: str, output_path: Path) -> int:
     output_path = Path(output_path)
     if not output_path.exists():
         return len(items)
-    done = {json.dumps(record[key]) for record in iter_jsonl(output_path)}
+    done = {json.dumps(record[key]) for record in iter_jsonl(output_path, allow_partial_last_line=True)}
     return sum(json.dumps(item[key]) not in done for item in items)
 
 
@@ -84,11 +84,11 @@ def process_resumably(items: Sequence[dict], *, key: str, output_path: Path,
     done: dict[str, dict] = {}
     if output_path.exists():
         _drop_partial_last_line(output_path)
-        done = {json.dumps(record[key]): record for record in iter_jsonl(output_path)}
+        done = {json.dumps(record[key]): record for record in iter_jsonl(output_path, allow_partial_last_line=True)}
     todo = [item for item in items if json.dumps(item[key]) not in done]
     if done and todo:
         print(f"{desc}: resuming, {len(items) - len(todo)} of {len(items)} already in {output_path}")
-    with output_path.open("a", encoding="utf-8") as handle, tqdm(total=len(todo), desc=desc, leave=False) as bar:
+    with jsonl_appender(output_path) as writer, tqdm(total=len(todo), desc=desc, leave=False) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             results = process_batch(batch)
@@ -97,8 +97,7 @@ def process_resumably(items: Sequence[dict], *, key: str, output_path: Path,
             for item, record in zip(batch, results):
                 if record.get(key) != item[key]:
                     raise RuntimeError(f"{desc}: result record has {key}={record.get(key)!r}, expected {item[key]!r}")
-                handle.write(json.dumps(to_jsonable(record), ensure_ascii=False) + "\n")
+                writer.write(record)
                 done[json.dumps(item[key])] = record
-            handle.flush()
             bar.update(len(batch))
     return [done[json.dumps(k)] for k in keys]

@@ -10,7 +10,6 @@ Trains tiny-gpt2 on 8 UltraFeedback pairs (batch 4, 2 epochs) and writes OUT_DIR
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.config import RunContext  # noqa: E402
+from common.distributed import is_main_process  # noqa: E402
 from common.metrics_logger import MetricsLogger  # noqa: E402
-from common.preference_selection import select_examples  # noqa: E402
+from ches.selection import select_examples  # noqa: E402
 from common.preference_trainer import train_preference_model  # noqa: E402
 from common.preference_training_config import PreferenceTrainingConfig  # noqa: E402
 
@@ -35,13 +35,13 @@ class NullSink:
 
 def run_worker(out_dir: Path) -> None:
     """Train (in this process, or as one rank of a launch) and write OUT_DIR/losses.json on rank 0."""
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = is_main_process()
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     config = PreferenceTrainingConfig(
         model="tiny-gpt2", dataset=TRAIN_DATASET, eval_dataset=EVAL_DATASET,
         num_train_samples=8, num_eval_samples=2, max_input_length=32, batch_size=4, epochs=2, optimizer="adam",
-        lr=1e-3, outputs_dir=str(out_dir), random_seed=0)
+        truncation="keep_response", lr=1e-3, outputs_dir=str(out_dir), random_seed=0)
     selected = select_examples(config)
     logger = MetricsLogger(out_dir) if is_main else NullSink()
     result = train_preference_model(config, selected.train, selected.eval,

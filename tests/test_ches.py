@@ -10,7 +10,7 @@ import torch
 
 from ches.ches import (
     MEASURE_NAMES, ches_from_sums, compute_pair_measures, iterate_pair_measures, levenshtein_distance,
-    ln_ches_from_sums, load_similarity_results, measures_from_summaries, minus_normalized_edit_distance, pack_pairs,
+    ln_ches_from_sums, measures_from_summaries, minus_normalized_edit_distance, pack_pairs,
     packed_attention_mask, reference_pair_summaries, relative_difference, select_lowest_k, select_quantile_window,
     summaries_in_threads, summarize_pair_hidden_states, summarize_pair_with_prompt_cache,
 )
@@ -44,18 +44,30 @@ def test_ches_hand_values():
 
 
 def test_positions_summed_on_fake_model():
-    """Prompt [9, 1], chosen [2, 3], rejected [3].
-    Chosen: positions predicting its tokens hold tokens 1 (last prompt) and 2 -> S+ = (1,0) + (0,1) = (1,1);
-    rejected: only the last prompt token -> S- = (1,0). CHES = <(1,1),(1,0)> - ||(1,1)||² = 1 - 2 = -1.
-    ln: (0.5,0.5) and (1,0): 0.5 - 0.5 = 0. Final positions hold token 3 on both sides: <(1,1),(1,1)> = 2.
-    Edit distance [2,3] -> [3]: one deletion, over max length 2 -> -0.5."""
+    """Prompt [9, 1], chosen [2, 3, EOS], rejected [3, EOS] (EOS = token 8, vector (0,0)): the reference's
+    convention, responses [2, 3] and [3] summed from the last prompt token to the last response token.
+    S+ = h(1) + h(2) + h(3) = (1,0) + (0,1) + (1,1) = (2,2); S- = h(1) + h(3) = (2,1).
+    CHES = <(2,2),(2,1)> - ||(2,2)||² = 6 - 8 = -2. ln (|y+| = 3, |y-| = 2): <(2/3,2/3),(1,1/2)> - 8/9 = 1/9.
+    Last hidden states: token 3 on both sides (not the EOS): <(1,1),(1,1)> = 2.
+    Edit distance without the EOS, [2, 3] -> [3]: one deletion over max length 2 -> -0.5."""
     model = TokenEmbeddingModel(VECTORS)
-    pair = TokenizedPair(prompt_ids=[9, 1], chosen_ids=[2, 3], rejected_ids=[3], source_index=0)
+    pair = TokenizedPair(prompt_ids=[9, 1], chosen_ids=[2, 3, 8], rejected_ids=[3, 8], source_index=0)
     summaries = summarize_pair_hidden_states(model, [pair])
-    assert summaries.chosen_sums.tolist() == [[1.0, 1.0]] and summaries.rejected_sums.tolist() == [[1.0, 0.0]]
-    measures = compute_pair_measures(model, [pair], batch_size=1)
-    assert measures == {"ches_scores": [-1.0], "ln_ches_scores": [0.0], "minus_normalized_edit_distances": [-0.5],
-                        "last_hidden_embedding_inner_prods": [2.0]}
+    assert summaries.chosen_sums.tolist() == [[2.0, 2.0]] and summaries.rejected_sums.tolist() == [[2.0, 1.0]]
+    assert summaries.chosen_final.tolist() == [[1.0, 1.0]] and summaries.rejected_final.tolist() == [[1.0, 1.0]]
+    for batch_size in (1, 2):
+        measures = compute_pair_measures(model, [pair, pair], batch_size=batch_size)
+        assert measures["ches_scores"] == [-2.0, -2.0]
+        assert measures["ln_ches_scores"] == pytest.approx([1 / 9, 1 / 9])
+        assert measures["minus_normalized_edit_distances"] == [-0.5, -0.5]
+        assert measures["last_hidden_embedding_inner_prods"] == [2.0, 2.0]
+
+
+def test_eos_only_response_uses_the_last_prompt_token():
+    """Rejected = [EOS] only: S- = h(last prompt token) = (1,0), and so is its last hidden state."""
+    summaries = summarize_pair_hidden_states(TokenEmbeddingModel(VECTORS), [TokenizedPair([9, 1], [2, 8], [8], 0)])
+    assert summaries.rejected_sums.tolist() == [[1.0, 0.0]] and summaries.rejected_final.tolist() == [[1.0, 0.0]]
+    assert summaries.chosen_final.tolist() == [[0.0, 1.0]]
 
 
 def test_packed_rows_and_mask_literal():
@@ -170,22 +182,6 @@ def test_lowest_k_and_quantile_window():
         select_quantile_window(scores, 2, 1.5)
 
 
-def test_load_similarity_results_checks_lockstep(tmp_path):
-    fields = {name: torch.zeros(2) for name in ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
-                                                "last_hidden_embedding_inner_prods")}
-    fields |= {name: torch.zeros(2, dtype=torch.long) for name in ("prompt_lengths", "chosen_lengths",
-                                                                   "rejected_lengths", "sample_indices")}
-    results = fields | {"settings": {"complete": False}, "skip_reasons": ["", ""],
-                        "computed": torch.ones(2, dtype=torch.bool)}
-    torch.save(results, tmp_path / "partial.pt")
-    with pytest.raises(ValueError, match="partial file"):
-        load_similarity_results(tmp_path / "partial.pt")
-    assert load_similarity_results(tmp_path / "partial.pt", allow_partial=True)["skip_reasons"] == ["", ""]
-    torch.save(results | {"skip_reasons": [""]}, tmp_path / "broken.pt")
-    with pytest.raises(ValueError, match="not in lockstep"):
-        load_similarity_results(tmp_path / "broken.pt", allow_partial=True)
-
-
 def test_benchmark_score_scales_hand_values():
     """S+ = (3, 4), S- = (5, 12), |y+| = 5, |y-| = 13: ches scale 5 (5 + 13) = 90; length-normalised means have
     norm 1 each, scale 1 (1 + 1) = 2; final states (1, 0), (0, 2): 1 x 2 = 2."""
@@ -197,3 +193,11 @@ def test_benchmark_score_scales_hand_values():
     pair = TokenizedPair([1], [2] * 5, [3] * 13, 0)
     assert score_scales(summaries, pair) == pytest.approx(
         {"ches_scores": 90.0, "ln_ches_scores": 2.0, "last_hidden_embedding_inner_prods": 2.0})
+
+
+def test_identical_responses_give_exactly_zero():
+    """chosen == rejected: CHES and LN-CHES are exactly 0 and the final product is ||h||² (here h(3) = (1,1): 2)."""
+    pair = TokenizedPair([9, 1], [2, 3, 8], [2, 3, 8], 0)
+    measures = compute_pair_measures(TokenEmbeddingModel(VECTORS), [pair], batch_size=2)
+    assert measures == {"ches_scores": [0.0], "ln_ches_scores": [0.0], "minus_normalized_edit_distances": [0.0],
+                        "last_hidden_embedding_inner_prods": [2.0]}

@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from common.grad_entanglement import (GradEntanglementConfig, entanglement_from_gradients, gradient_entanglement,
                                       is_due, score_predictions, select_parameters, summarize_entanglement)
 from common.losses import LossConfig, PreferenceLogps, dpo_loss
+from common.models import load_model_and_tokenizer
 
 
 def test_statistics_from_hand_vectors():
@@ -158,8 +159,7 @@ def test_parameter_subsets_with_lora():
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 def test_parameter_subsets_on_builtin_models(name):
-    models = pytest.importorskip("common.models", reason="common.models not available yet")
-    model, _ = models.load_model_and_tokenizer(name)
+    model, _ = load_model_and_tokenizer(name)
     assert select_parameters(model, "unembedding")[0] is model.get_output_embeddings().weight
     last = select_parameters(model, "last_layer")
     assert 0 < sum(p.numel() for p in last) < sum(p.numel() for p in model.parameters())

@@ -16,7 +16,7 @@ from common.io_utils import read_json
 from common.loss_comparison import OBJECTIVE_ORDER, aggregate, find_runs, format_markdown, setting_label
 from common.losses import LOSSES
 from common.runner import main as runner_main
-from loss_comparison_results_printer import RESULTS_FILE, TABLE_FILE, main as printer_main
+from loss_comparison_results_printer import PLOT_FILE, RESULTS_FILE, TABLE_FILE, main as printer_main
 from persona_experiments.trainer import FAMILY as PERSONA_FAMILY
 from tests.conftest import DEMO_PERSONA_DATASET
 
@@ -164,3 +164,4 @@ def test_end_to_end_on_tiny_persona_plan(tmp_path, capsys, one_thread):
         assert row["preferred_logprob_change_mean"] == pytest.approx(sum(changes) / 2)
         assert row["grad_cosine_mean"] == pytest.approx(sum(s["grad_entanglement/cosine"] for s in summaries) / 2)
     assert (tmp_path / "report" / TABLE_FILE).read_text().count("| ipo |") == 1
+    assert (tmp_path / "report" / PLOT_FILE).stat().st_size > 0  # bars of displacement and gradient cosine per loss

@@ -92,7 +92,7 @@ def test_printer_bad_directory(tmp_path, capsys):
 
 @pytest.mark.parametrize("plan_file", sorted(PLANS_DIR.glob("*.json")), ids=lambda p: p.name)
 def test_shipped_plans_validate(plan_file):
-    plan = load_plan(plan_file, PersonaConfig)
+    plan = load_plan(plan_file, PersonaConfig, check_input_files=False)  # the data set may be absent offline
     assert plan.runs
 
 

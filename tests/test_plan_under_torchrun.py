@@ -23,7 +23,7 @@ def write_plan(outputs_dir: Path) -> Path:
     base = {
         "experiment_name": "ddp_check", "outputs_dir": str(outputs_dir), "model": "tiny-gpt2",
         "dataset": str(train), "dataset_format": "ultrafeedback", "num_train_samples": 4,
-        "max_input_length": 32, "eval_dataset": str(held_out), "num_eval_samples": 2,
+        "max_input_length": 32, "truncation": "keep_response", "eval_dataset": str(held_out), "num_eval_samples": 2,
         "objective": "dpo", "kl_coeff": 0.1, "optimizer": "adam", "lr": 1e-3, "batch_size": 4, "epochs": 3,
         "random_seed": 0, "save_metric_plots": False,
     }

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from common.preference_data import (
-    HH_ASSISTANT_TURN, PLAIN_PROMPT_SEPARATOR, PreferenceExample, TokenizedPair, format_prompt,
+    HH_ASSISTANT_TURN, PLAIN_PROMPT_SEPARATOR, PreferenceExample, TokenizationOptions, TokenizedPair, format_prompt,
     load_preference_examples, tokenize_pair,
 )
 from tests.conftest import real_data
+
+OURS = TokenizationOptions(truncation="keep_response", skip_identical=True)  # left-cut prompt, skip identical
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -120,8 +122,9 @@ def test_tokenize_pair_separate_tokenization_and_eos():
     assert pair == TokenizedPair([97, 98, 10], [99, 100, 0], [101, 0], 7)
 
 
-def test_tokenize_pair_truncation_policy():
-    """Prompt "abcdefghi" + "\\n" = 10 tokens; chosen "uvwxy" + EOS = 6; rejected "xyz" + EOS = 4.
+def test_tokenize_pair_keep_response_truncation_policy():
+    """Ours (truncation keep_response).
+    Prompt "abcdefghi" + "\\n" = 10 tokens; chosen "uvwxy" + EOS = 6; rejected "xyz" + EOS = 4.
 
     L = 12: P + R = 16 > 12; prompt keeps min(10, max(12 - 6, 6, 1)) = 6 tokens, the last ones ("efghi\\n");
     responses keep 12 - 6 = 6 tokens (unchanged).
@@ -129,9 +132,9 @@ def test_tokenize_pair_truncation_policy():
     """
     example = PreferenceExample("abcdefghi", "uvwxy", "xyz", 0, {})
     tokenizer = CharTokenizer()
-    pair = tokenize_pair(tokenizer, example, max_input_length=12)
+    pair = tokenize_pair(tokenizer, example, 12, OURS)
     assert pair.prompt_ids == [ord(c) for c in "efghi\n"] and pair.chosen_ids == [ord(c) for c in "uvwxy"] + [0]
-    pair = tokenize_pair(tokenizer, example, max_input_length=8)
+    pair = tokenize_pair(tokenizer, example, 8, OURS)
     assert pair.prompt_ids == [ord(c) for c in "ghi\n"]
     assert pair.chosen_ids == [ord(c) for c in "uvwx"] and pair.rejected_ids == [ord(c) for c in "xyz"] + [0]
     assert max(len(pair.chosen_ids), len(pair.rejected_ids)) + len(pair.prompt_ids) <= 8
@@ -143,9 +146,10 @@ def test_tokenize_pair_truncation_policy():
     ("", "b", None, "empty chosen response"),
     ("a", "  \n", None, "empty rejected response"),
     ("same", "same", None, "chosen and rejected responses are identical"),
-    ("abcX", "abcY", 4, "chosen and rejected identical after truncation to 4 tokens"),
+    ("abcX", "abcY", 4, "chosen and rejected token ids are identical after truncation to 4 tokens"),
 ])
-def test_tokenize_pair_skip_reasons(chosen, rejected, max_length, reason):
-    """"abcX"/"abcY" with L = 4 and prompt "p\\n" (2 tokens): prompt keeps min(2, max(4 - 5, 2, 1)) = 2, the
+def test_tokenize_pair_keep_response_skip_reasons(chosen, rejected, max_length, reason):
+    """Ours. "abcX"/"abcY" with L = 4 and prompt "p\\n" (2 tokens): prompt keeps min(2, max(4 - 5, 2, 1)) = 2, the
     responses keep 2 tokens "ab" each, which are equal."""
-    assert tokenize_pair(CharTokenizer(), PreferenceExample("p", chosen, rejected, 0, {}), max_length) == reason
+    example = PreferenceExample("p", chosen, rejected, 0, {})
+    assert tokenize_pair(CharTokenizer(), example, max_length, OURS) == reason

@@ -27,7 +27,7 @@ def write_plan(tmp_path: Path, similarity_path: Path) -> Path:
     base = {
         "experiment_name": "{pref_similarity_measure}_q{quantile}_seed{random_seed}",
         "outputs_dir": str(tmp_path / "outputs"), "model": "tiny-gpt2", "dataset": str(train),
-        "dataset_format": "ultrafeedback", "max_input_length": MAX_LENGTH,
+        "dataset_format": "ultrafeedback", "max_input_length": MAX_LENGTH, "truncation": "keep_response",
         "similarity_results_path": str(similarity_path),
         "pref_similarity_measure": "ches_scores", "quantile": 0.0, "preference_num_samples": 4,
         "eval_dataset": str(held_out), "num_eval_samples": 2, "objective": "dpo", "kl_coeff": 0.1,
@@ -51,8 +51,9 @@ def test_similarity_quantile_plan_end_to_end(tmp_path, capsys):
     train = real_data("ultrafeedback/train_1000.jsonl")
     similarity_path = similarity_script.main([
         "--model", "tiny-gpt2", "--dataset", str(train), "--dataset_format", "ultrafeedback",
-        "--num_samples", "10", "--seed", "0", "--max_input_length", str(MAX_LENGTH), "--batch_size", "4",
-        "--output_dir", str(tmp_path / "similarity"), "--device", "cpu"])
+        "--num_train_samples", "10", "--train_samples_random_seed", "1", "--max_input_length", str(MAX_LENGTH),
+        "--truncation", "keep_response", "--prompt_format", "plain", "--batch_size", "4",
+        "--output_dir", str(tmp_path / "similarity"), "--device", "cpu", "--dont_save_logs"])
     assert main(FAMILY, ["--plan_config_path", str(write_plan(tmp_path, similarity_path))]) == 0
 
     outputs = tmp_path / "outputs"
@@ -84,4 +85,7 @@ def test_similarity_quantile_plan_end_to_end(tmp_path, capsys):
     assert rows[0]["mean"] == pytest.approx(sum(values) / 2)
     for suffix in (".png", ".md", ".json"):
         assert (outputs / f"{printer.OUTPUT_STEM}{suffix}").stat().st_size > 0
+    examples = json.loads((outputs / f"{printer.EXAMPLES_STEM}.json").read_text())  # similarity file x run tensors
+    assert {e["measure"]: e["num_points"] for e in examples} == {"ches_scores": 16,
+                                                                  "minus_normalized_edit_distances": 8}
     assert json.loads((outputs / f"{printer.OUTPUT_STEM}.json").read_text())[0]["num_runs"] == 2

@@ -20,7 +20,7 @@ from common.distributed import ProcessGroup
 from common.losses import PreferenceLogps, compute_preference_loss
 from common.metrics_logger import MetricsLogger
 from common.models import load_model_and_tokenizer
-from common.preference_data import TokenizedPair, load_preference_examples, tokenize_pair
+from common.preference_data import TokenizationOptions, TokenizedPair, load_preference_examples, tokenize_pair
 from common.preference_eval import distribution_statistics, split_eval_metrics
 from common.preference_logps import LogpsOptions
 from common.preference_trainer import TrainingSplit, _step_batches, accumulate_step_gradients, train_preference_model
@@ -36,7 +36,8 @@ ULTRAFEEDBACK_TRAIN, ULTRAFEEDBACK_EVAL = "ultrafeedback/train_1000.jsonl", "ult
 def real_pairs(tokenizer, count: int, max_input_length: int = 40) -> list[TokenizedPair]:
     """`count` UltraFeedback pairs, truncated so prompts and responses are short, plus one 1-token prompt."""
     examples = load_preference_examples(str(real_data(ULTRAFEEDBACK_TRAIN)), "ultrafeedback", num_samples=count, seed=1)
-    pairs = [tokenize_pair(tokenizer, example, max_input_length) for example in examples]
+    keep_response = TokenizationOptions(truncation="keep_response")  # short pairs out of long ones (prompt cut)
+    pairs = [tokenize_pair(tokenizer, example, max_input_length, keep_response) for example in examples]
     assert all(isinstance(p, TokenizedPair) for p in pairs)
     return pairs[:-1] + [TokenizedPair([pairs[-1].prompt_ids[-1]], [5, 6, 7], [8], pairs[-1].source_index)]
 
@@ -208,7 +209,7 @@ def test_config_validation_names_the_fields():
 def small_config(tmp_path: Path, **overrides) -> PreferenceTrainingConfig:
     fields = dict(model="tiny-gpt2", dataset=str(real_data(ULTRAFEEDBACK_TRAIN)),
                   eval_dataset=str(real_data(ULTRAFEEDBACK_EVAL)), num_train_samples=6, num_eval_samples=3,
-                  max_input_length=32, batch_size=3, epochs=2,
+                  max_input_length=32, truncation="keep_response", batch_size=3, epochs=2,
                   optimizer="adam", lr=1e-3, outputs_dir=str(tmp_path / "outputs"), random_seed=0)
     fields.update(overrides)
     config = PreferenceTrainingConfig(**fields)
@@ -217,7 +218,7 @@ def small_config(tmp_path: Path, **overrides) -> PreferenceTrainingConfig:
 
 
 def run_training(config: PreferenceTrainingConfig, run_dir: Path):
-    from common.preference_selection import select_examples
+    from ches.selection import select_examples
 
     run_dir.mkdir(parents=True)
     logger = MetricsLogger(run_dir)

@@ -11,6 +11,7 @@ import pytest
 import compute_preference_similarity_per_example as ches_script
 import sorrybench_create_preferences_dataset as create_script
 import sorrybench_evaluate_refusal_rate as evaluate_script
+import sorrybench_results_printer as sorrybench_printer
 from common.io_utils import read_json, read_jsonl
 from common.runner import main as run_plan_main
 from sorrybench.experiment import FAMILY
@@ -195,7 +196,9 @@ def test_plan_runner_trains_and_measures_refusal_rates(fake_judged_dataset, tmp_
     for name in ("dpo_sft1-0", "gold", "filtered_ipo"):
         summary = read_json(tmp_path / "runs" / name / "summary.json")
         for split in ("train", "test"):
-            assert 0.0 <= summary[f"refusal_rate/{split}"] <= 1.0
+            # 4 sampled tokens of a randomly initialised tiny-gpt2 never open with a keyword judge's refusal phrase
+            assert summary[f"refusal_rate/{split}"] == 0.0
+            assert summary[f"refusal_counts/{split}"] == [0, {"train": num_train, "test": 1}[split]]
             assert f"eval_metrics/{split}/preferred_logprobs_change_mean" in summary
         assert summary["refusal_counts/train"][1] == num_train  # every train prompt, one response each
         rates = read_json(tmp_path / "runs" / name / "refusal_eval" / "refusal_rates.json")
@@ -207,6 +210,8 @@ def test_plan_runner_trains_and_measures_refusal_rates(fake_judged_dataset, tmp_
     filtered_summary = read_json(tmp_path / "runs" / "filtered_ipo" / "summary.json")
     assert filtered_summary["selection/num_selected"] == 2 and filtered_summary["refusal_counts/train_subset"][1] == 2
     assert "refusal_rate_initial/test" in filtered_summary
+    assert sorrybench_printer.main(["--experiments_dir", str(tmp_path / "runs")]) == 0  # tables and bars of these runs
+    assert (tmp_path / "runs" / sorrybench_printer.PLOT_FILE).stat().st_size > 0
     model_dir = str(tmp_path / "runs" / "filtered_ipo" / "model")  # the saved model feeds the evaluation script
     rates = evaluate_script.main(["--models", model_dir, "--dataset_path", str(dataset_dir), "--output_dir",
                                   str(tmp_path / "eval"), "--max_new_tokens", "4", "--device", "cpu",

@@ -7,8 +7,8 @@ import torch
 from sorrybench.hf_judges import (SORRY_BENCH_JUDGE_TEMPLATE, HFClassifierJudge, HFGenerativeJudge,
                                   fill_judge_template, format_judge_input, parse_judge_output, parse_judge_score,
                                   resolve_refusal_label, sequence_classifier_logits)
-from sorrybench.judges import (COMPLIANCE, LABELS, REFUSAL, UNKNOWN, JudgeResult, KeywordJudge, build_judge,
-                               normalize_text)
+from sorrybench.judge_factory import build_judge
+from sorrybench.judges import COMPLIANCE, LABELS, REFUSAL, UNKNOWN, JudgeResult, KeywordJudge, normalize_text
 from tests.sorrybench_helpers import tiny_classifier, tiny_causal_lm
 
 REFUSALS = [

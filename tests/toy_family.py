@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -20,6 +24,15 @@ class ToyConfig(RunConfig):
     fail: bool = False  # raise inside the run
     make_nan: bool = False  # log a NaN loss
     tags: list[str] | None = None
+    data_file: str = ""  # an input file whose text goes into the summary (input-identity tests)
+    sleep_per_step: float = 0.0  # seconds to sleep after each step (concurrency tests)
+    kill_self_at_step: int = -1  # the run's process kills itself with SIGKILL at this step (-1: never)
+    interrupt_at_step: int = -1  # raise KeyboardInterrupt at this step, as Ctrl-C would (-1: never)
+    wait_for_file: str = ""  # after step 0, wait until this file exists (lets a test order two processes)
+
+    @classmethod
+    def input_file_fields(cls) -> tuple[str, ...]:
+        return ("data_file", "load_model_checkpoint")
 
     def validate(self) -> list[str]:
         problems = super().validate()
@@ -47,11 +60,19 @@ def run_toy(config: ToyConfig, ctx: RunContext) -> dict:
             parameter -= config.lr * parameter.grad
             parameter.grad = None
         ctx.logger.log(step, loss=float("nan") if config.make_nan else loss.item(), value=parameter.item())
+        if step == config.kill_self_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == config.interrupt_at_step:
+            raise KeyboardInterrupt
+        time.sleep(config.sleep_per_step)
+        while step == 0 and config.wait_for_file and not Path(config.wait_for_file).exists():
+            time.sleep(0.05)
     previous = None
     if config.load_model_checkpoint:
         previous = (ctx.run_dir.parent / config.load_model_checkpoint).exists() or None
+    data = Path(config.data_file).read_text(encoding="utf-8") if config.data_file else None
     return {"final_value": parameter.item(), "noise": noise, "first_logit": first_logit,
-            "seed": ctx.seed, "upstream_found": previous}
+            "seed": ctx.seed, "upstream_found": previous, "data": data}
 
 
 TOY_FAMILY = ExperimentFamily(name="toy", config_cls=ToyConfig, run=run_toy)

@@ -1,13 +1,16 @@
 """Which pairs a dataset-level run trains and evaluates on (similarity filtering, held-out split).
 
 Training pool:
-  - with `similarity_results_path`: the rows listed in the file's `sample_indices` (the pairs the CHES script
-    scored); the subset is the `preference_num_samples` pairs in a window around `quantile` of the
-    `pref_similarity_measure` scores (`ches.ches.select_quantile_window`; `quantile=None` = the lowest k,
-    `ches.ches.select_lowest_k`). Rows with a NaN score (skipped by the script) are never chosen.
+  - with `similarity_results_path` (ours or the reference's `results_samples.pt`): the rows listed in the file's
+    `sample_indices` (the pairs the CHES script scored; the pairs it skipped are recorded apart and never
+    chosen); the subset is the `preference_num_samples` pairs in a window around `quantile` of the
+    `pref_similarity_measure` scores (`ches.ches.select_quantile_window`, the reference trainer's
+    `__quantile_slice` of the `argsort`; `quantile=None` = the lowest k, `ches.ches.select_lowest_k`).
   - without: `num_train_samples` rows of `dataset` drawn with `data_seed` (all rows if None).
 Held-out split: `num_eval_samples` rows of `eval_dataset` drawn with `data_seed`, or, if `eval_dataset` is None,
-rows of `dataset` outside the pool (and outside the similarity file's rows).
+rows of `dataset` outside the pool (and outside every row the similarity file drew, scored or skipped).
+The trainer then drops selected pairs whose prompt is longer than `max_input_length` (`truncation` "paper", the
+reference trainer's filter after selection), so a run can train on fewer than `preference_num_samples` pairs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from ches.ches import load_similarity_results, select_lowest_k, select_quantile_window
 from common.data_locations import find_local_data_file, is_hub_dataset_id
 from common.preference_data import PreferenceExample, load_preference_examples
 from common.preference_training_config import PreferenceTrainingConfig
@@ -43,7 +47,8 @@ def _check_settings(config: PreferenceTrainingConfig, settings: dict) -> None:
     path = config.similarity_results_path
     checks = [("dataset", config.dataset, _same_dataset),
               ("dataset_format", config.dataset_format, lambda a, b: a == b),
-              ("max_input_length", config.max_input_length, lambda a, b: a == b)]
+              ("max_input_length", config.max_input_length, lambda a, b: a == b),
+              ("truncation", config.truncation, lambda a, b: a == b)]
     if is_hub_dataset_id(config.dataset):  # a Hub id: the split matters too
         checks.append(("split", config.dataset_split, lambda a, b: a == b))
     for key, expected, same in checks:
@@ -54,15 +59,15 @@ def _check_settings(config: PreferenceTrainingConfig, settings: dict) -> None:
 
 
 def select_similarity_rows(config: PreferenceTrainingConfig) -> tuple[list[int], list[int], dict]:
-    """(training rows, pool rows, info) from the similarity results file (see the module docstring)."""
-    from ches.ches import load_similarity_results, select_lowest_k, select_quantile_window
-
+    """(training rows, rows the file drew, info) from the similarity results file (see the module docstring)."""
     results = load_similarity_results(config.similarity_results_path)
     _check_settings(config, results.get("settings", {}))
     rows = [int(i) for i in results["sample_indices"].tolist()]
-    if config.num_train_samples is not None and config.num_train_samples != len(rows):
+    drawn = rows + [int(i) for i in results["skipped_sample_indices"].tolist()]
+    if config.num_train_samples is not None and config.num_train_samples not in (len(rows), len(drawn)):
         raise ValueError(f"num_train_samples={config.num_train_samples} but {config.similarity_results_path} "
-                         f"scores {len(rows)} pairs; set num_train_samples to {len(rows)} or null")
+                         f"drew {len(drawn)} pairs and scored {len(rows)}; set num_train_samples to one of them "
+                         "or null")
     scores = [float(s) for s in results[config.pref_similarity_measure].tolist()]
     valid = [s for s in scores if not math.isnan(s)]
     k = config.preference_num_samples or len(valid)
@@ -75,6 +80,7 @@ def select_similarity_rows(config: PreferenceTrainingConfig) -> tuple[list[int],
         "selection/measure": config.pref_similarity_measure,
         "selection/quantile": config.quantile,
         "selection/num_scored": len(rows),
+        "selection/num_skipped_by_similarity_script": len(drawn) - len(rows),
         "selection/num_valid_scores": len(valid),
         "selection/num_selected": len(positions),
         "selection/score_min": min(selected),
@@ -82,7 +88,7 @@ def select_similarity_rows(config: PreferenceTrainingConfig) -> tuple[list[int],
         "selection/score_mean": sum(selected) / len(selected),
         "selection/pool_score_mean": sum(valid) / len(valid),
     }
-    return [rows[p] for p in positions], rows, info
+    return [rows[p] for p in positions], drawn, info
 
 
 def _draw(rows: list[int], count: int, seed: int, what: str) -> list[int]:
