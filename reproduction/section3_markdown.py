@@ -9,6 +9,7 @@ probability ends below its initial value in at least half of the cell's used run
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from reproduction.section3_report import PAIR_LABELS, START_LABELS
@@ -129,7 +130,7 @@ def unembedding_table(summary: dict) -> list[str]:
 
 
 def plot_section3(summary: dict, figures_dir: Path) -> list[Path]:
-    """section3_trajectories.png (mean π(y+) solid, π(y−) dashed per step; one panel per start, one colour per
+    """section3_trajectories.png (exp of the mean over runs of log π(y+) solid, log π(y−) dashed, per step; one panel per start, one colour per
     pair) and section3_logprob_change.png (log π_final(y+) − log π_0(y+) in nats, mean ± std over runs, per pair
     and start; below 0 = the preferred token lost probability)."""
     import matplotlib
@@ -146,12 +147,13 @@ def plot_section3(summary: dict, figures_dir: Path) -> list[Path]:
             if not cell or not cell["trajectory"]["steps"]:
                 continue
             trajectory, color = cell["trajectory"], f"C{index}"
-            axis.plot(trajectory["steps"], trajectory["preferred_prob_mean"], color=color,
+            axis.plot(trajectory["steps"], [math.exp(v) for v in trajectory["preferred_logprob_mean"]], color=color,
                       label=f"{PAIR_LABELS[pair]} ({cell['num_used']} runs)")
-            axis.plot(trajectory["steps"], trajectory["dispreferred_prob_mean"], color=color, linestyle="--")
+            axis.plot(trajectory["steps"], [math.exp(v) for v in trajectory["dispreferred_logprob_mean"]],
+                      color=color, linestyle="--")
         axis.set_title(START_LABELS[start], fontsize=9)
         axis.set_xlabel("step")
-        axis.set_ylabel("mean probability (solid y+, dashed y−)")
+        axis.set_ylabel("geometric mean probability over runs\n(solid y+, dashed y−)")
         axis.set_yscale("log")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)

@@ -24,7 +24,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from persona_experiments.results import ResultsError, RunRecord, find_runs, load_trajectory, summarize_setting
+from common.io_utils import RunDiscoveryError
+from persona_experiments.results import RunRecord, find_runs, load_trajectory, summarize_setting
 from reproduction.section3_plan import STARTS, TOKEN_PAIRS
 
 PAIR_LABELS = {"yes_vs_no": "'Yes' vs 'No'", "no_vs_never": "'No' vs 'Never'",
@@ -53,12 +54,13 @@ def _stat(value: dict) -> dict:
 
 
 def mean_trajectory(runs: list[RunRecord]) -> dict:
-    """Per-step mean over runs of pi(y+) and pi(y-) (steps present in every run)."""
+    """Per-step mean over runs of log pi(y+|x) and log pi(y-|x) (nats; each run's value is the mean over its
+    prompts, i.e. the prompt's own value for these one-prompt runs), at the steps present in every run."""
     series = [load_trajectory(run) for run in runs]
     common_steps = sorted(set.intersection(*(set(steps) for steps, _, _ in series))) if series else []
-    out = {"steps": common_steps, "preferred_prob_mean": [], "dispreferred_prob_mean": []}
+    out = {"steps": common_steps, "preferred_logprob_mean": [], "dispreferred_logprob_mean": []}
     for step in common_steps:
-        for key, column in (("preferred_prob_mean", 1), ("dispreferred_prob_mean", 2)):
+        for key, column in (("preferred_logprob_mean", 1), ("dispreferred_logprob_mean", 2)):
             values = [trajectory[column][trajectory[0].index(step)] for trajectory in series]
             out[key].append(sum(values) / len(values))
     return out
@@ -126,7 +128,7 @@ def collect_section3(experiments_dir: Path, num_seeds: int) -> dict:
     report can say so."""
     try:
         runs, notes = find_runs(Path(experiments_dir))
-    except ResultsError as error:
+    except RunDiscoveryError as error:
         return {"status": "absent", "reason": str(error), "num_done": 0,
                 "num_expected": num_seeds * len(TOKEN_PAIRS) * len(STARTS) + 1, "cells": {}, "notes": []}
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)

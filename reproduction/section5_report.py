@@ -24,7 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from preference_similarity_results_printer import DEFAULT_METRIC, aggregate, collect_runs, plot
+from common.io_utils import RunDiscoveryError, find_finished_runs
+from preference_similarity.plots import figure_2
+from preference_similarity_results_printer import DEFAULT_METRIC, aggregate, similarity_run
+
+
+def collect_runs(outputs_dir: Path) -> list[tuple[Path, dict, dict]]:
+    """(run dir, config, summary) of the finished similarity-filtered runs under `outputs_dir` (the printer's rule)."""
+    try:
+        runs, _ = find_finished_runs([outputs_dir])
+    except RunDiscoveryError:
+        return []
+    entries = [similarity_run(run, DEFAULT_METRIC) for run in runs]
+    return [entry for entry in entries if not isinstance(entry, str)]
 
 CORRELATION_MEASURES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
                         "last_hidden_embedding_inner_prods")
@@ -70,7 +82,7 @@ def per_example_correlations(sample_indices: np.ndarray, scores: dict[str, np.nd
 
 
 def _load_similarity(path: Path) -> dict[str, np.ndarray]:
-    from ches.ches import load_similarity_results
+    from ches.results_file import load_similarity_results
 
     results = load_similarity_results(path)
     return {key: np.asarray(results[key].tolist()) for key in ("sample_indices", *CORRELATION_MEASURES)
@@ -184,5 +196,4 @@ def plot_section5(summary: dict, figures_dir: Path) -> Path | None:
     if not summary["windows"]:
         return None
     path = Path(figures_dir) / "section5_quantiles.png"
-    plot(summary["windows"], DEFAULT_METRIC, path)
-    return path
+    return figure_2(summary["windows"], [], path)

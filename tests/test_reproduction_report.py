@@ -136,19 +136,20 @@ def test_average_ranks_and_spearman():
 
 
 def _write_section5_runs(root: Path) -> Path:
-    """A similarity file (4 scored rows, one NaN) and two finished runs by hand: a window run and a random one."""
+    """A similarity file (3 scored rows, row 9 skipped) and two finished runs by hand: a window run and a random one."""
     import torch
     from safetensors.torch import save_file
 
-    from ches.ches import LENGTH_NAMES, MEASURE_NAMES
+    from ches.results_file import LENGTH_NAMES, MEASURE_NAMES
 
     similarity = root / "similarity.pt"
-    scores = {"ches_scores": [0.1, 0.4, math.nan, 0.3]}
-    results = {"settings": {"complete": True}, "sample_indices": torch.tensor([5, 7, 9, 11]),
-               "skip_reasons": ["", "", "too long", ""], "computed": torch.tensor([True, True, False, True])}
-    results.update({name: torch.tensor(scores.get(name, [1.0, 2.0, math.nan, 3.0]), dtype=torch.float64)
+    # row 9 was skipped by the scoring script: left out of the score arrays, recorded apart
+    scores = {"ches_scores": [0.1, 0.4, 0.3]}
+    results = {"settings": {"complete": True}, "sample_indices": torch.tensor([5, 7, 11]),
+               "skipped_sample_indices": torch.tensor([9]), "skip_reasons": ["too long"]}
+    results.update({name: torch.tensor(scores.get(name, [1.0, 2.0, 3.0]), dtype=torch.float64)
                     for name in MEASURE_NAMES})
-    results.update({name: torch.tensor([3, 4, -1, 5]) for name in LENGTH_NAMES})
+    results.update({name: torch.tensor([3, 4, 5]) for name in LENGTH_NAMES})
     torch.save(results, similarity)
     outputs = root / "section5"
     window, random_run = outputs / "uf_ches_scores_q0-0_seed0", outputs / "uf_random128_seed0"
