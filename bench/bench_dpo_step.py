@@ -57,14 +57,18 @@ from bench.bench_common import (  # noqa: E402
 
 SIDES = ("ours", "trl", "trl_defaults", "trl_precompute")
 TARGET_TIME_RATIO, TARGET_MEMORY_RATIO = 0.4, 0.6  # ours / trl, from the issue
+# Prompts cut from the left so every pair of the draw keeps its response (the setting all earlier rows measured);
+# the paper truncation would drop the pairs whose prompts exceed max_length.
+TRUNCATION = "keep_response"
 
 
 def load_tokenized_pairs(tokenizer, dataset: str, num_pairs: int, seed: int, max_length: int):
     """The `num_pairs` examples drawn with `seed` and their TokenizedPairs; fails if any pair is unusable."""
-    from common.preference_data import load_preference_examples, tokenize_pair
+    from common.preference_data import TokenizationOptions, load_preference_examples, tokenize_pair
 
     examples = load_preference_examples(dataset, "ultrafeedback", num_samples=num_pairs, seed=seed)
-    pairs = [tokenize_pair(tokenizer, example, max_length) for example in examples]
+    options = TokenizationOptions(truncation=TRUNCATION)
+    pairs = [tokenize_pair(tokenizer, example, max_length, options) for example in examples]
     skipped = [(e.source_index, p) for e, p in zip(examples, pairs) if isinstance(p, str)]
     if skipped:
         raise ValueError(f"{dataset}: pairs {skipped} of the seed-{seed} draw are unusable; pick another --seed")
@@ -100,7 +104,8 @@ def ours_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_ours_") as tmp:
         config = PreferenceTrainingConfig(
-            model=model, dataset=dataset, max_input_length=max_length, batch_size=num_pairs, epochs=steps,
+            model=model, dataset=dataset, max_input_length=max_length, truncation=TRUNCATION, batch_size=num_pairs,
+            epochs=steps,
             eval_every=None, num_eval_samples=0, optimizer=optimizer, lr=lr, kl_coeff=beta, objective="dpo",
             reference_cache_dir="", outputs_dir=tmp, device="cpu")
         problems = config.validate()

@@ -27,12 +27,13 @@ PLANS_DIR = Path(__file__).resolve().parent / "plans"
 MODEL = "smollm2-135m-instruct"
 SECTION5_OUTPUTS = "outputs/reproduction/section5"
 SECTION6_OUTPUTS = "outputs/reproduction/section6"
-SECTION5_SIMILARITY = (f"{SECTION5_OUTPUTS}/similarity/"
-                       "smollm2-135m-instruct__ultrafeedback-train_1000__n1000__seed0__maxlen128.pt")
+# The similarity script writes <output_dir>/<model display>_<dataset display>/results_samples.pt.
+SECTION5_SIMILARITY = f"{SECTION5_OUTPUTS}/similarity/smollm2-135m-instruct_ultrafeedback_train_1000/results_samples.pt"
 SFT_MODEL = f"{SECTION6_OUTPUTS}/refusal_sft/model"
 SFT_SOURCE_DATA = "data_files/sorrybench/reproduction_sft_source"
 REFUSING_MODEL_DATA = "data_files/sorrybench/reproduction_refusal_sft"
-SECTION6_SIMILARITY = f"{SECTION6_OUTPUTS}/similarity/model__reproduction_refusal_sft-train__nall__seed0__maxlen256.pt"
+SECTION6_DATASET_DISPLAY = "sorrybench_refusal_sft"  # --custom_dataset_display_name of step 3 (model display: "model")
+SECTION6_SIMILARITY = f"{SECTION6_OUTPUTS}/similarity/model_{SECTION6_DATASET_DISPLAY}/results_samples.pt"
 SIMILARITY_MEASURES = ["ches_scores", "minus_normalized_edit_distances", "last_hidden_embedding_inner_prods"]
 QUANTILES = [0.0, 0.25, 0.5, 0.75, 1.0]
 SEEDS = [0, 1, 2]

@@ -9,15 +9,15 @@ import json
 from pathlib import Path
 
 from reproduction.dataset_level_plans import (REFUSING_MODEL_DATA, SECTION5_OUTPUTS, SECTION5_SIMILARITY,
-                                              SECTION6_OUTPUTS, SECTION6_SIMILARITY, SFT_MODEL, SFT_SOURCE_DATA)
+                                              SECTION6_DATASET_DISPLAY, SECTION6_OUTPUTS, SECTION6_SIMILARITY,
+                                              SFT_MODEL, SFT_SOURCE_DATA)
 
 ENV = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 LD_DATA_DIR=/path/to/data"
 SECTION5_COMMANDS = f"""# 1. score 1000 UltraFeedback pairs: CHES, LN-CHES, -edit distance, last-hidden inner product
 {ENV} python compute_preference_similarity_per_example.py --model smollm2-135m-instruct \\
-    --dataset ${{LD_DATA_DIR}}/ultrafeedback/train_1000.jsonl --dataset_format ultrafeedback \\
-    --num_samples 1000 --seed 0 --max_input_length 128 --device cpu \\
-    --output_dir {Path(SECTION5_SIMILARITY).parent}
-#    (writes {Path(SECTION5_SIMILARITY).name}; the plan reads that path)
+    --dataset data_files/ultrafeedback/train_1000.jsonl --dataset_format ultrafeedback \\
+    --max_input_length 128 --device cpu --output_dir {Path(SECTION5_SIMILARITY).parents[1]}
+#    (writes {SECTION5_SIMILARITY}; the plan reads that path)
 # 2. 45 DPO runs on 32-pair quantile windows (3 measures x 5 quantiles x 3 seeds) + 3 random 128-pair runs
 {ENV} nohup python preference_similarity_experiment_plan_runner.py \\
     --plan_config_path reproduction/plans/section5_smollm2.json > section5.log 2>&1 &
@@ -36,7 +36,8 @@ SECTION6_COMMANDS = f"""# 0. SFT source: SORRY-Bench train/test split, generic g
 # 3. length-normalised CHES of its training pairs, on the refusing model
 {ENV} python compute_preference_similarity_per_example.py --model {SFT_MODEL} \\
     --dataset {REFUSING_MODEL_DATA}/train.jsonl --dataset_format sorrybench_prefs --max_input_length 256 \\
-    --device cpu --output_dir {Path(SECTION6_SIMILARITY).parent}
+    --custom_dataset_display_name {SECTION6_DATASET_DISPLAY} --device cpu \\
+    --output_dir {Path(SECTION6_SIMILARITY).parents[1]}
 # 4. DPO, DPO + SFT term, gold preferences (64 pairs each) and the 16 lowest LN-CHES pairs, from the refusing
 #    model; refusal rates before (dpo_plain) and after (temperature 0.7, 48 new tokens, keyword judge)
 {ENV} nohup python sorrybench_experiment_plan_runner.py \\
@@ -83,8 +84,8 @@ def paper_scale_lines(section: int) -> list[str]:
 
 def _status_line(outputs_dir: Path, num_runs: int, planned: int, summarised: bool = False) -> str:
     if num_runs == 0:
-        return (f"**Not run yet**: 0 of {planned} planned runs found under `{outputs_dir}` (the CHES and similarity "
-                "scripts were still being changed when this report was generated).")
+        return (f"**Not run yet**: 0 of {planned} planned runs found under `{outputs_dir}`; the commands below make "
+                "them (resumable), then the last one regenerates this section.")
     state = "complete" if num_runs >= planned else "partial"
     if summarised:
         return f"**Runs found: {num_runs} of {planned}** under `{outputs_dir}` ({state})."
