@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,31 @@ def atomic_write_via(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_directory(target: Path, keep_complete_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory to fill; on success it replaces `target` in one rename.
+
+    With `keep_complete_existing`, a `target` holding `config.json` by then (another process finished first)
+    is kept and the new copy dropped. On an exception the temporary directory is removed.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        honour_umask(tmp)  # safetensors writes its files 0600
+        if keep_complete_existing and (target / "config.json").is_file():
+            return
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.rename(target, old)
+        os.rename(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left there after a successful rename
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.io_utils import FinishedRun, find_finished_runs
+from common.statistics import mean, mean_std
 
 # Display order of the rows (the order of common.losses.LOSSES; tests check they agree). Unknown objectives
 # (a future loss) are listed after these, alphabetically.
@@ -125,14 +126,9 @@ def find_runs(experiments_dirs: list[Path]) -> tuple[list[RunMetrics], list[str]
     return [m for m in metrics if not isinstance(m, str)], notes + [m for m in metrics if isinstance(m, str)]
 
 
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
-def _std(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+def _present_mean(values: list[float | None]) -> float | None:
+    """Mean of the values a run measured (None = not measured); None if no run measured it."""
+    return mean(values, missing="skip_none", empty=None)
 
 
 def _row_order(row: dict) -> tuple:
@@ -156,19 +152,18 @@ def aggregate(runs: list[RunMetrics]) -> list[dict]:
     for (kind, model), settings in sorted(groups.items()):
         rows = []
         for (objective, setting), members in settings.items():
-            changes = [r.preferred_logprob_change for r in members]
+            change_mean, change_std = mean_std([r.preferred_logprob_change for r in members], missing="keep")
             displaced = sum(r.displaced for r in members)
             rows.append({
                 "objective": objective, "setting": setting, "num_runs": len(members), "num_displaced": displaced,
                 "frac_displaced": displaced / len(members),
-                "preferred_logprob_change_mean": sum(changes) / len(changes),
-                "preferred_logprob_change_std": _std(changes),
-                "dispreferred_logprob_change_mean": _mean([r.dispreferred_logprob_change for r in members]),
-                "largest_preferred_prob_decrease_mean": _mean([r.largest_preferred_prob_decrease for r in members]),
-                "frac_examples_preferred_fell_mean": _mean([r.frac_examples_preferred_fell for r in members]),
-                "grad_cosine_mean": _mean([r.cosine for r in members]),
-                "chosen_decrease_predicted_mean": _mean([r.predicted for r in members]),
-                "chosen_decrease_accuracy_mean": _mean([r.accuracy for r in members]),
+                "preferred_logprob_change_mean": change_mean, "preferred_logprob_change_std": change_std,
+                "dispreferred_logprob_change_mean": _present_mean([r.dispreferred_logprob_change for r in members]),
+                "largest_preferred_prob_decrease_mean": _present_mean([r.largest_preferred_prob_decrease for r in members]),
+                "frac_examples_preferred_fell_mean": _present_mean([r.frac_examples_preferred_fell for r in members]),
+                "grad_cosine_mean": _present_mean([r.cosine for r in members]),
+                "chosen_decrease_predicted_mean": _present_mean([r.predicted for r in members]),
+                "chosen_decrease_accuracy_mean": _present_mean([r.accuracy for r in members]),
                 "run_dirs": sorted(r.run_dir for r in members),
             })
         sections.append({"kind": kind, "model": model, "rows": sorted(rows, key=_row_order)})

@@ -60,7 +60,7 @@ from common.preference_eval import split_eval_metrics
 from common.preference_logps import LogpsOptions, compute_split_logps, reference_logps
 from common.preference_training_config import PreferenceTrainingConfig
 from common.reference_cache import reference_cache_key
-from common.sequence_logprobs import supports_logits_to_keep
+from common.sequence_logprobs import pad_token_id_of, supports_logits_to_keep
 from common.tracker import DisplacementTracker
 from common.training_settings import (MixedPrecision, clip_gradients, disable_gradient_checkpointing,
                                       enable_gradient_checkpointing)
@@ -271,7 +271,7 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
     group = ProcessGroup(ctx.device)
     precision = MixedPrecision.from_flags(config.bf16, config.fp16, group.device)
     model, tokenizer = _load_model(config, group.device, precision)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_token_id = pad_token_id_of(tokenizer)
     options = LogpsOptions(config.padding_free, config.share_prompt,
                            max(1, config.batch_size // config.gradient_accumulation), pad_token_id,
                            supports_logits_to_keep(model))

