@@ -5,7 +5,7 @@ directories (no torch). Two kinds of runs are understood, told apart by their su
 
     persona single-token runs (persona_experiments/): the tracker summary at top level, e.g.
         `preferred_logprob_change_mean` (mean over the run's prompts of log pi_T(y+|x) - log pi_0(y+|x), nats)
-    dataset-level runs (common/preference_trainer.py): the tracker summary of the *training* pairs under
+    dataset-level runs (preference_training/trainer.py): the tracker summary of the *training* pairs under
         `tracker/train/`, e.g. `tracker/train/preferred_logprob_change_mean` (summed sequence log-probs)
 
 Per run we read (all means over the run's examples):

@@ -166,7 +166,7 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
     generator = torch.Generator().manual_seed(ctx.seed)
     setup_seconds = time.perf_counter() - started
 
-    # 3. Training loop. Step numbering (shared with common/preference_trainer.py): the record logged at step s
+    # 3. Training loop. Step numbering (shared with preference_training/trainer.py): the record logged at step s
     #    holds values measured on the weights after s optimizer updates (s = 0: initial weights). Training
     #    scalars (loss, rewards/*, logps/*) are the means over the step's (mini-)batch; the tracker's full-set
     #    statistics use their own keys (displacement/*, hidden/*, tokens/*). Tracked points: every step with full

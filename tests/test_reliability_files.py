@@ -19,11 +19,11 @@ from common import builtin_models
 from common.io_utils import atomic_write_json, read_jsonl
 from common.model_files import MANIFEST_FILE, converted_cache_problem, safetensors_problem, write_manifest
 from common.models import ModelLoadError, load_model_and_tokenizer, save_model
-from common.reference_cache import save_cached_logps
 from common.run_state import MARKER_FILE
-from common.tracker import DisplacementTracker
 from common.runner import main
+from common.tracker import DisplacementTracker
 from persona_experiments.data import output_token_problems
+from preference_training.logprobs import save_cached_logps
 from tests.toy_family import TOY_FAMILY
 
 

@@ -2,13 +2,13 @@
 
 API for experiment families (the similarity-quantile runs in `preference_similarity/`, the SORRY-Bench runs):
 
-    from common.preference_trainer import train_preference_model
+    from preference_training.trainer import train_preference_model
     result = train_preference_model(config, train_examples, eval_examples, ctx)
     result.model, result.tokenizer   # the trained model (unwrapped, eval mode, on the run's device)
     result.summary                   # JSON-able dict: counts, final eval metrics, tracker summaries (timings: ctx.timings)
 
 `config` is a `PreferenceTrainingConfig` (or a subclass adding family fields), the examples are
-`common.preference_data.PreferenceExample` lists (pick them with `ches.selection.select_examples`
+`common.preference_data.PreferenceExample` lists (pick them with `preference_training.selection.select_examples`
 or your own logic; `eval_examples` may be empty), `ctx` the runner's `RunContext`. Post-training evaluation
 (e.g. refusal rates) is the caller's: it gets the model back.
 
@@ -23,7 +23,7 @@ Per step, each pair's loss is backpropagated right after its own forward (paddin
 so the accumulated gradient is exactly that of the batch-mean loss while only one pair's activations are alive.
 
 Files in ctx.run_dir (main process only): `eval_metrics.jsonl` (one line per evaluation point, names in
-`common/preference_eval.py`), `displacement_<split>.safetensors` (per-example trajectories, `DisplacementTracker`),
+`preference_training/evaluation.py`), `displacement_<split>.safetensors` (per-example trajectories, `DisplacementTracker`),
 `model/` (with `save_model`), `checkpoints/step_<N>/`, `checkpoints/epoch_<E>/` (with `save_steps`,
 `save_every_epochs`). Per-step metrics go to `ctx.logger`: loss, rewards/{chosen,rejected,margins,accuracies},
 logps/{chosen,rejected} (means over the step's batch), lr (the rate of that step's update, after the scheduler),
@@ -55,15 +55,14 @@ from common.models import load_model_and_tokenizer, save_model
 from common.optim import build_lr_scheduler, build_optimizer
 from common.preference_data import PreferenceExample, TokenizedPair
 from common.preference_tokenization import TokenizationOptions, tokenize_pair
-from common.preference_entanglement import EntanglementProbe
-from common.preference_eval import split_eval_metrics
-from common.preference_logps import LogpsOptions, compute_split_logps, reference_logps
-from common.preference_training_config import PreferenceTrainingConfig
-from common.reference_cache import reference_cache_key
 from common.sequence_logprobs import pad_token_id_of, supports_logits_to_keep
 from common.tracker import DisplacementTracker
 from common.training_settings import (MixedPrecision, clip_gradients, disable_gradient_checkpointing,
                                       enable_gradient_checkpointing)
+from preference_training.config import PreferenceTrainingConfig
+from preference_training.entanglement import EntanglementProbe
+from preference_training.evaluation import split_eval_metrics
+from preference_training.logprobs import LogpsOptions, compute_split_logps, reference_cache_key, reference_logps
 
 log = logging.getLogger("ld.preference_trainer")
 STEP_STATS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
