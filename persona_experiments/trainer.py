@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from common import grad_entanglement as ge
 from common.config import ExperimentFamily, RunContext
 from common.losses import PreferenceLogps, compute_preference_loss
+from common.metric_keys import STEP_BATCH_KEYS, STEP_SECONDS, step_record
 from common.models import load_model_and_tokenizer, save_model
 from common.optim import build_optimizer
 from common.sequence_logprobs import unwrap_model
@@ -95,26 +96,19 @@ def run_batch(model, config: PersonaConfig, batch: PersonaBatch, reference: tupl
     return StepOutput(PointValues(*cat[:6]), cat[6], cat[7], entanglement)
 
 
-def _step_scalars(step_out: StepOutput, optimizer, epoch: int) -> dict[str, float]:
-    """Scalars of one optimizer step's batch: true mean loss (no accumulation scaling), rewards, log-probs over
-    the step's (mini-)batch, the learning rate of the update (optimizer.param_groups[0]["lr"], as the dataset-
-    level trainer reads it) and the 1-based epoch."""
-    return {**batch_scalars(step_out), "lr": optimizer.param_groups[0]["lr"], "epoch": epoch}
+def batch_means(step_out: StepOutput) -> list[float]:
+    """Means over the batch of `step_out`, in `common.metric_keys.STEP_BATCH_KEYS` order: true mean loss (no
+    accumulation scaling), rewards of y+ and y-, their margin, the fraction with margin > 0, log-probs of y+, y-."""
+    values = step_out.values
+    margins = step_out.preferred_rewards - step_out.dispreferred_rewards
+    return [float(values.losses.mean()), float(step_out.preferred_rewards.mean()),
+            float(step_out.dispreferred_rewards.mean()), float(margins.mean()), float((margins > 0).float().mean()),
+            float(values.preferred_logps.mean()), float(values.dispreferred_logps.mean())]
 
 
 def batch_scalars(step_out: StepOutput) -> dict[str, float]:
-    """Means over the batch of `step_out`: loss, rewards/{chosen,rejected,margins,accuracies}, logps/*."""
-    values = step_out.values
-    margins = step_out.preferred_rewards - step_out.dispreferred_rewards
-    return {
-        "loss": float(values.losses.mean()),
-        "rewards/chosen": float(step_out.preferred_rewards.mean()),
-        "rewards/rejected": float(step_out.dispreferred_rewards.mean()),
-        "rewards/margins": float(margins.mean()),
-        "rewards/accuracies": float((margins > 0).float().mean()),
-        "logps/chosen": float(values.preferred_logps.mean()),
-        "logps/rejected": float(values.dispreferred_logps.mean()),
-    }
+    """`batch_means` by name (loss, rewards/*, logps/*)."""
+    return dict(zip(STEP_BATCH_KEYS, batch_means(step_out)))
 
 
 def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
@@ -193,7 +187,8 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
                 optimizer.step()
                 step_seconds.append(time.perf_counter() - tick)
                 tick = time.perf_counter()
-                scalars = _step_scalars(out, optimizer, epoch + 1)
+                # the step's record: batch means, the rate of this update (as the dataset-level trainer reads it)
+                scalars = step_record(batch_means(out), lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1)
                 if full_batch:
                     scalars.update(recorder.record(step, out.values))
                     if pending_entanglement:  # score the previous step's first-order predictions
@@ -206,7 +201,7 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
                     entanglement_steps.append(out.entanglement)
                     scalars.update(ge.summarize_entanglement(out.entanglement))
                 tracker_seconds.append(time.perf_counter() - tick)
-                scalars["time/step_seconds"] = step_seconds[-1]
+                scalars[STEP_SECONDS] = step_seconds[-1]
                 ctx.logger.log(step, **scalars)
                 step += 1
                 progress.update(1)

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from common.config import RunContext
 from common.distributed import ProcessGroup
 from common.losses import PreferenceLogps, compute_preference_loss
+from common.metric_keys import GRAD_NORM, STEP_BATCH_KEYS, step_record
 from common.metrics_logger import MetricsLogger
 from common.models import load_model_and_tokenizer, save_model
 from common.optim import build_lr_scheduler, build_optimizer
@@ -65,8 +66,6 @@ from preference_training.evaluation import split_eval_metrics
 from preference_training.logprobs import LogpsOptions, compute_split_logps, reference_cache_key, reference_logps
 
 log = logging.getLogger("ld.preference_trainer")
-STEP_STATS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-              "logps/chosen", "logps/rejected")
 
 
 @dataclass
@@ -162,7 +161,7 @@ def accumulate_step_gradients(model: torch.nn.Module, split: TrainingSplit, posi
 
     The pairs are processed one at a time (padding-free) or in `gradient_accumulation` micro-batches; the
     gradients are all-reduced on the last backward only; with fp16 the loss is scaled by `precision`. Returns the
-    sums over these pairs of STEP_STATS (shape (7,), float64; divide by the global batch size for means).
+    sums over these pairs of the STEP_BATCH_KEYS values (shape (7,), float64; divide by the global batch size for means).
     """
     device = group.device
     if config.padding_free:
@@ -171,7 +170,7 @@ def accumulate_step_gradients(model: torch.nn.Module, split: TrainingSplit, posi
         size = -(-len(positions) // config.gradient_accumulation)  # ceil(len / gradient_accumulation)
         chunks = [list(positions[start:start + size]) for start in range(0, len(positions), size)]
     chosen_lengths, rejected_lengths = split.lengths()
-    sums = torch.zeros(len(STEP_STATS), dtype=torch.float64)
+    sums = torch.zeros(len(STEP_BATCH_KEYS), dtype=torch.float64)
     for index, chunk in enumerate(chunks):
         with group.sync_context(model, sync=index == len(chunks) - 1):
             policy_chosen, policy_rejected = options.logps(model, [split.pairs[i] for i in chunk])
@@ -302,7 +301,7 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
                                              group.world_size / len(batch), config, options, group, precision)
             step_lr = optimizer.param_groups[0]["lr"]  # the rate of this update (before the scheduler moves it)
             clip_metrics = {} if config.max_grad_norm is None else {
-                "grad_norm": clip_gradients(model, optimizer, config.max_grad_norm, precision, group.accelerator)}
+                GRAD_NORM: clip_gradients(model, optimizer, config.max_grad_norm, precision, group.accelerator)}
             precision.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
@@ -312,8 +311,7 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
             means = group.sum(sums) / len(batch)
             epoch_loss_sum, epoch_count = epoch_loss_sum + float(means[0]) * len(batch), epoch_count + len(batch)
             if group.is_main:  # logged at `step`: the batch was measured on the weights after `step` updates
-                ctx.logger.log(step, **dict(zip(STEP_STATS, means.tolist())), lr=step_lr, epoch=epoch,
-                               **clip_metrics, **probe_metrics)
+                ctx.logger.log(step, **step_record(means.tolist(), lr=step_lr, epoch=epoch), **clip_metrics, **probe_metrics)
             step += 1
             if config.save_steps and step % config.save_steps == 0:
                 _save_checkpoint(model, tokenizer, group, ctx.run_dir / "checkpoints" / f"step_{step}")
