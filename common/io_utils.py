@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import jsonlines
 
+from common.run_family import other_family_error
+
 T = TypeVar("T")
 # What a results printer's per-run check may raise on a config/summary of the wrong shape.
 SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)
@@ -244,9 +246,12 @@ def find_finished_runs(experiments_dirs: list[Path]) -> tuple[list[FinishedRun],
     return runs, notes
 
 
-def finished_runs_or_none(experiments_dirs: list[Path], read_run: Callable[[FinishedRun], T | str]
+def finished_runs_or_none(experiments_dirs: list[Path], read_run: Callable[[FinishedRun], T | str], *,
+                          families: tuple[str, ...] | None = None, flag: str = "--experiments_dir"
                           ) -> tuple[list[T], list[str]] | None:
-    """Front of every results printer: find the finished runs, turn each into the printer's record with
+    """Front of every results printer: with `families`, refuse a directory whose runs all belong to other
+    experiment families (`common.run_family.other_family_error`, naming `flag` and the printer to use); find the
+    finished runs, turn each into the printer's record with
     `read_run(run)` (which returns the record, or a note string to skip the run), print each note
     ("note: ...") and return (records, notes).
 
@@ -255,6 +260,11 @@ def finished_runs_or_none(experiments_dirs: list[Path], read_run: Callable[[Fini
     after printing "error: ..." to stderr for a missing/empty directory or when no run is left; the printer then
     exits with code 2."""
     where = " ".join(map(str, experiments_dirs))
+    for directory in map(Path, experiments_dirs) if families else ():
+        wrong_family = other_family_error(directory, families, flag) if directory.is_dir() else None
+        if wrong_family:
+            print(f"error: {wrong_family}", file=sys.stderr)
+            return None
     try:
         runs, notes = find_finished_runs(experiments_dirs)
     except RunDiscoveryError as error:
