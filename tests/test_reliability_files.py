@@ -91,7 +91,8 @@ DISPLACEMENT_SUMMARY = {"preferred_logprob_change_mean": -1.0, "dispreferred_log
 
 
 def test_loss_comparison_printer_skips_wrong_shape_runs(tmp_path, capsys):
-    good = {"model": "m", "objective": "dpo", "kl_coeff": 0.1, "lr": 1e-6}
+    # a persona run (the family is told from config.json; its tracker summary is at top level)
+    good = {"model": "m", "objective": "dpo", "kl_coeff": 0.1, "lr": 1e-6, "output_tokens_matching_yes": ["Yes"]}
     write_run(tmp_path, "good", good, DISPLACEMENT_SUMMARY)
     write_run(tmp_path, "config_list", [1, 2], DISPLACEMENT_SUMMARY)
     write_run(tmp_path, "summary_string", good, "oops")
