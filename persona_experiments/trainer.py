@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from common import grad_entanglement as ge
 from common.config import ExperimentFamily, RunContext
 from common.losses import PreferenceLogps, compute_preference_loss
-from common.metric_keys import NUM_STEPS, STEP_BATCH_KEYS, STEP_SECONDS, step_record
+from common.metric_keys import (GRAD_ENTANGLEMENT_NUM_STEPS, GRAD_ENTANGLEMENT_PREFIX, NUM_STEPS, STEP_BATCH_KEYS,
+                                STEP_SECONDS, step_record)
 from common.models import load_model_and_tokenizer, save_model
 from common.optim import build_optimizer
 from common.sequence_logprobs import unwrap_model
@@ -250,7 +251,7 @@ def _train_step(run: PersonaRun, state: LoopState, rows: Tensor, epoch: int, epo
         scalars.update(run.recorder.record(state.step, out.values))
         if state.pending_entanglement:  # score the previous step's first-order predictions
             state.entanglement_scores.append(_score(state.pending_entanglement, out.values))
-            scalars.update({f"grad_entanglement/{k}": v for k, v in state.entanglement_scores[-1].items()})
+            scalars.update({GRAD_ENTANGLEMENT_PREFIX + k: v for k, v in state.entanglement_scores[-1].items()})
     else:
         scalars.update(epoch_scalars)
     state.pending_entanglement = out.entanglement if run.full_batch else []
@@ -272,7 +273,7 @@ def finish(run: PersonaRun, state: LoopState) -> dict:
         scalars.update(batch_scalars(final))
     if state.pending_entanglement:
         state.entanglement_scores.append(_score(state.pending_entanglement, final.values))
-        scalars.update({f"grad_entanglement/{k}": v for k, v in state.entanglement_scores[-1].items()})
+        scalars.update({GRAD_ENTANGLEMENT_PREFIX + k: v for k, v in state.entanglement_scores[-1].items()})
     ctx.logger.log(state.step, **scalars)
     geometry_end = unembedding_pair_geometry(unembedding_matrix(model), batch.preferred_ids, batch.dispreferred_ids)
     run.recorder.tracker.save_tensors(ctx.run_dir / TENSORS_FILE,
@@ -322,8 +323,8 @@ def _entanglement_summary(steps: list[list[dict]], scores: list[dict[str, float]
     out = ge.summarize_entanglement([s for step in steps for s in step])
     for key in ("chosen_decrease_accuracy", "both_decrease_accuracy", "chosen_decrease_observed"):
         if scores:
-            out[f"grad_entanglement/{key}"] = sum(s[key] for s in scores) / len(scores)
-    out["grad_entanglement/num_steps"] = len(steps)
+            out[GRAD_ENTANGLEMENT_PREFIX + key] = sum(s[key] for s in scores) / len(scores)
+    out[GRAD_ENTANGLEMENT_NUM_STEPS] = len(steps)
     return out
 
 

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from common.config import RunContext
 from common.distributed import ProcessGroup
 from common.losses import PreferenceLogps, compute_preference_loss
-from common.metric_keys import GRAD_NORM, STEP_BATCH_KEYS, step_record
+from common.metric_keys import GRAD_NORM, NUM_STEPS, STEP_BATCH_KEYS, step_record, tracker_key
 from common.metrics_logger import MetricsLogger
 from common.models import load_model_and_tokenizer, save_model
 from common.optim import build_lr_scheduler, build_optimizer
@@ -322,10 +322,10 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
             _save_checkpoint(model, tokenizer, group, ctx.run_dir / "checkpoints" / f"epoch_{epoch}")
     evaluator.close()
     ctx.timings.update(train_seconds=train_seconds, seconds_per_step=train_seconds / max(step, 1))
-    summary.update(num_steps=step, epoch_mean_losses=epoch_losses, world_size=group.world_size, **evaluator.last,
+    summary.update({NUM_STEPS: step}, epoch_mean_losses=epoch_losses, world_size=group.world_size, **evaluator.last,
                    **probe.summary())
     for split in splits:
-        summary.update({f"tracker/{split.name}/{k}": v for k, v in split.tracker.summary().items()})
+        summary.update({tracker_key(split.name, k): v for k, v in split.tracker.summary().items()})
         if group.is_main:
             split.tracker.save_tensors(ctx.run_dir / f"displacement_{split.name}.safetensors")
     state_dict = group.full_state_dict(model) if config.save_model else None  # collective under FSDP
