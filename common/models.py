@@ -90,6 +90,20 @@ def _load_failure(name: str, kind: str, location: str, error: Exception) -> Mode
         f"network retries).")
 
 
+def _check_files(name: str, what: str, problems: list[str], fix: str) -> None:
+    """ModelLoadError naming the first broken `what` (tokenizer / weights) file of `name`, if any."""
+    if problems:
+        raise ModelLoadError(f"model {name!r}: {what} file {problems[0]}. Fix: {fix}")
+
+
+def _from_pretrained(name: str, kind: str, location: str, loader, **kwargs):
+    """`loader.from_pretrained(location, **kwargs)`; a failure becomes one ModelLoadError (`_load_failure`)."""
+    try:
+        return loader.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as error:
+        raise _load_failure(name, kind, location, error) from error
+
+
 def _read_tokenizer(name: str, kind: str, location: str, trust_remote_code: bool) -> PreTrainedTokenizerBase | None:
     """The tokenizer at `location`; None for a local directory without tokenizer files."""
     if kind == "tiny":
@@ -98,14 +112,9 @@ def _read_tokenizer(name: str, kind: str, location: str, trust_remote_code: bool
         return tokenizer
     if kind == "local" and not any((Path(location) / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")):
         return None
-    broken = tokenizer_file_problems(Path(location)) if kind == "local" else []
-    if broken:
-        raise ModelLoadError(f"model {name!r}: tokenizer file {broken[0]}. Fix: save the tokenizer again "
-                             f"(save_model does), or rerun the run that wrote {location}")
-    try:
-        return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise _load_failure(name, kind, location, error) from error
+    _check_files(name, "tokenizer", tokenizer_file_problems(Path(location)) if kind == "local" else [],
+                 f"save the tokenizer again (save_model does), or rerun the run that wrote {location}")
+    return _from_pretrained(name, kind, location, AutoTokenizer, trust_remote_code=trust_remote_code)
 
 
 def load_tokenizer(model: str, *, offline_only: bool = False) -> PreTrainedTokenizerBase | None:
@@ -127,15 +136,10 @@ def _read_model(name: str, kind: str, location: str, dtype: torch.dtype, trust_r
         if device_map is not None:  # a few MB: one device is enough
             model.to(resolve_device("auto"))
         return model
-    broken = weights_problems(Path(location)) if kind == "local" else []
-    if broken:
-        raise ModelLoadError(f"model {name!r}: weights file {broken[0]}. Fix: rerun the run (or conversion) that "
-                             f"wrote {location}, or copy the file again")
-    try:
-        return AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=device_map,
-                                                    trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise _load_failure(name, kind, location, error) from error
+    _check_files(name, "weights", weights_problems(Path(location)) if kind == "local" else [],
+                 f"rerun the run (or conversion) that wrote {location}, or copy the file again")
+    return _from_pretrained(name, kind, location, AutoModelForCausalLM, dtype=dtype, device_map=device_map,
+                            trust_remote_code=trust_remote_code)
 
 
 def _pristine_model(name: str, kind: str, location: str, dtype: str, trust_remote_code: bool,
