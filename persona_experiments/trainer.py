@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from common import grad_entanglement as ge
 from common.config import ExperimentFamily, RunContext
@@ -120,7 +121,7 @@ class PersonaRun:
     config: PersonaConfig
     ctx: RunContext
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     device: torch.device
     batch: PersonaBatch
     batch_size: int          # prompts per optimizer step
