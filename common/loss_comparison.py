@@ -163,7 +163,8 @@ def aggregate(runs: list[RunMetrics]) -> list[dict]:
                 "frac_displaced": displaced / len(members),
                 "preferred_logprob_change_mean": change_mean, "preferred_logprob_change_std": change_std,
                 "dispreferred_logprob_change_mean": _present_mean([r.dispreferred_logprob_change for r in members]),
-                "largest_preferred_prob_decrease_mean": _present_mean([r.largest_preferred_prob_decrease for r in members]),
+                "largest_preferred_prob_decrease_mean":
+                    _present_mean([r.largest_preferred_prob_decrease for r in members]),
                 "frac_examples_preferred_fell_mean": _present_mean([r.frac_examples_preferred_fell for r in members]),
                 "grad_cosine_mean": _present_mean([r.cosine for r in members]),
                 "chosen_decrease_predicted_mean": _present_mean([r.predicted for r in members]),

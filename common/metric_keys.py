@@ -35,7 +35,8 @@ DISPLACEMENT_PREFERRED_CHANGE_MEAN = "displacement/preferred_logprob_change_mean
 DISPLACEMENT_DISPREFERRED_CHANGE_MEAN = "displacement/dispreferred_logprob_change_mean"  # same for y-
 DISPLACEMENT_FRAC_FELL_SINCE_INIT = "displacement/frac_preferred_fell_since_init"  # fraction with log pi_t(y+) < init
 DISPLACEMENT_FRAC_FELL_SINCE_PREV = "displacement/frac_preferred_fell_since_prev"  # fraction that fell since last point
-DISPLACEMENT_LARGEST_DECREASE_MEAN = "displacement/largest_preferred_prob_decrease_mean"  # mean max_{t<t'} drop of pi(y+)
+# mean over examples of the largest drop so far, max_{t<t'} pi_t(y+) - pi_t'(y+)
+DISPLACEMENT_LARGEST_DECREASE_MEAN = "displacement/largest_preferred_prob_decrease_mean"
 DISPLACEMENT_LOSS_MEAN = "displacement/loss_mean"                                  # mean per-example loss (when given)
 DISPLACEMENT_FRAC_LOSS_FELL_SINCE_PREV = "displacement/frac_loss_fell_since_prev"  # fraction whose loss fell
 DISPLACEMENT_PREFIX = "displacement/"
@@ -54,7 +55,8 @@ TRAINING_TRACKER_PREFIX = {"persona": "", "preference_similarity": "tracker/trai
 # --- summary.json and metrics.jsonl: gradient entanglement (both trainers, when grad_entanglement_interval is set) -
 GRAD_ENTANGLEMENT_PREFIX = "grad_entanglement/"
 GRAD_ENTANGLEMENT_COSINE = "grad_entanglement/cosine"  # mean cosine of grad log pi(y+) and grad log pi(y-)
-GRAD_ENTANGLEMENT_CHOSEN_DECREASE_PREDICTED = "grad_entanglement/chosen_decrease_predicted"  # fraction predicted to fall
+# fraction of examples whose log pi(y+) the first-order prediction says falls
+GRAD_ENTANGLEMENT_CHOSEN_DECREASE_PREDICTED = "grad_entanglement/chosen_decrease_predicted"
 GRAD_ENTANGLEMENT_CHOSEN_DECREASE_ACCURACY = "grad_entanglement/chosen_decrease_accuracy"  # prediction = observation
 GRAD_ENTANGLEMENT_NUM_STEPS = "grad_entanglement/num_steps"    # persona: steps diagnosed
 GRAD_ENTANGLEMENT_NUM_POINTS = "grad_entanglement/num_points"  # dataset-level: probe points (same count, older name)

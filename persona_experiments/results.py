@@ -122,8 +122,10 @@ def summarize_setting(runs: list[RunRecord], keep_unstable: bool, max_step: int 
         out[key] = dict(zip(("mean", "std"), _over_runs(used, key, mean_std)))
     out["top_tokens_by_prob_increase"] = aggregate_top_tokens(used, "by_prob_increase")
     out["top_tokens_by_logprob_increase"] = aggregate_top_tokens(used, "by_logprob_increase")
-    out["geometry"] = {f"{when}/{key}": _over_runs(used, f"geometry/{when}/{key}", mean) for when in ("start", "end") for key in GEOMETRY_STATS}
-    entanglement = {key: _over_runs(used, key, mean) for key in ENTANGLEMENT_STATS if any(key in run.summary for run in used)}
+    out["geometry"] = {f"{when}/{key}": _over_runs(used, f"geometry/{when}/{key}", mean)
+                       for when in ("start", "end") for key in GEOMETRY_STATS}
+    entanglement = {key: _over_runs(used, key, mean) for key in ENTANGLEMENT_STATS
+                    if any(key in run.summary for run in used)}
     if entanglement:
         out["grad_entanglement"] = entanglement
     out["reference"] = reference_block(runs, keep_unstable, max_step)

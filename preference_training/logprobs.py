@@ -4,8 +4,9 @@ Splits: work is sharded over processes (rank r takes pairs r, r + W, ...) and ga
 full (N,) tensors. The reference log-probs come from the on-disk cache (below) when the
 main process finds an entry; otherwise every process computes its shard and the main process stores the result.
 
-Cache (so no reference model is kept in memory during training): the reference log-probs log pi_ref(y+|x), log pi_ref(y-|x) of every pair are computed once with the initial
-model (no gradients) before training starts, and stored in
+Cache (so no reference model is kept in memory during training): the reference log-probs log pi_ref(y+|x),
+log pi_ref(y-|x) of every pair are computed once with the initial model (no gradients) before training starts, and
+stored in
 
     <cache_dir>/<sha256 of the key>.safetensors     tensors `chosen_logps`, `rejected_logps` (N,) float32
 

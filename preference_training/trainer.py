@@ -23,7 +23,8 @@ Per step, each pair's loss is backpropagated right after its own forward (paddin
 so the accumulated gradient is exactly that of the batch-mean loss while only one pair's activations are alive.
 
 Files in ctx.run_dir (main process only): `eval_metrics.jsonl` (one line per evaluation point, names in
-`preference_training/evaluation.py`), `displacement_<split>.safetensors` (per-example trajectories, `DisplacementTracker`),
+`preference_training/evaluation.py`), `displacement_<split>.safetensors` (per-example trajectories,
+`DisplacementTracker`),
 `model/` (with `save_model`), `checkpoints/step_<N>/`, `checkpoints/epoch_<E>/` (with `save_steps`,
 `save_every_epochs`). Per-step metrics go to `ctx.logger`: loss, rewards/{chosen,rejected,margins,accuracies},
 logps/{chosen,rejected} (means over the step's batch), lr (the rate of that step's update, after the scheduler),
@@ -161,7 +162,8 @@ def accumulate_step_gradients(model: torch.nn.Module, split: TrainingSplit, posi
 
     The pairs are processed one at a time (padding-free) or in `gradient_accumulation` micro-batches; the
     gradients are all-reduced on the last backward only; with fp16 the loss is scaled by `precision`. Returns the
-    sums over these pairs of the STEP_BATCH_KEYS values (shape (7,), float64; divide by the global batch size for means).
+    sums over these pairs of the STEP_BATCH_KEYS values (shape (7,), float64; divide by the global batch size for
+    means).
     """
     device = group.device
     if config.padding_free:
@@ -311,7 +313,8 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
             means = group.sum(sums) / len(batch)
             epoch_loss_sum, epoch_count = epoch_loss_sum + float(means[0]) * len(batch), epoch_count + len(batch)
             if group.is_main:  # logged at `step`: the batch was measured on the weights after `step` updates
-                ctx.logger.log(step, **step_record(means.tolist(), lr=step_lr, epoch=epoch), **clip_metrics, **probe_metrics)
+                ctx.logger.log(step, **step_record(means.tolist(), lr=step_lr, epoch=epoch), **clip_metrics,
+                               **probe_metrics)
             step += 1
             if config.save_steps and step % config.save_steps == 0:
                 _save_checkpoint(model, tokenizer, group, ctx.run_dir / "checkpoints" / f"step_{step}")

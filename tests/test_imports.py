@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE_FOLDERS = ("common", "ches", "preference_training", "persona_experiments", "preference_similarity", "sorrybench", "integrations",
-                   "examples", "bench")
+PACKAGE_FOLDERS = ("common", "ches", "preference_training", "persona_experiments", "preference_similarity",
+                   "sorrybench", "integrations", "examples", "bench")
 
 
 def project_modules() -> list[str]:

@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-UPPER_PACKAGES = ("ches", "preference_training", "persona_experiments", "preference_similarity", "sorrybench", "integrations", "bench",
-                  "examples")
+UPPER_PACKAGES = ("ches", "preference_training", "persona_experiments", "preference_similarity", "sorrybench",
+                  "integrations", "bench", "examples")
 
 
 def imported_packages(path: Path) -> set[str]:

@@ -1,6 +1,6 @@
-"""`preference_training.selection._check_settings`: a similarity file must describe the same data as the run (dataset by the
-data-location rule, format, prompt limit, truncation, and the split for a Hub data set); keys the file does not
-record are not checked."""
+"""`preference_training.selection._check_settings`: a similarity file must describe the same data as the run
+(dataset by the data-location rule, format, prompt limit, truncation, and the split for a Hub data set); keys the
+file does not record are not checked."""
 
 from __future__ import annotations
 
