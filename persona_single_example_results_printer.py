@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 from common.io_utils import atomic_write_json, finished_runs_or_none
-from common.run_family import other_family_error
 from persona_experiments.reference_statistics import REFERENCE_MAX_STEP
 from persona_experiments.results import checked_run, format_table, plot_trajectories, summarize_runs
 
@@ -38,11 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_step < 1:
         print(f"error: --max_step must be >= 1 (the reference printer uses 100), got {args.max_step}", file=sys.stderr)
         return 2
-    wrong_family = other_family_error(args.experiments_dir, ("persona",), "--experiments_dir")
-    if wrong_family:
-        print(f"error: {wrong_family}", file=sys.stderr)
-        return 2
-    found = finished_runs_or_none([args.experiments_dir], checked_run)
+    found = finished_runs_or_none([args.experiments_dir], checked_run, families=("persona",))
     if found is None:
         return 2
     runs, notes = found

@@ -27,12 +27,10 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 from common.io_utils import FinishedRun, atomic_write_json, finished_runs_or_none
-from common.run_family import other_family_error
 from preference_similarity.plots import figure_2, join_examples, similarity_examples
 
 DEFAULT_METRIC = "eval_metrics/train/preferred_logprobs_change_mean"
@@ -107,12 +105,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"summary.json key. Default {DEFAULT_METRIC}")
     parser.add_argument("--save_dir", type=Path, default=None, help="where to write the PNG/MD/JSON")
     args = parser.parse_args(argv)
-    if args.outputs_dir.is_dir():
-        wrong_family = other_family_error(args.outputs_dir, ("preference_similarity",), "--outputs_dir")
-        if wrong_family:
-            print(f"error: {wrong_family}", file=sys.stderr)
-            raise SystemExit(2)
-    found = finished_runs_or_none([args.outputs_dir], lambda run: similarity_run(run, args.metric))
+    found = finished_runs_or_none([args.outputs_dir], lambda run: similarity_run(run, args.metric),
+                                  families=("preference_similarity",), flag="--outputs_dir")
     if found is None:
         raise SystemExit(2)
     runs = found[0]

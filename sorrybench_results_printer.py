@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common.io_utils import FinishedRun, atomic_write_json, atomic_write_text, finished_runs_or_none
 from common.plots import new_figure, save_figure
-from common.run_family import family_of_config, other_family_error
+from common.run_family import family_of_config
 
 RESULTS_FILE, TABLE_FILE, PLOT_FILE = "sorrybench_results.json", "sorrybench_refusal_rates.md", \
     "sorrybench_refusal_rates.png"
@@ -154,12 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 < args.confidence < 1.0:
         print(f"error: --confidence must be in (0, 1), e.g. 0.95; got {args.confidence}", file=sys.stderr)
         return 2
-    if args.experiments_dir.is_dir():
-        wrong_family = other_family_error(args.experiments_dir, ("sorrybench",), "--experiments_dir")
-        if wrong_family:
-            print(f"error: {wrong_family}", file=sys.stderr)
-            return 2
-    found = finished_runs_or_none([args.experiments_dir], sorrybench_run)
+    found = finished_runs_or_none([args.experiments_dir], sorrybench_run, families=("sorrybench",))
     if found is None:
         return 2
     runs, notes = found

@@ -9,7 +9,7 @@ one optimizer step per batch of all 8 pairs (batch 8), DPO with beta 0.1, learni
 on both sides (ours `adam`, TRL its default AdamW), so optimizer state has the same size.
 
 Sides, each in its own subprocess so its peak RSS is its own:
-    ours          `common.preference_trainer.train_preference_model` (reference log-probs precomputed once before
+    ours          `preference_training.trainer.train_preference_model` (reference log-probs precomputed once before
                   training, no reference model in memory, padding-free pair-at-a-time forward/backward, log-probs only
                   at response positions). Its reference pass is timed separately (setup, not a step).
     trl           TRL `DPOTrainer` with an in-memory copy of the model as `ref_model`, `use_cpu=True`, no reporting,
@@ -98,8 +98,8 @@ def ours_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length:
     import torch
 
     from common.config import RunContext
-    from common.preference_trainer import train_preference_model
-    from common.preference_training_config import PreferenceTrainingConfig
+    from preference_training.trainer import train_preference_model
+    from preference_training.config import PreferenceTrainingConfig
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_ours_") as tmp:

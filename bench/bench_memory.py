@@ -33,7 +33,7 @@ def _import_stack() -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    import common.preference_trainer  # noqa: F401
+    import preference_training.trainer  # noqa: F401
     import common.runner  # noqa: F401
     import persona_experiments.trainer  # noqa: F401
 

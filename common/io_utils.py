@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import jsonlines
+
+from common.run_family import other_family_error
 
 T = TypeVar("T")
 # What a results printer's per-run check may raise on a config/summary of the wrong shape.
@@ -72,6 +76,31 @@ def atomic_write_via(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_directory(target: Path, keep_complete_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory to fill; on success it replaces `target` in one rename.
+
+    With `keep_complete_existing`, a `target` holding `config.json` by then (another process finished first)
+    is kept and the new copy dropped. On an exception the temporary directory is removed.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        honour_umask(tmp)  # safetensors writes its files 0600
+        if keep_complete_existing and (target / "config.json").is_file():
+            return
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.rename(target, old)
+        os.rename(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left there after a successful rename
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -217,9 +246,12 @@ def find_finished_runs(experiments_dirs: list[Path]) -> tuple[list[FinishedRun],
     return runs, notes
 
 
-def finished_runs_or_none(experiments_dirs: list[Path], read_run: Callable[[FinishedRun], T | str]
+def finished_runs_or_none(experiments_dirs: list[Path], read_run: Callable[[FinishedRun], T | str], *,
+                          families: tuple[str, ...] | None = None, flag: str = "--experiments_dir"
                           ) -> tuple[list[T], list[str]] | None:
-    """Front of every results printer: find the finished runs, turn each into the printer's record with
+    """Front of every results printer: with `families`, refuse a directory whose runs all belong to other
+    experiment families (`common.run_family.other_family_error`, naming `flag` and the printer to use); find the
+    finished runs, turn each into the printer's record with
     `read_run(run)` (which returns the record, or a note string to skip the run), print each note
     ("note: ...") and return (records, notes).
 
@@ -228,6 +260,11 @@ def finished_runs_or_none(experiments_dirs: list[Path], read_run: Callable[[Fini
     after printing "error: ..." to stderr for a missing/empty directory or when no run is left; the printer then
     exits with code 2."""
     where = " ".join(map(str, experiments_dirs))
+    for directory in map(Path, experiments_dirs) if families else ():
+        wrong_family = other_family_error(directory, families, flag) if directory.is_dir() else None
+        if wrong_family:
+            print(f"error: {wrong_family}", file=sys.stderr)
+            return None
     try:
         runs, notes = find_finished_runs(experiments_dirs)
     except RunDiscoveryError as error:

@@ -1,11 +1,13 @@
 """Compare preference losses across finished runs: one table row per loss setting (issue 6, "Plans and results").
 
 Reads only `status.json`, `config.json` and `summary.json` of the run directories under one or more experiments
-directories (no torch). Two kinds of runs are understood, told apart by their summary keys:
+directories (no torch). Two kinds of runs are understood, told apart by the family that wrote them
+(`common/run_family.py`, from config.json) and read where that family writes the tracker summary of its training
+examples (`common.metric_keys.TRAINING_TRACKER_PREFIX`):
 
     persona single-token runs (persona_experiments/): the tracker summary at top level, e.g.
         `preferred_logprob_change_mean` (mean over the run's prompts of log pi_T(y+|x) - log pi_0(y+|x), nats)
-    dataset-level runs (common/preference_trainer.py): the tracker summary of the *training* pairs under
+    dataset-level runs (preference_training/trainer.py): the tracker summary of the *training* pairs under
         `tracker/train/`, e.g. `tracker/train/preferred_logprob_change_mean` (summed sequence log-probs)
 
 Per run we read (all means over the run's examples):
@@ -28,7 +30,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import metric_keys as mk
 from common.io_utils import FinishedRun, find_finished_runs
+from common.run_family import FAMILY_FIELDS, family_of_config
+from common.statistics import mean, mean_std
 
 # Display order of the rows (the order of common.losses.LOSSES; tests check they agree). Unknown objectives
 # (a future loss) are listed after these, alphabetically.
@@ -38,14 +43,14 @@ OBJECTIVE_ORDER = ("cross_entropy", "dpo", "ipo", "cdpo", "robust_dpo", "hinge",
 LOSS_FIELDS = (("β", "kl_coeff"), ("ε", "label_smoothing"), ("γ", "simpo_gamma"), ("λ_dpop", "dpop_lambda"),
                ("α", "rdpo_alpha"), ("λ_orpo", "orpo_lambda"), ("sft", "sft_coeff"),
                ("ipo_len_norm", "ipo_length_normalized"))
-# summary-key prefix -> kind; the more specific prefix is tried first
+# summary-key prefix (TRAINING_TRACKER_PREFIX of the run's family) -> kind
 KINDS = {"tracker/train/": "dataset-level, training pairs", "": "persona single-token"}
-REQUIRED_KEYS = {"preferred_logprob_change": "preferred_logprob_change_mean",
-                 "dispreferred_logprob_change": "dispreferred_logprob_change_mean",
-                 "largest_preferred_prob_decrease": "largest_preferred_prob_decrease_mean",
-                 "frac_examples_preferred_fell": "frac_examples_preferred_prob_fell"}
-ENTANGLEMENT_KEYS = {"cosine": "grad_entanglement/cosine", "predicted": "grad_entanglement/chosen_decrease_predicted",
-                     "accuracy": "grad_entanglement/chosen_decrease_accuracy"}
+REQUIRED_KEYS = {"preferred_logprob_change": mk.PREFERRED_LOGPROB_CHANGE_MEAN,
+                 "dispreferred_logprob_change": mk.DISPREFERRED_LOGPROB_CHANGE_MEAN,
+                 "largest_preferred_prob_decrease": mk.LARGEST_PREFERRED_PROB_DECREASE_MEAN,
+                 "frac_examples_preferred_fell": mk.FRAC_EXAMPLES_PREFERRED_PROB_FELL}
+ENTANGLEMENT_KEYS = {"cosine": mk.GRAD_ENTANGLEMENT_COSINE, "predicted": mk.GRAD_ENTANGLEMENT_CHOSEN_DECREASE_PREDICTED,
+                     "accuracy": mk.GRAD_ENTANGLEMENT_CHOSEN_DECREASE_ACCURACY}
 
 
 @dataclass
@@ -97,10 +102,10 @@ def run_metrics(run: FinishedRun) -> RunMetrics | str:
     config, summary, run_dir = run.config, run.summary, run.run_dir
     if "objective" not in config:
         return f"skipping {run_dir}: config.json has no 'objective' (not a preference-training run)"
-    prefix = next((p for p in KINDS if f"{p}preferred_logprob_change_mean" in summary), None)
+    prefix = mk.TRAINING_TRACKER_PREFIX.get(family_of_config(config))
     if prefix is None:
-        return (f"skipping {run_dir}: summary.json has neither 'preferred_logprob_change_mean' (persona) nor "
-                f"'tracker/train/preferred_logprob_change_mean' (dataset-level)")
+        fields = " nor ".join(f"'{field}' ({family})" for family, field in FAMILY_FIELDS)
+        return f"skipping {run_dir}: config.json has neither {fields}: not a run of a displacement-tracking family"
     required = {}
     for name, key in REQUIRED_KEYS.items():
         value = summary.get(prefix + key)
@@ -125,14 +130,9 @@ def find_runs(experiments_dirs: list[Path]) -> tuple[list[RunMetrics], list[str]
     return [m for m in metrics if not isinstance(m, str)], notes + [m for m in metrics if isinstance(m, str)]
 
 
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
-def _std(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+def _present_mean(values: list[float | None]) -> float | None:
+    """Mean of the values a run measured (None = not measured); None if no run measured it."""
+    return mean(values, missing="skip_none", empty=None)
 
 
 def _row_order(row: dict) -> tuple:
@@ -156,19 +156,19 @@ def aggregate(runs: list[RunMetrics]) -> list[dict]:
     for (kind, model), settings in sorted(groups.items()):
         rows = []
         for (objective, setting), members in settings.items():
-            changes = [r.preferred_logprob_change for r in members]
+            change_mean, change_std = mean_std([r.preferred_logprob_change for r in members], missing="keep")
             displaced = sum(r.displaced for r in members)
             rows.append({
                 "objective": objective, "setting": setting, "num_runs": len(members), "num_displaced": displaced,
                 "frac_displaced": displaced / len(members),
-                "preferred_logprob_change_mean": sum(changes) / len(changes),
-                "preferred_logprob_change_std": _std(changes),
-                "dispreferred_logprob_change_mean": _mean([r.dispreferred_logprob_change for r in members]),
-                "largest_preferred_prob_decrease_mean": _mean([r.largest_preferred_prob_decrease for r in members]),
-                "frac_examples_preferred_fell_mean": _mean([r.frac_examples_preferred_fell for r in members]),
-                "grad_cosine_mean": _mean([r.cosine for r in members]),
-                "chosen_decrease_predicted_mean": _mean([r.predicted for r in members]),
-                "chosen_decrease_accuracy_mean": _mean([r.accuracy for r in members]),
+                "preferred_logprob_change_mean": change_mean, "preferred_logprob_change_std": change_std,
+                "dispreferred_logprob_change_mean": _present_mean([r.dispreferred_logprob_change for r in members]),
+                "largest_preferred_prob_decrease_mean":
+                    _present_mean([r.largest_preferred_prob_decrease for r in members]),
+                "frac_examples_preferred_fell_mean": _present_mean([r.frac_examples_preferred_fell for r in members]),
+                "grad_cosine_mean": _present_mean([r.cosine for r in members]),
+                "chosen_decrease_predicted_mean": _present_mean([r.predicted for r in members]),
+                "chosen_decrease_accuracy_mean": _present_mean([r.accuracy for r in members]),
                 "run_dirs": sorted(r.run_dir for r in members),
             })
         sections.append({"kind": kind, "model": model, "rows": sorted(rows, key=_row_order)})

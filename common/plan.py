@@ -30,24 +30,19 @@ import difflib
 import hashlib
 import itertools
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.config import (FILL_THIS_IN, LEGACY_IGNORED_FIELDS, LEGACY_MAPPED_FIELDS,
-                           LEGACY_RENAMED_FIELDS, RunConfig)
-from common.plan_checks import (fill_this_in_problems, map_legacy_fields, missing_input_files, name_problem,
-                                outputs_dir_problem, repetition_seed, seed_problems, suggest_fields,
-                                summarize_missing_inputs, type_name)
+from common.config import LEGACY_IGNORED_FIELDS, RunConfig
+from common.plan_checks import (field_problems, map_legacy_fields, missing_input_files, name_problem,
+                                outputs_dir_problem, repetition_seed, summarize_missing_inputs)
 from common.plan_json import read_plan_json
 
 TEMPLATE_PATTERN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RUN_REFERENCE_PATTERN = re.compile(r"\{run:([^{}]+)\}")
-LEGACY_FIELDS = LEGACY_IGNORED_FIELDS | LEGACY_MAPPED_FIELDS | set(LEGACY_RENAMED_FIELDS)
 PLAN_FILE_SUFFIXES = (".plan.log", ".plan_status.json")  # files the runner writes as <plan name><suffix>
 PLAN_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "name": (str, "plan"),
@@ -107,29 +102,6 @@ def sanitize_name(name: str) -> str:
     return re.sub(r"[\[\] ]", "", name.replace(".", "-").replace(",", "-"))
 
 
-def _type_matches(value: Any, annotation: Any) -> bool:
-    """Whether a JSON value fits a dataclass field annotation (int is accepted for float; bool is not an int)."""
-    if annotation is Any:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_matches(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if origin in (list, tuple):
-        (item_type, *_) = typing.get_args(annotation) or (Any,)
-        return isinstance(value, list) and all(_type_matches(v, item_type) for v in value)
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(annotation, type):
-        return isinstance(value, annotation)
-    return True
-
-
 def _fill_templates(values: dict[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
     """Replace `{field}` in string values with the value of `field` (repeated until no template is left)."""
     resolved = dict(values)
@@ -149,30 +121,6 @@ def _fill_templates(values: dict[str, Any], where: str, problems: list[str]) -> 
             return resolved
     problems.append(f"{where}: templates reference each other in a cycle")
     return resolved
-
-
-def _check_fields(config_cls: type[RunConfig], values: dict[str, Any], where: str, problems: list[str],
-                 check_required: bool = True) -> None:
-    """Append a problem for every unknown field, wrongly typed value, placeholder, out-of-range seed and
-    (optionally) missing required field. Reference-plan fields (`LEGACY_FIELDS`) are accepted here."""
-    hints = typing.get_type_hints(config_cls)
-    known = {f.name: f for f in dataclasses.fields(config_cls)}
-    problems += fill_this_in_problems(values, where) + seed_problems(values, where)
-    for key, value in values.items():
-        if key in LEGACY_FIELDS and key not in known:
-            continue
-        if key not in known:
-            close = suggest_fields(key, list(known))
-            hint = (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close
-                    else f"; the fields are documented in {config_cls.__module__}.{config_cls.__name__}")
-            problems.append(f"{where}: unknown field '{key}'{hint}")
-        elif not _type_matches(value, hints[key]) and value != FILL_THIS_IN:
-            problems.append(f"{where}: field '{key}' must be {type_name(hints[key])}, "
-                            f"got {type(value).__name__} {value!r}")
-    for name, f in known.items() if check_required else ():
-        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if no_default and name not in values:
-            problems.append(f"{where}: missing required field '{name}'")
 
 
 def _expand_configuration(
@@ -197,10 +145,10 @@ def _expand_configuration(
     for key in options:
         if key not in base:
             problems.append(f"{where}.options: field '{key}' is not in base_config (add it there with a default)")
-    _check_fields(config_cls, base, f"{where}.base_config", problems)
+    field_problems(config_cls, base, f"{where}.base_config", problems)
     for key, values in options.items():
         for value in values:
-            _check_fields(config_cls, {key: value}, f"{where}.options", problems, check_required=False)
+            field_problems(config_cls, {key: value}, f"{where}.options", problems, check_required=False)
     if len(problems) > problems_before:
         return []
     defaults = {f.name: getattr(config_cls, f.name) for f in dataclasses.fields(config_cls)

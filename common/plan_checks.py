@@ -5,6 +5,7 @@ problems are all reported in one pass.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -21,6 +22,7 @@ from common.data_locations import (HUB_SOURCES, candidate_paths, find_local_data
 MAX_NAME_BYTES = 255  # the usual file-name limit (ext4, APFS, NTFS)
 REPETITION_SEED_STRIDE = 1_000_003  # a prime: seeds of repetitions of nearby base seeds rarely collide
 RUN_REFERENCE = re.compile(r"\{run:([^{}]+)\}")
+LEGACY_FIELDS = LEGACY_IGNORED_FIELDS | LEGACY_MAPPED_FIELDS | set(LEGACY_RENAMED_FIELDS)
 
 
 def suggest_fields(key: str, known: list[str]) -> list[str]:
@@ -178,3 +180,50 @@ def summarize_missing_inputs(missing: dict[str, list[str]]) -> list[str]:
         more = f" (and {len(wheres) - 1} more run(s))" if len(wheres) > 1 else ""
         lines.append(f"{wheres[0]}{more}: {problem}")
     return lines
+
+
+def type_matches(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value fits a dataclass field annotation (int is accepted for float; bool is not an int)."""
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(type_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        return isinstance(value, list) and all(type_matches(v, item_type) for v in value)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def field_problems(config_cls: type[RunConfig], values: dict[str, Any], where: str, problems: list[str],
+                 check_required: bool = True) -> None:
+    """Append a problem for every unknown field, wrongly typed value, placeholder, out-of-range seed and
+    (optionally) missing required field. Reference-plan fields (`LEGACY_FIELDS`) are accepted here."""
+    hints = typing.get_type_hints(config_cls)
+    known = {f.name: f for f in dataclasses.fields(config_cls)}
+    problems += fill_this_in_problems(values, where) + seed_problems(values, where)
+    for key, value in values.items():
+        if key in LEGACY_FIELDS and key not in known:
+            continue
+        if key not in known:
+            close = suggest_fields(key, list(known))
+            hint = (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close
+                    else f"; the fields are documented in {config_cls.__module__}.{config_cls.__name__}")
+            problems.append(f"{where}: unknown field '{key}'{hint}")
+        elif not type_matches(value, hints[key]) and value != FILL_THIS_IN:
+            problems.append(f"{where}: field '{key}' must be {type_name(hints[key])}, "
+                            f"got {type(value).__name__} {value!r}")
+    for name, f in known.items() if check_required else ():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and name not in values:
+            problems.append(f"{where}: missing required field '{name}'")

@@ -5,7 +5,7 @@ A family is recognised by a field only its config class has (checked in this ord
 extends the dataset-level one):
     sorrybench             `refusal_judge`                (sorrybench/experiment.py, SorryBenchConfig)
     persona                `output_tokens_matching_yes`   (persona_experiments/config.py, PersonaConfig)
-    preference_similarity  `pref_similarity_measure`      (common/preference_training_config.py)
+    preference_similarity  `pref_similarity_measure`      (preference_training/config.py)
 Anything else (a test family, a foreign directory) is None.
 """
 

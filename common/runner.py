@@ -46,9 +46,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from common.cli_overrides import (OverrideError, SelectionError, add_plan_selection_options, format_fields,
                                   load_selected_plan)
 from common.config import ExperimentFamily, RunContext, config_to_dict
+from common.distributed import launched_distributed, resolve_device
 from common.io_utils import atomic_write_json
 from common.metrics_logger import MetricsLogger
 from common.plan import Plan, PlanError, RunSpec, sanitize_name
+from common.run_console import configure_console_logging, format_dry_run, format_results_table
 from common.run_state import (RunDirError, claim_run_dir, finished_state, mark_abandoned, run_identity, run_lock,
                               still_owned)
 from common.worker_pool import IsolatedProcessPool, WorkerDiedError
@@ -74,15 +76,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(requested: str, assigned_gpu: int | None) -> torch.device:
-    """'auto' -> the assigned GPU, else cuda:0 if CUDA is available, else CPU; anything else as given."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{assigned_gpu if assigned_gpu is not None else 0}")
-    return torch.device("cpu")
-
-
 class _NullMetricsLogger:
     """What non-main processes of a multi-process launch log through: nothing is written."""
 
@@ -98,7 +91,7 @@ def launch_state():
 
     Under such a launch every process runs the plan; only the main process prepares run directories and
     writes files, and the processes wait for each other around those writes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not launched_distributed():
         return None
     from accelerate import PartialState  # initialises the process group once; the trainer's Accelerator reuses it
 
@@ -313,42 +306,6 @@ def run_plan(plan: Plan, family: ExperimentFamily, *, rerun: bool = False, execu
                 mark_abandoned(spec.run_dir, "interrupted", "interrupted (Ctrl-C)")
             raise PlanInterrupted([spec.name for spec, _ in running.values()]) from None
     return [results[spec.name] for spec in plan.runs]
-
-
-def format_results_table(results: list[RunResult]) -> str:
-    """Fixed-width table: run, status, seconds, directory, error."""
-    width = max([len(r.name) for r in results] + [3])
-    lines = [f"{'run':<{width}}  {'status':<8}  {'seconds':>8}  directory"]
-    for r in results:
-        lines.append(f"{r.name:<{width}}  {r.status:<8}  {r.seconds:>8.1f}  {r.run_dir}"
-                     + (f"  ({r.error.splitlines()[0][:120]})" if r.error else ""))
-    return "\n".join(lines)
-
-
-def format_dry_run(plan: Plan) -> str:
-    lines = [f"plan '{plan.name}': {len(plan.runs)} run(s)"]
-    for spec in plan.runs:
-        lines.append(f"- {spec.name}  dir={spec.run_dir}  seed={spec.config.random_seed}  overrides={spec.overrides}"
-                     + (f"  after={list(spec.depends_on)}" if spec.depends_on else ""))
-    return "\n".join(lines)
-
-
-class _ConsoleFormatter(logging.Formatter):
-    """Console log lines without tracebacks: a failed run shows one line; its traceback is in its run.log."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not record.exc_info:
-            return super().format(record)
-        quiet = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
-        return super().format(quiet) + " (traceback in the run's run.log and status.json)"
-
-
-def configure_console_logging() -> None:
-    """INFO logging on the console, without tracebacks (those go to run.log and status.json)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for console in logging.getLogger().handlers:
-        if type(console) is logging.StreamHandler:
-            console.setFormatter(_ConsoleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
 
 def main(family: ExperimentFamily, argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ from typing import Any
 from common.cli import add_bool_flag, add_gpu_id_flag, device_from_gpu_id
 from common.config import ExperimentFamily
 from common.plan import PlanError, parse_plan
-from common.runner import configure_console_logging, format_results_table, run_plan
+from common.run_console import configure_console_logging, format_results_table
+from common.runner import run_plan
 
 # Reference flags that mean one of our config fields (for error messages: field -> the flag that sets it).
 FLAG_OF_FIELD = {

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from common import metric_keys as mk
 from common.io_utils import atomic_write_via
 
 
@@ -149,10 +150,10 @@ class DisplacementTracker:
                 self._loss_ever_increased |= loss > previous + self.loss_increase_tolerance
                 if loss.mean() > previous.mean() + self.loss_increase_tolerance:
                     self._mean_loss_ever_increased = True
-                scalars["displacement/frac_loss_fell_since_prev"] = float((loss < previous).double().mean())
+                scalars[mk.DISPLACEMENT_FRAC_LOSS_FELL_SINCE_PREV] = float((loss < previous).double().mean())
             else:
-                scalars["displacement/frac_loss_fell_since_prev"] = 0.0
-            scalars["displacement/loss_mean"] = float(loss.mean())
+                scalars[mk.DISPLACEMENT_FRAC_LOSS_FELL_SINCE_PREV] = 0.0
+            scalars[mk.DISPLACEMENT_LOSS_MEAN] = float(loss.mean())
             self._losses.append(loss)
 
         self.steps.append(int(step))
@@ -162,15 +163,15 @@ class DisplacementTracker:
         preferred_change = preferred - self._preferred[0]
         dispreferred_change = dispreferred - self._dispreferred[0]
         scalars.update({
-            "displacement/preferred_logprob_mean": float(preferred.mean()),
-            "displacement/dispreferred_logprob_mean": float(dispreferred.mean()),
-            "displacement/preferred_prob_mean": float(prob.mean()),
-            "displacement/dispreferred_prob_mean": float(dispreferred.exp().mean()),
-            "displacement/preferred_logprob_change_mean": float(preferred_change.mean()),
-            "displacement/dispreferred_logprob_change_mean": float(dispreferred_change.mean()),
-            "displacement/frac_preferred_fell_since_init": float((preferred_change < 0).double().mean()),
-            "displacement/frac_preferred_fell_since_prev": float(fell_since_prev.double().mean()),
-            "displacement/largest_preferred_prob_decrease_mean": float(self._largest_decrease.mean()),
+            mk.DISPLACEMENT_PREFERRED_LOGPROB_MEAN: float(preferred.mean()),
+            mk.DISPLACEMENT_DISPREFERRED_LOGPROB_MEAN: float(dispreferred.mean()),
+            mk.DISPLACEMENT_PREFERRED_PROB_MEAN: float(prob.mean()),
+            mk.DISPLACEMENT_DISPREFERRED_PROB_MEAN: float(dispreferred.exp().mean()),
+            mk.DISPLACEMENT_PREFERRED_CHANGE_MEAN: float(preferred_change.mean()),
+            mk.DISPLACEMENT_DISPREFERRED_CHANGE_MEAN: float(dispreferred_change.mean()),
+            mk.DISPLACEMENT_FRAC_FELL_SINCE_INIT: float((preferred_change < 0).double().mean()),
+            mk.DISPLACEMENT_FRAC_FELL_SINCE_PREV: float(fell_since_prev.double().mean()),
+            mk.DISPLACEMENT_LARGEST_DECREASE_MEAN: float(self._largest_decrease.mean()),
         })
         return scalars
 

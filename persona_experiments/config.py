@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.losses import LossConfig
-from common.optim import OPTIMIZERS
+from common.training_field_checks import model_field_problems, optimizer_field_problems
 from persona_experiments.data import ANSWERS, DEFAULT_PERSONA_DATASET, output_token_problems
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -16,7 +16,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def tokenizer_without_conversion(model: str) -> str | None:
     """Where `model`'s tokenizer loads from with no conversion and no download ("built-in" or a directory), or
     None: a Hub id, or the SmolLM2 built-in before its one-time conversion."""
-    from common.models import BUILTIN_MODELS, SMOLLM2, cache_root  # deferred: imports transformers
+    from common.builtin_models import BUILTIN_MODELS, SMOLLM2, cache_root  # deferred: imports transformers
 
     if model in BUILTIN_MODELS and model != SMOLLM2:
         return "built-in"
@@ -143,20 +143,7 @@ class PersonaConfig(LossConfig):
         if self.device_map not in (None, "auto"):
             problems.append(f"device_map must be null or 'auto' (spread the layers over the visible GPUs), "
                             f"got {self.device_map!r}")
-        if not self.model:
-            problems.append("model must name a model (built-in name, Hub id or directory), got ''")
-        if self.is_lora_checkpoint and not self.load_model_checkpoint:
-            problems.append("is_lora_checkpoint is true but load_model_checkpoint is empty")
-        if self.lora_rank < 1:
-            problems.append(f"lora_rank must be >= 1, got {self.lora_rank}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            problems.append(f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
-        if self.epochs < 1:
-            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        problems += model_field_problems(self) + optimizer_field_problems(self)
         if self.gradient_accumulation < 1:
             problems.append(f"gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
         effective_batch = self.batch_size if self.batch_size != -1 else self.num_train_samples

@@ -21,9 +21,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-GEOMETRY_KEYS = ("preferred_norm", "dispreferred_norm", "inner_product", "cosine", "projection_coef",
-                 "orthogonal_norm", "inner_minus_preferred_sq")
-
 
 def unembedding_pair_geometry(unembedding: Tensor, preferred_ids: Tensor, dispreferred_ids: Tensor) -> dict[str, Tensor]:
     """Geometry of unembedding rows for each (y+, y-) pair.

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from common.io_utils import jsonl_appender
+from common.metric_keys import GEOMETRY_KEYS, geometry_key
 from common.tracker import DisplacementTracker
-from persona_experiments.geometry import GEOMETRY_KEYS, hidden_norm_metrics
+from persona_experiments.geometry import hidden_norm_metrics
 from persona_experiments.token_tracking import TopTokenChanges, describe_top_tokens, top_token_changes
 
 TOP_TOKENS_FILE = "top_tokens.jsonl"
@@ -154,8 +155,8 @@ class PersonaRecorder:
                "hidden/norms": torch.stack(self.hidden_norms),            # (T, N)
                "hidden/distances": torch.stack(self.hidden_distances)}    # (T, N)
         for key in GEOMETRY_KEYS:
-            out[f"geometry/start/{key}"] = geometry_start[key]
-            out[f"geometry/end/{key}"] = geometry_end[key]
+            out[geometry_key("start", key)] = geometry_start[key]
+            out[geometry_key("end", key)] = geometry_end[key]
         if self.tracked_logits:
             out["tracked/token_ids"] = self.tracked_token_ids
             out["tracked/logits"] = torch.stack(self.tracked_logits)      # (T, N, K)
@@ -172,8 +173,8 @@ class PersonaRecorder:
         """Summary entries: tracker aggregates, geometry (means over examples), hidden norms, final top tokens."""
         out: dict = dict(self.tracker.summary())
         for key in GEOMETRY_KEYS:
-            out[f"geometry/start/{key}"] = float(geometry_start[key].mean())
-            out[f"geometry/end/{key}"] = float(geometry_end[key].mean())
+            out[geometry_key("start", key)] = float(geometry_start[key].mean())
+            out[geometry_key("end", key)] = float(geometry_end[key].mean())
         for name, values in self.last_hidden_metrics.items():
             out[f"final_{name}_mean"] = float(values.mean())
         out["initial_hidden_norm_mean"] = float(self.hidden_norms[0].mean())

@@ -21,8 +21,10 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 from common.io_utils import FinishedRun, find_finished_runs, read_jsonl
+from common.statistics import mean, mean_std
 from persona_experiments.reference_statistics import (REFERENCE_MAX_STEP, format_reference_block,
                                                       is_every_step_tracked, load_run_arrays,
                                                       reference_loss_increased, reference_statistics)
@@ -67,15 +69,6 @@ def setting_of(run: RunRecord) -> str:
             f"beta={config.get('kl_coeff')} lr={config.get('lr')}")
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population std of the finite values ((nan, nan) if none). Example: [1, 3] -> (2, 1)."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not finite:
-        return math.nan, math.nan
-    mean = sum(finite) / len(finite)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite))
-
-
 def aggregate_top_tokens(runs: list[RunRecord], ordering: str = "by_prob_increase", limit: int = 5) -> list[dict]:
     """Tokens in the runs' final top-k lists: count of (run, prompt) lists containing them and mean increase,
     sorted by count then mean increase (descending). Example: lists [a +0.2, b +0.1] and [a +0.4] ->
@@ -111,6 +104,11 @@ def reference_block(runs: list[RunRecord], keep_unstable: bool, max_step: int) -
     return out
 
 
+def _over_runs(runs: list[RunRecord], key: str, statistic: Callable):
+    """`statistic` (`mean` or `mean_std`) of summary[key] over `runs`; runs without a finite value are skipped."""
+    return statistic([run.summary.get(key) for run in runs], missing="skip_nonfinite")
+
+
 def summarize_setting(runs: list[RunRecord], keep_unstable: bool, max_step: int = REFERENCE_MAX_STEP) -> dict:
     """Statistics of one setting (see module docstring); `runs` are all finished runs of the setting."""
     unstable = [run.name for run in runs if run.summary.get("loss_ever_increased")]
@@ -121,12 +119,12 @@ def summarize_setting(runs: list[RunRecord], keep_unstable: bool, max_step: int 
             < run.summary.get("initial_preferred_prob_mean", math.nan)]
     out["num_preferred_final_below_initial"] = len(fell)
     for key in PROB_STATS:
-        out[key] = dict(zip(("mean", "std"), mean_std([run.summary.get(key) for run in used])))
+        out[key] = dict(zip(("mean", "std"), _over_runs(used, key, mean_std)))
     out["top_tokens_by_prob_increase"] = aggregate_top_tokens(used, "by_prob_increase")
     out["top_tokens_by_logprob_increase"] = aggregate_top_tokens(used, "by_logprob_increase")
-    out["geometry"] = {f"{when}/{key}": mean_std([run.summary.get(f"geometry/{when}/{key}") for run in used])[0]
+    out["geometry"] = {f"{when}/{key}": _over_runs(used, f"geometry/{when}/{key}", mean)
                        for when in ("start", "end") for key in GEOMETRY_STATS}
-    entanglement = {key: mean_std([run.summary.get(key) for run in used])[0] for key in ENTANGLEMENT_STATS
+    entanglement = {key: _over_runs(used, key, mean) for key in ENTANGLEMENT_STATS
                     if any(key in run.summary for run in used)}
     if entanglement:
         out["grad_entanglement"] = entanglement

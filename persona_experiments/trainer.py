@@ -2,9 +2,10 @@
 
     python persona_single_example_experiment_plan_runner.py --plan_config_path PLAN.json
 
-One run: load the model, pick the training prompts and their (y+, y-) tokens, compute the reference log-probs
-once (no second model), then train with the configured objective, recording at every tracked step (see
-`recording.py`) and writing into the run directory:
+One run, in three visible steps (as torchtune recipes do setup()/train()): `setup` loads the model, picks the
+training prompts and their (y+, y-) tokens and computes the reference log-probs once (no second model); `train`
+runs the optimizer steps with the configured objective, recording at every tracked step (see
+`recording.py`); `finish` records the final point and writes into the run directory:
     metrics.jsonl          per step: loss (true batch mean), rewards/*, logps/*, logits/*, displacement/*,
                            hidden/*, tokens/* (at top-token points), tracked/*, grad_entanglement/*, lr, time/*
     top_tokens.jsonl       top-k tokens by probability / log-prob increase since init, per example
@@ -17,15 +18,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from common import grad_entanglement as ge
 from common.config import ExperimentFamily, RunContext
 from common.losses import PreferenceLogps, compute_preference_loss
+from common.metric_keys import (GRAD_ENTANGLEMENT_NUM_STEPS, GRAD_ENTANGLEMENT_PREFIX, NUM_STEPS, STEP_BATCH_KEYS,
+                                STEP_SECONDS, step_record)
 from common.models import load_model_and_tokenizer, save_model
 from common.optim import build_optimizer
 from common.sequence_logprobs import unwrap_model
@@ -95,33 +99,70 @@ def run_batch(model, config: PersonaConfig, batch: PersonaBatch, reference: tupl
     return StepOutput(PointValues(*cat[:6]), cat[6], cat[7], entanglement)
 
 
-def _step_scalars(step_out: StepOutput, optimizer, epoch: int) -> dict[str, float]:
-    """Scalars of one optimizer step's batch: true mean loss (no accumulation scaling), rewards, log-probs over
-    the step's (mini-)batch, the learning rate of the update (optimizer.param_groups[0]["lr"], as the dataset-
-    level trainer reads it) and the 1-based epoch."""
-    return {**batch_scalars(step_out), "lr": optimizer.param_groups[0]["lr"], "epoch": epoch}
+def batch_means(step_out: StepOutput) -> list[float]:
+    """Means over the batch of `step_out`, in `common.metric_keys.STEP_BATCH_KEYS` order: true mean loss (no
+    accumulation scaling), rewards of y+ and y-, their margin, the fraction with margin > 0, log-probs of y+, y-."""
+    values = step_out.values
+    margins = step_out.preferred_rewards - step_out.dispreferred_rewards
+    return [float(values.losses.mean()), float(step_out.preferred_rewards.mean()),
+            float(step_out.dispreferred_rewards.mean()), float(margins.mean()), float((margins > 0).float().mean()),
+            float(values.preferred_logps.mean()), float(values.dispreferred_logps.mean())]
 
 
 def batch_scalars(step_out: StepOutput) -> dict[str, float]:
-    """Means over the batch of `step_out`: loss, rewards/{chosen,rejected,margins,accuracies}, logps/*."""
-    values = step_out.values
-    margins = step_out.preferred_rewards - step_out.dispreferred_rewards
-    return {
-        "loss": float(values.losses.mean()),
-        "rewards/chosen": float(step_out.preferred_rewards.mean()),
-        "rewards/rejected": float(step_out.dispreferred_rewards.mean()),
-        "rewards/margins": float(margins.mean()),
-        "rewards/accuracies": float((margins > 0).float().mean()),
-        "logps/chosen": float(values.preferred_logps.mean()),
-        "logps/rejected": float(values.dispreferred_logps.mean()),
-    }
+    """`batch_means` by name (loss, rewards/*, logps/*)."""
+    return dict(zip(STEP_BATCH_KEYS, batch_means(step_out)))
 
 
-def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
-    """Train one persona single-token run (see module docstring); returns the summary dict."""
+@dataclass
+class PersonaRun:
+    """What `setup` prepares for `train` and `finish`: model, data, the initial (reference) point, the recorder."""
+
+    config: PersonaConfig
+    ctx: RunContext
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    batch: PersonaBatch
+    batch_size: int          # prompts per optimizer step
+    total_steps: int
+    tracking_chunks: int     # forwards per no-grad pass over all prompts
+    initial: PointValues     # the initial weights' values (reference pass)
+    geometry_start: dict[str, Tensor]
+    recorder: PersonaRecorder
+    optimizer: torch.optim.Optimizer
+    entanglement_params: list | None
+    generator: torch.Generator
+    started: float           # time.perf_counter() at the start of setup
+
+    @property
+    def reference(self) -> tuple[Tensor, Tensor]:
+        """(N,) reference log-probs of y+ and y- (the initial model's)."""
+        return self.initial.preferred_logps, self.initial.dispreferred_logps
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size == len(self.batch)
+
+
+@dataclass
+class LoopState:
+    """The training loop's bookkeeping: the step counter, timings and the gradient-entanglement diagnostics."""
+
+    setup_seconds: float = 0.0
+    step: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+    tracker_seconds: list[float] = field(default_factory=list)
+    entanglement_steps: list[list[dict]] = field(default_factory=list)   # statistics of each diagnosed step
+    entanglement_scores: list[dict[str, float]] = field(default_factory=list)  # their predictions, scored
+    pending_entanglement: list[dict] = field(default_factory=list)  # last step's statistics, scored at the next point
+
+
+def setup(config: PersonaConfig, ctx: RunContext) -> PersonaRun:
+    """Model, data, the reference pass with the initial weights, recorder and optimizer (nothing trained yet)."""
     started = time.perf_counter()
     device = ctx.device
-    # 1. Model (the loader keeps pristine weights cached in-process) and data.
+    # Model (the loader keeps pristine weights cached in-process) and data.
     model, tokenizer = load_model_and_tokenizer(
         config.model, checkpoint=config.load_model_checkpoint or None, is_lora_checkpoint=config.is_lora_checkpoint,
         use_lora=config.use_lora, lora_rank=config.lora_rank, dtype=config.dtype, device=device,
@@ -142,19 +183,17 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
     if config.gradient_accumulation > batch_size:
         raise ValueError(f"gradient_accumulation {config.gradient_accumulation} exceeds the batch size {batch_size} "
                          f"({num_examples} training prompts)")
-    full_batch = batch_size == num_examples
     steps_per_epoch = -(-num_examples // batch_size)
     total_steps = config.epochs * steps_per_epoch
     log.info("persona run: %d prompt(s) (rows %s), y+ %s, y- %s, %d step(s)", num_examples, batch.example_ids[:10],
              tokenizer.convert_ids_to_tokens(batch.preferred_ids.tolist()[:10]),
              tokenizer.convert_ids_to_tokens(batch.dispreferred_ids.tolist()[:10]), total_steps)
 
-    # 2. Reference pass with the initial weights: reference log-probs, initial distribution, hidden states, geometry.
-    #    Passes over all N prompts without gradients are split like the training steps (about batch_size /
-    #    gradient_accumulation prompts per forward), so e.g. an SFT over 1000 prompts never forwards them at once.
+    # Reference pass with the initial weights: reference log-probs, initial distribution, hidden states, geometry.
+    # Passes over all N prompts without gradients are split like the training steps (about batch_size /
+    # gradient_accumulation prompts per forward), so e.g. an SFT over 1000 prompts never forwards them at once.
     tracking_chunks = min(num_examples, config.gradient_accumulation * steps_per_epoch)
     initial = run_batch(model, config, batch, None, device, tracking_chunks, train=False).values
-    reference = (initial.preferred_logps, initial.dispreferred_logps)
     geometry_start = unembedding_pair_geometry(unembedding_matrix(model), batch.preferred_ids, batch.dispreferred_ids)
     recorder = PersonaRecorder(initial, batch.preferred_ids, batch.dispreferred_ids, batch.example_ids, tracked_ids,
                                list(config.track_logits_for_tokens), tokenizer, ctx.run_dir,
@@ -163,73 +202,91 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
     entanglement_params = (ge.select_parameters(unwrap_model(model), config.grad_entanglement_params)
                            if config.grad_entanglement_interval is not None else None)
-    generator = torch.Generator().manual_seed(ctx.seed)
-    setup_seconds = time.perf_counter() - started
+    return PersonaRun(config, ctx, model, tokenizer, device, batch, batch_size, total_steps, tracking_chunks, initial,
+                      geometry_start, recorder, optimizer, entanglement_params,
+                      torch.Generator().manual_seed(ctx.seed), started)
 
-    # 3. Training loop. Step numbering (shared with common/preference_trainer.py): the record logged at step s
-    #    holds values measured on the weights after s optimizer updates (s = 0: initial weights). Training
-    #    scalars (loss, rewards/*, logps/*) are the means over the step's (mini-)batch; the tracker's full-set
-    #    statistics use their own keys (displacement/*, hidden/*, tokens/*). Tracked points: every step with full
-    #    batch (values from the step's own forward, i.e. before its update), else the start of each epoch (an
-    #    extra no-grad pass; the initial pass serves epoch 1); plus one after training.
-    step_seconds, tracker_seconds, entanglement_steps, entanglement_scores = [], [], [], []
-    pending_entanglement: list[dict] = []
-    step = 0
-    with tqdm(total=total_steps, desc=f"persona {ctx.run_dir.name}", leave=False) as progress:
+
+def train(run: PersonaRun, state: LoopState) -> None:
+    """The training loop (advances `state`); logs one record per optimizer step (see `_train_step`).
+
+    Step numbering (shared with preference_training/trainer.py): the record logged at step s holds values measured
+    on the weights after s optimizer updates (s = 0: initial weights). Training scalars (loss, rewards/*, logps/*)
+    are the means over the step's (mini-)batch; the tracker's full-set statistics use their own keys
+    (displacement/*, hidden/*, tokens/*). Tracked points: every step with full batch (values from the step's own
+    forward, i.e. before its update), else the start of each epoch (an extra no-grad pass; the initial pass serves
+    epoch 1); plus one after training (`finish`).
+    """
+    config, num_examples = run.config, len(run.batch)
+    with tqdm(total=run.total_steps, desc=f"persona {run.ctx.run_dir.name}", leave=False) as progress:
         for epoch in range(config.epochs):
-            order = torch.arange(num_examples) if full_batch else torch.randperm(num_examples, generator=generator)
-            if not full_batch:
+            order = (torch.arange(num_examples) if run.full_batch
+                     else torch.randperm(num_examples, generator=run.generator))
+            epoch_scalars: dict[str, float] = {}
+            if not run.full_batch:
                 tick = time.perf_counter()
-                point = initial if epoch == 0 else run_batch(model, config, batch, reference, device,
-                                                              tracking_chunks, False).values
-                epoch_scalars = recorder.record(step, point)
-                tracker_seconds.append(time.perf_counter() - tick)
-            for batch_index, rows in enumerate(order.split(batch_size)):
-                tick = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                due = entanglement_params is not None and ge.is_due(config.grad_entanglement_interval, step)
-                out = run_batch(model, config, batch.subset(rows), tuple(r[rows] for r in reference), device,
-                                config.gradient_accumulation, True, entanglement_params if due else None)
-                optimizer.step()
-                step_seconds.append(time.perf_counter() - tick)
-                tick = time.perf_counter()
-                scalars = _step_scalars(out, optimizer, epoch + 1)
-                if full_batch:
-                    scalars.update(recorder.record(step, out.values))
-                    if pending_entanglement:  # score the previous step's first-order predictions
-                        entanglement_scores.append(_score(pending_entanglement, out.values))
-                        scalars.update({f"grad_entanglement/{k}": v for k, v in entanglement_scores[-1].items()})
-                elif batch_index == 0:
-                    scalars.update(epoch_scalars)
-                pending_entanglement = out.entanglement if full_batch else []
-                if out.entanglement:
-                    entanglement_steps.append(out.entanglement)
-                    scalars.update(ge.summarize_entanglement(out.entanglement))
-                tracker_seconds.append(time.perf_counter() - tick)
-                scalars["time/step_seconds"] = step_seconds[-1]
-                ctx.logger.log(step, **scalars)
-                step += 1
+                point = run.initial if epoch == 0 else run_batch(run.model, config, run.batch, run.reference,
+                                                                  run.device, run.tracking_chunks, False).values
+                epoch_scalars = run.recorder.record(state.step, point)
+                state.tracker_seconds.append(time.perf_counter() - tick)
+            for batch_index, rows in enumerate(order.split(run.batch_size)):
+                _train_step(run, state, rows, epoch, epoch_scalars if batch_index == 0 else {})
                 progress.update(1)
 
-    # 4. Final point (after the last update), geometry at the end, outputs.
-    final = run_batch(model, config, batch, reference, device, tracking_chunks, train=False)
-    scalars = recorder.record(step, final.values, is_final=True)
-    if full_batch:  # the training batch is the full set: its statistics after the last update
+
+def _train_step(run: PersonaRun, state: LoopState, rows: Tensor, epoch: int, epoch_scalars: dict[str, float]) -> None:
+    """One optimizer step on the prompts `rows`, and its record: the step's batch means (`step_record`), the
+    tracker at this point (full batch) or the epoch's first point (`epoch_scalars`), entanglement, timing."""
+    config, model, optimizer = run.config, run.model, run.optimizer
+    tick = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    due = run.entanglement_params is not None and ge.is_due(config.grad_entanglement_interval, state.step)
+    out = run_batch(model, config, run.batch.subset(rows), tuple(r[rows] for r in run.reference), run.device,
+                    config.gradient_accumulation, True, run.entanglement_params if due else None)
+    optimizer.step()
+    state.step_seconds.append(time.perf_counter() - tick)
+    tick = time.perf_counter()
+    # the step's record: batch means, the rate of this update (as the dataset-level trainer reads it)
+    scalars = step_record(batch_means(out), lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1)
+    if run.full_batch:
+        scalars.update(run.recorder.record(state.step, out.values))
+        if state.pending_entanglement:  # score the previous step's first-order predictions
+            state.entanglement_scores.append(_score(state.pending_entanglement, out.values))
+            scalars.update({GRAD_ENTANGLEMENT_PREFIX + k: v for k, v in state.entanglement_scores[-1].items()})
+    else:
+        scalars.update(epoch_scalars)
+    state.pending_entanglement = out.entanglement if run.full_batch else []
+    if out.entanglement:
+        state.entanglement_steps.append(out.entanglement)
+        scalars.update(ge.summarize_entanglement(out.entanglement))
+    state.tracker_seconds.append(time.perf_counter() - tick)
+    scalars[STEP_SECONDS] = state.step_seconds[-1]
+    run.ctx.logger.log(state.step, **scalars)
+    state.step += 1
+
+
+def finish(run: PersonaRun, state: LoopState) -> dict:
+    """The final point (after the last update), geometry at the end, the output files; returns the summary."""
+    config, ctx, model, tokenizer, batch = run.config, run.ctx, run.model, run.tokenizer, run.batch
+    final = run_batch(model, config, batch, run.reference, run.device, run.tracking_chunks, train=False)
+    scalars = run.recorder.record(state.step, final.values, is_final=True)
+    if run.full_batch:  # the training batch is the full set: its statistics after the last update
         scalars.update(batch_scalars(final))
-    if pending_entanglement:
-        entanglement_scores.append(_score(pending_entanglement, final.values))
-        scalars.update({f"grad_entanglement/{k}": v for k, v in entanglement_scores[-1].items()})
-    ctx.logger.log(step, **scalars)
+    if state.pending_entanglement:
+        state.entanglement_scores.append(_score(state.pending_entanglement, final.values))
+        scalars.update({GRAD_ENTANGLEMENT_PREFIX + k: v for k, v in state.entanglement_scores[-1].items()})
+    ctx.logger.log(state.step, **scalars)
     geometry_end = unembedding_pair_geometry(unembedding_matrix(model), batch.preferred_ids, batch.dispreferred_ids)
-    recorder.tracker.save_tensors(ctx.run_dir / TENSORS_FILE, extra=recorder.tensors(geometry_start, geometry_end))
+    run.recorder.tracker.save_tensors(ctx.run_dir / TENSORS_FILE,
+                                      extra=run.recorder.tensors(run.geometry_start, geometry_end))
     if config.save_model:
         save_model(model, tokenizer, ctx.run_dir / "model")
 
-    summary = recorder.summary(geometry_start, geometry_end)
-    summary.update(_entanglement_summary(entanglement_steps, entanglement_scores))
+    summary = run.recorder.summary(run.geometry_start, geometry_end)
+    summary.update(_entanglement_summary(state.entanglement_steps, state.entanglement_scores))
     summary.update({
-        "num_train_samples": num_examples,
-        "num_steps": total_steps,
+        "num_train_samples": len(batch),
+        NUM_STEPS: run.total_steps,
         "example_ids": batch.example_ids,
         "preferred_tokens": tokenizer.convert_ids_to_tokens(batch.preferred_ids.tolist()),
         "dispreferred_tokens": tokenizer.convert_ids_to_tokens(batch.dispreferred_ids.tolist()),
@@ -238,10 +295,19 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
         "loss_ever_increased": bool(summary.get("mean_loss_ever_increased", False)),
         "tensors_file": TENSORS_FILE,
     })
-    ctx.timings.update(setup_seconds=setup_seconds, seconds_per_step_mean=sum(step_seconds) / len(step_seconds),
-                       tracker_seconds_per_step_mean=sum(tracker_seconds) / max(len(step_seconds), 1),
-                       total_seconds=time.perf_counter() - started)
+    ctx.timings.update(setup_seconds=state.setup_seconds,
+                       seconds_per_step_mean=sum(state.step_seconds) / len(state.step_seconds),
+                       tracker_seconds_per_step_mean=sum(state.tracker_seconds) / max(len(state.step_seconds), 1),
+                       total_seconds=time.perf_counter() - run.started)
     return summary
+
+
+def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
+    """Train one persona single-token run (see module docstring): setup, train loop, finish; returns the summary."""
+    run = setup(config, ctx)
+    state = LoopState(setup_seconds=time.perf_counter() - run.started)
+    train(run, state)
+    return finish(run, state)
 
 
 def _score(stats: list[dict], values: PointValues) -> dict[str, float]:
@@ -258,8 +324,8 @@ def _entanglement_summary(steps: list[list[dict]], scores: list[dict[str, float]
     out = ge.summarize_entanglement([s for step in steps for s in step])
     for key in ("chosen_decrease_accuracy", "both_decrease_accuracy", "chosen_decrease_observed"):
         if scores:
-            out[f"grad_entanglement/{key}"] = sum(s[key] for s in scores) / len(scores)
-    out["grad_entanglement/num_steps"] = len(steps)
+            out[GRAD_ENTANGLEMENT_PREFIX + key] = sum(s[key] for s in scores) / len(scores)
+    out[GRAD_ENTANGLEMENT_NUM_STEPS] = len(steps)
     return out
 
 

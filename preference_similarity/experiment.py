@@ -4,17 +4,17 @@ similarity measure) lies around a quantile, and measure how much the preferred l
     python preference_similarity_experiment_plan_runner.py \
         --plan_config_path preference_similarity/experiments_plans/smollm2_ultrafeedback_cpu.json
 
-Config: `common.preference_training_config.PreferenceTrainingConfig` (all fields documented there).
+Config: `preference_training.config.PreferenceTrainingConfig` (all fields documented there).
 Outputs per run, besides the runner's files: `eval_metrics.jsonl`, `displacement_{train,test}.safetensors`, and in
 `summary.json` the selection (`selection/...`), the final `eval_metrics/<split>/...`, `tracker/<split>/...`.
 """
 
 from __future__ import annotations
 
-from ches.selection import select_examples
 from common.config import ExperimentFamily, RunContext
-from common.preference_trainer import train_preference_model
-from common.preference_training_config import PreferenceTrainingConfig
+from preference_training.config import PreferenceTrainingConfig
+from preference_training.selection import select_examples
+from preference_training.trainer import train_preference_model
 
 
 def run_preference_similarity_experiment(config: PreferenceTrainingConfig, ctx: RunContext) -> dict:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from ches.selection import select_examples
 from common.config import ExperimentFamily, RunContext
 from common.distributed import is_main_process
 from common.io_utils import atomic_write_json, read_jsonl
@@ -30,8 +29,9 @@ from common.models import load_model_and_tokenizer
 from common.names import DTYPE_NAMES
 from common.optim import low_precision_training_problem
 from common.preference_data import PreferenceExample, load_preference_examples
-from common.preference_trainer import train_preference_model
-from common.preference_training_config import PreferenceTrainingConfig
+from preference_training.config import PreferenceTrainingConfig
+from preference_training.selection import select_examples
+from preference_training.trainer import train_preference_model
 from sorrybench.generation import GenerationSettings
 from sorrybench.judge_factory import build_judge
 from sorrybench.judges import JUDGE_NAMES

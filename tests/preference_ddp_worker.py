@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.config import RunContext  # noqa: E402
 from common.distributed import is_main_process  # noqa: E402
 from common.metrics_logger import MetricsLogger  # noqa: E402
-from ches.selection import select_examples  # noqa: E402
-from common.preference_trainer import train_preference_model  # noqa: E402
-from common.preference_training_config import PreferenceTrainingConfig  # noqa: E402
+from preference_training.config import PreferenceTrainingConfig  # noqa: E402
+from preference_training.selection import select_examples  # noqa: E402
+from preference_training.trainer import train_preference_model  # noqa: E402
 
 # Conventional names, resolved by the data-location rule (data_files/, then $LD_DATA_DIR, which torchrun passes on).
 TRAIN_DATASET, EVAL_DATASET = "data_files/ultrafeedback/train_1000.jsonl", "data_files/ultrafeedback/eval_200.jsonl"

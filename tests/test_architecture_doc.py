@@ -47,7 +47,8 @@ def test_every_path_in_the_architecture_doc_exists() -> None:
     assert [token for token, path in paths if not exists(path)] == []
 
 
-def test_every_module_of_common_is_in_the_layer_table() -> None:
+def test_every_module_of_the_lower_layers_is_in_the_layer_table() -> None:
     named = {path for _, path in named_paths(DOC.read_text(encoding="utf-8"))}
-    modules = {path for path in (ROOT / "common").glob("*.py") if path.name != "__init__.py"}
-    assert sorted(p.name for p in modules - named) == []
+    modules = {path for package in ("common", "ches", "preference_training")
+               for path in (ROOT / package).glob("*.py") if path.name != "__init__.py"}
+    assert sorted(p.relative_to(ROOT).as_posix() for p in modules - named) == []

@@ -11,8 +11,8 @@ import pytest
 from common.cli_overrides import OverrideError, field_meanings, parse_overrides
 from common.io_utils import read_json
 from common.plan import apply_overrides
-from common.preference_training_config import PreferenceTrainingConfig
 from common.runner import main
+from preference_training.config import PreferenceTrainingConfig
 from tests.toy_family import TOY_FAMILY, ToyConfig
 
 

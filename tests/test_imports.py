@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE_FOLDERS = ("common", "ches", "persona_experiments", "preference_similarity", "sorrybench", "integrations",
-                   "examples", "bench")
+PACKAGE_FOLDERS = ("common", "ches", "preference_training", "persona_experiments", "preference_similarity",
+                   "sorrybench", "integrations", "examples", "bench")
 
 
 def project_modules() -> list[str]:
@@ -26,7 +26,8 @@ def project_modules() -> list[str]:
 
 def test_module_walk_finds_the_project() -> None:
     names = project_modules()
-    for expected in ("common.io_utils", "ches.selection", "sorrybench.judge_factory", "persona_experiments.trainer",
+    for expected in ("common.io_utils", "preference_training.selection", "sorrybench.judge_factory",
+                     "persona_experiments.trainer",
                      "preference_similarity.experiment", "compute_preference_similarity_per_example",
                      "sorrybench_experiment_runner", "bench.flop_floor"):
         assert expected in names

@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-UPPER_PACKAGES = ("ches", "persona_experiments", "preference_similarity", "sorrybench", "integrations", "bench",
-                  "examples")
+UPPER_PACKAGES = ("ches", "preference_training", "persona_experiments", "preference_similarity", "sorrybench",
+                  "integrations", "bench", "examples")
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -41,9 +41,10 @@ def test_common_imports_no_higher_layer() -> None:
 ALLOWED_IMPORTS = {
     "common": set(),
     "ches": {"common"},
+    "preference_training": {"common", "ches"},
     "persona_experiments": {"common"},
-    "preference_similarity": {"common", "ches"},
-    "sorrybench": {"common", "ches"},
+    "preference_similarity": {"common", "ches", "preference_training"},
+    "sorrybench": {"common", "ches", "preference_training"},
     "integrations": {"common", "persona_experiments"},
 }
 

@@ -42,23 +42,28 @@ def entanglement(cosine: float, predicted: float, accuracy: float) -> dict:
             "grad_entanglement/chosen_decrease_accuracy": accuracy}
 
 
+# The field that tells each family apart (common/run_family.py); the printer reads the summary where it writes it.
+PERSONA = {"output_tokens_matching_yes": ["Yes"]}
+DATASET_LEVEL = {"pref_similarity_measure": "ches_scores"}
+
+
 @pytest.fixture
 def synthetic_runs(tmp_path) -> Path:
     """Two persona dpo runs, one persona cross_entropy run (no diagnostics), one dataset-level dpo run, and three
     skipped: an unfinished run, a run of another family (no displacement keys), a diverged run (NaN -> null)."""
     root = tmp_path / "runs"
-    write_run(root, "dpo_a", {"objective": "dpo"},
+    write_run(root, "dpo_a", {"objective": "dpo", **PERSONA},
               {**tracker_summary(-1.0, -3.0, 0.02, 1.0), **entanglement(0.5, 1.0, 0.5)})
-    write_run(root, "dpo_b", {"objective": "dpo"},
+    write_run(root, "dpo_b", {"objective": "dpo", **PERSONA},
               {**tracker_summary(0.5, -1.0, 0.0, 0.0), **entanglement(0.3, 0.0, 1.0)})
-    write_run(root, "sft", {"objective": "cross_entropy"}, tracker_summary(2.0, 1.0, 0.0, 0.0))
-    write_run(root, "nested/seq_dpo", {"objective": "dpo"},
+    write_run(root, "sft", {"objective": "cross_entropy", **PERSONA}, tracker_summary(2.0, 1.0, 0.0, 0.0))
+    write_run(root, "nested/seq_dpo", {"objective": "dpo", **DATASET_LEVEL},
               {**tracker_summary(-0.5, -2.0, 1e-70, 0.75, prefix="tracker/train/"),
-               "preferred_logprob_change_mean": 99.0})  # tracker/train/ wins over a top-level key
-    write_run(root, "crashed", {"objective": "dpo"}, None, status="running")
+               "preferred_logprob_change_mean": 99.0})  # a dataset-level run is read under tracker/train/
+    write_run(root, "crashed", {"objective": "dpo", **PERSONA}, None, status="running")
     write_run(root, "toy", {"objective": "dpo"}, {"final_loss": 0.1})
-    write_run(root, "diverged", {"objective": "dpo"}, {**tracker_summary(-1.0, -3.0, 0.02, 1.0),
-                                                        "preferred_logprob_change_mean": None})
+    write_run(root, "diverged", {"objective": "dpo", **PERSONA}, {**tracker_summary(-1.0, -3.0, 0.02, 1.0),
+                                                                   "preferred_logprob_change_mean": None})
     return root
 
 

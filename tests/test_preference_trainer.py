@@ -21,12 +21,12 @@ from common.losses import PreferenceLogps, compute_preference_loss
 from common.metrics_logger import MetricsLogger
 from common.models import load_model_and_tokenizer
 from common.preference_data import TokenizationOptions, TokenizedPair, load_preference_examples, tokenize_pair
-from common.preference_eval import distribution_statistics, split_eval_metrics
-from common.preference_logps import LogpsOptions
-from common.preference_trainer import TrainingSplit, _step_batches, accumulate_step_gradients, train_preference_model
-from common.preference_training_config import PreferenceTrainingConfig
 from common.sequence_logprobs import batch_logps_padded, packed_pair_inputs, pair_logps
 from common.tracker import DisplacementTracker
+from preference_training.config import PreferenceTrainingConfig
+from preference_training.evaluation import distribution_statistics, split_eval_metrics
+from preference_training.logprobs import LogpsOptions
+from preference_training.trainer import TrainingSplit, _step_batches, accumulate_step_gradients, train_preference_model
 from tests.conftest import assert_close_at_precision, real_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def small_config(tmp_path: Path, **overrides) -> PreferenceTrainingConfig:
 
 
 def run_training(config: PreferenceTrainingConfig, run_dir: Path):
-    from ches.selection import select_examples
+    from preference_training.selection import select_examples
 
     run_dir.mkdir(parents=True)
     logger = MetricsLogger(run_dir)

@@ -14,10 +14,9 @@ import torch
 from common.distributed import ProcessGroup
 from common.models import load_model_and_tokenizer
 from common.preference_data import TokenizedPair
-from common.preference_logps import LogpsOptions, reference_logps
-from common.reference_cache import (cache_path, checkpoint_fingerprint, load_cached_logps, pairs_fingerprint,
-                                    reference_cache_key, save_cached_logps)
 from common.sequence_logprobs import pair_logps
+from preference_training.logprobs import (LogpsOptions, cache_path, checkpoint_fingerprint, load_cached_logps,
+                                          pairs_fingerprint, reference_cache_key, reference_logps, save_cached_logps)
 
 PAIRS = [TokenizedPair([1, 2, 3], [4, 5], [6], 0), TokenizedPair([7], [8, 9, 10], [11, 12], 3)]
 

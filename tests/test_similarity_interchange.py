@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ches.ches import MEASURE_NAMES, load_similarity_results
-from ches.selection import select_examples, select_similarity_rows
-from common.preference_training_config import PreferenceTrainingConfig
+from preference_training.config import PreferenceTrainingConfig
+from preference_training.selection import select_examples, select_similarity_rows
 
 # Rows of the source data in draw order, and their CHES scores.
 REFERENCE_ROWS = [4, 0, 2, 3, 6]
@@ -124,7 +124,7 @@ def test_dataset_level_run_drops_prompts_longer_than_max_input_length(tmp_path):
     rows, row 2's prompt (> 32 tokens) is dropped, 3 pairs train. With truncation keep_response all 4 train."""
     from common.config import RunContext
     from common.metrics_logger import MetricsLogger
-    from common.preference_trainer import train_preference_model
+    from preference_training.trainer import train_preference_model
 
     dataset = write_dataset(tmp_path / "data.jsonl", 6, long_prompt_rows=(2,))
     similarity = tmp_path / "results_samples.pt"

@@ -11,8 +11,8 @@ import torch
 
 from common.models import base_model_id, load_model_and_tokenizer, save_model
 from common.optim import ScratchRMSprop, build_lr_scheduler, build_optimizer, warmup_step_count
-from common.preference_training_config import PreferenceTrainingConfig
 from common.training_settings import MixedPrecision, clip_gradients, enable_gradient_checkpointing
+from preference_training.config import PreferenceTrainingConfig
 from tests.test_preference_trainer import run_training, small_config
 
 
@@ -110,7 +110,7 @@ def test_schedule_and_clipping_in_a_run(tmp_path):
 
 
 def test_gradient_checkpointing_changes_no_number(tmp_path, monkeypatch):
-    import common.preference_trainer as trainer
+    import preference_training.trainer as trainer
 
     enabled = []
 

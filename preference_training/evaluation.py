@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from common.losses import LossConfig, PreferenceLogps, compute_preference_loss
+from common.metric_keys import EVAL_METRICS_PREFIX
 
 QUANTILES = {"q10": 0.10, "q25": 0.25, "median": 0.5, "q75": 0.75, "q90": 0.90}
 
@@ -53,7 +54,7 @@ def split_eval_metrics(split: str, policy_chosen: Tensor, policy_rejected: Tenso
         chosen_lengths, rejected_lengths: (N,) response lengths in tokens (for length-normalised losses).
         loss_config: The run's loss settings (objective, kl_coeff, sft_coeff, ...).
     """
-    prefix = f"eval_metrics/{split}/"
+    prefix = EVAL_METRICS_PREFIX.format(split=split)
     preferred_change = policy_chosen.double() - reference_chosen.double()
     dispreferred_change = policy_rejected.double() - reference_rejected.double()
     metrics: dict[str, float] = {}

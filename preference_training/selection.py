@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ches.ches import load_similarity_results, select_lowest_k, select_quantile_window
 from common.data_locations import find_local_data_file, is_hub_dataset_id
 from common.preference_data import PreferenceExample, load_preference_examples
-from common.preference_training_config import PreferenceTrainingConfig
+from preference_training.config import PreferenceTrainingConfig
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""`ches.selection._check_settings`: a similarity file must describe the same data as the run (dataset by the
-data-location rule, format, prompt limit, truncation, and the split for a Hub data set); keys the file does not
-record are not checked."""
+"""`preference_training.selection._check_settings`: a similarity file must describe the same data as the run
+(dataset by the data-location rule, format, prompt limit, truncation, and the split for a Hub data set); keys the
+file does not record are not checked."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ches.selection import _check_settings
-from common.preference_training_config import PreferenceTrainingConfig
+from preference_training.config import PreferenceTrainingConfig
+from preference_training.selection import _check_settings
 
 
 def run_config(dataset: str, **overrides) -> PreferenceTrainingConfig:

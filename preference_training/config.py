@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.losses import LossConfig
-from common.optim import LR_SCHEDULERS, OPTIMIZERS
+from common.names import SIMILARITY_MEASURE_NAMES
+from common.optim import LR_SCHEDULERS
 from common.preference_data import DATASET_FORMATS
 from common.preference_tokenization import TRUNCATIONS
+from common.training_field_checks import model_field_problems, optimizer_field_problems
 
-SIMILARITY_MEASURES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_distances",
-                       "last_hidden_embedding_inner_prods")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 # How to make each input file of these configs when it is missing (shown by plan validation).
@@ -198,12 +197,7 @@ class PreferenceTrainingConfig(LossConfig):
     def validate(self) -> list[str]:
         """Loss/run checks plus the cross-field rules of this trainer (each message names the field)."""
         problems = super().validate()
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.lora_rank < 1:
-            problems.append(f"lora_rank must be >= 1, got {self.lora_rank}")
-        if self.is_lora_checkpoint and not self.load_model_checkpoint:
-            problems.append("is_lora_checkpoint is true but load_model_checkpoint is empty; set the adapter directory")
+        problems += model_field_problems(self)
         if self.dataset_format not in DATASET_FORMATS:
             problems.append(f"dataset_format must be one of {DATASET_FORMATS}, got {self.dataset_format!r}")
         if self.max_input_length is not None and self.max_input_length < 2:
@@ -215,10 +209,7 @@ class PreferenceTrainingConfig(LossConfig):
         if self.num_eval_samples < 0:
             problems.append(f"num_eval_samples must be >= 0 (0 = no held-out split), got {self.num_eval_samples}")
         problems += self._selection_problems()
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
+        problems += optimizer_field_problems(self)
         if self.batch_size < 1 or self.gradient_accumulation < 1:
             problems.append(f"batch_size and gradient_accumulation must be >= 1, got {self.batch_size} and "
                             f"{self.gradient_accumulation}")
@@ -226,8 +217,6 @@ class PreferenceTrainingConfig(LossConfig):
             problems.append(f"batch_size ({self.batch_size}) must be divisible by gradient_accumulation "
                             f"({self.gradient_accumulation}); e.g. set gradient_accumulation to a divisor")
         problems += self._training_setting_problems()
-        if self.epochs < 1:
-            problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.eval_every is not None and self.eval_every < 1:
             problems.append(f"eval_every must be >= 1 (epochs) or null (before/after only), got {self.eval_every}")
         return problems
@@ -265,8 +254,8 @@ class PreferenceTrainingConfig(LossConfig):
 
     def _selection_problems(self) -> list[str]:
         problems = []
-        if self.pref_similarity_measure not in SIMILARITY_MEASURES:
-            problems.append(f"pref_similarity_measure must be one of {SIMILARITY_MEASURES}, "
+        if self.pref_similarity_measure not in SIMILARITY_MEASURE_NAMES:
+            problems.append(f"pref_similarity_measure must be one of {SIMILARITY_MEASURE_NAMES}, "
                             f"got {self.pref_similarity_measure!r}")
         if self.quantile is not None and not 0.0 <= self.quantile <= 1.0:
             problems.append(f"quantile must be in [0, 1] or null (the lowest scores), got {self.quantile}")

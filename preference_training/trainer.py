@@ -2,13 +2,13 @@
 
 API for experiment families (the similarity-quantile runs in `preference_similarity/`, the SORRY-Bench runs):
 
-    from common.preference_trainer import train_preference_model
+    from preference_training.trainer import train_preference_model
     result = train_preference_model(config, train_examples, eval_examples, ctx)
     result.model, result.tokenizer   # the trained model (unwrapped, eval mode, on the run's device)
     result.summary                   # JSON-able dict: counts, final eval metrics, tracker summaries (timings: ctx.timings)
 
 `config` is a `PreferenceTrainingConfig` (or a subclass adding family fields), the examples are
-`common.preference_data.PreferenceExample` lists (pick them with `ches.selection.select_examples`
+`common.preference_data.PreferenceExample` lists (pick them with `preference_training.selection.select_examples`
 or your own logic; `eval_examples` may be empty), `ctx` the runner's `RunContext`. Post-training evaluation
 (e.g. refusal rates) is the caller's: it gets the model back.
 
@@ -23,7 +23,8 @@ Per step, each pair's loss is backpropagated right after its own forward (paddin
 so the accumulated gradient is exactly that of the batch-mean loss while only one pair's activations are alive.
 
 Files in ctx.run_dir (main process only): `eval_metrics.jsonl` (one line per evaluation point, names in
-`common/preference_eval.py`), `displacement_<split>.safetensors` (per-example trajectories, `DisplacementTracker`),
+`preference_training/evaluation.py`), `displacement_<split>.safetensors` (per-example trajectories,
+`DisplacementTracker`),
 `model/` (with `save_model`), `checkpoints/step_<N>/`, `checkpoints/epoch_<E>/` (with `save_steps`,
 `save_every_epochs`). Per-step metrics go to `ctx.logger`: loss, rewards/{chosen,rejected,margins,accuracies},
 logps/{chosen,rejected} (means over the step's batch), lr (the rate of that step's update, after the scheduler),
@@ -50,24 +51,22 @@ from tqdm.auto import tqdm
 from common.config import RunContext
 from common.distributed import ProcessGroup
 from common.losses import PreferenceLogps, compute_preference_loss
+from common.metric_keys import GRAD_NORM, NUM_STEPS, STEP_BATCH_KEYS, step_record, tracker_key
 from common.metrics_logger import MetricsLogger
 from common.models import load_model_and_tokenizer, save_model
 from common.optim import build_lr_scheduler, build_optimizer
 from common.preference_data import PreferenceExample, TokenizedPair
 from common.preference_tokenization import TokenizationOptions, tokenize_pair
-from common.preference_entanglement import EntanglementProbe
-from common.preference_eval import split_eval_metrics
-from common.preference_logps import LogpsOptions, compute_split_logps, reference_logps
-from common.preference_training_config import PreferenceTrainingConfig
-from common.reference_cache import reference_cache_key
-from common.sequence_logprobs import supports_logits_to_keep
+from common.sequence_logprobs import pad_token_id_of, supports_logits_to_keep
 from common.tracker import DisplacementTracker
 from common.training_settings import (MixedPrecision, clip_gradients, disable_gradient_checkpointing,
                                       enable_gradient_checkpointing)
+from preference_training.config import PreferenceTrainingConfig
+from preference_training.entanglement import EntanglementProbe
+from preference_training.evaluation import split_eval_metrics
+from preference_training.logprobs import LogpsOptions, compute_split_logps, reference_cache_key, reference_logps
 
 log = logging.getLogger("ld.preference_trainer")
-STEP_STATS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-              "logps/chosen", "logps/rejected")
 
 
 @dataclass
@@ -163,7 +162,8 @@ def accumulate_step_gradients(model: torch.nn.Module, split: TrainingSplit, posi
 
     The pairs are processed one at a time (padding-free) or in `gradient_accumulation` micro-batches; the
     gradients are all-reduced on the last backward only; with fp16 the loss is scaled by `precision`. Returns the
-    sums over these pairs of STEP_STATS (shape (7,), float64; divide by the global batch size for means).
+    sums over these pairs of the STEP_BATCH_KEYS values (shape (7,), float64; divide by the global batch size for
+    means).
     """
     device = group.device
     if config.padding_free:
@@ -172,7 +172,7 @@ def accumulate_step_gradients(model: torch.nn.Module, split: TrainingSplit, posi
         size = -(-len(positions) // config.gradient_accumulation)  # ceil(len / gradient_accumulation)
         chunks = [list(positions[start:start + size]) for start in range(0, len(positions), size)]
     chosen_lengths, rejected_lengths = split.lengths()
-    sums = torch.zeros(len(STEP_STATS), dtype=torch.float64)
+    sums = torch.zeros(len(STEP_BATCH_KEYS), dtype=torch.float64)
     for index, chunk in enumerate(chunks):
         with group.sync_context(model, sync=index == len(chunks) - 1):
             policy_chosen, policy_rejected = options.logps(model, [split.pairs[i] for i in chunk])
@@ -271,7 +271,7 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
     group = ProcessGroup(ctx.device)
     precision = MixedPrecision.from_flags(config.bf16, config.fp16, group.device)
     model, tokenizer = _load_model(config, group.device, precision)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_token_id = pad_token_id_of(tokenizer)
     options = LogpsOptions(config.padding_free, config.share_prompt,
                            max(1, config.batch_size // config.gradient_accumulation), pad_token_id,
                            supports_logits_to_keep(model))
@@ -303,7 +303,7 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
                                              group.world_size / len(batch), config, options, group, precision)
             step_lr = optimizer.param_groups[0]["lr"]  # the rate of this update (before the scheduler moves it)
             clip_metrics = {} if config.max_grad_norm is None else {
-                "grad_norm": clip_gradients(model, optimizer, config.max_grad_norm, precision, group.accelerator)}
+                GRAD_NORM: clip_gradients(model, optimizer, config.max_grad_norm, precision, group.accelerator)}
             precision.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
@@ -313,8 +313,8 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
             means = group.sum(sums) / len(batch)
             epoch_loss_sum, epoch_count = epoch_loss_sum + float(means[0]) * len(batch), epoch_count + len(batch)
             if group.is_main:  # logged at `step`: the batch was measured on the weights after `step` updates
-                ctx.logger.log(step, **dict(zip(STEP_STATS, means.tolist())), lr=step_lr, epoch=epoch,
-                               **clip_metrics, **probe_metrics)
+                ctx.logger.log(step, **step_record(means.tolist(), lr=step_lr, epoch=epoch), **clip_metrics,
+                               **probe_metrics)
             step += 1
             if config.save_steps and step % config.save_steps == 0:
                 _save_checkpoint(model, tokenizer, group, ctx.run_dir / "checkpoints" / f"step_{step}")
@@ -325,10 +325,10 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
             _save_checkpoint(model, tokenizer, group, ctx.run_dir / "checkpoints" / f"epoch_{epoch}")
     evaluator.close()
     ctx.timings.update(train_seconds=train_seconds, seconds_per_step=train_seconds / max(step, 1))
-    summary.update(num_steps=step, epoch_mean_losses=epoch_losses, world_size=group.world_size, **evaluator.last,
+    summary.update({NUM_STEPS: step}, epoch_mean_losses=epoch_losses, world_size=group.world_size, **evaluator.last,
                    **probe.summary())
     for split in splits:
-        summary.update({f"tracker/{split.name}/{k}": v for k, v in split.tracker.summary().items()})
+        summary.update({tracker_key(split.name, k): v for k, v in split.tracker.summary().items()})
         if group.is_main:
             split.tracker.save_tensors(ctx.run_dir / f"displacement_{split.name}.safetensors")
     state_dict = group.full_state_dict(model) if config.save_model else None  # collective under FSDP

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from common.distributed import ProcessGroup
+from common.metric_keys import GRAD_ENTANGLEMENT_NUM_POINTS, GRAD_ENTANGLEMENT_PREFIX
 from common.grad_entanglement import (gradient_entanglement, is_due, score_predictions, select_parameters,
                                       summarize_entanglement)
 from common.preference_data import TokenizedPair
@@ -75,7 +76,7 @@ class EntanglementProbe:
             after = [self._logps(unwrapped, pair) for pair in self.pairs]
         scores = score_predictions(self.pending, [float(c) for c, _ in after], [float(r) for _, r in after])
         metrics = summarize_entanglement(self.pending)
-        metrics.update({f"grad_entanglement/{key}": value for key, value in scores.items()})
+        metrics.update({GRAD_ENTANGLEMENT_PREFIX + key: value for key, value in scores.items()})
         self.points.append(metrics)
         self.pending = None
         return metrics
@@ -84,7 +85,7 @@ class EntanglementProbe:
         """Means over the measured points of every logged statistic (NaNs skipped), plus the point count."""
         if not self.points:
             return {}
-        out: dict[str, float] = {"grad_entanglement/num_points": len(self.points)}
+        out: dict[str, float] = {GRAD_ENTANGLEMENT_NUM_POINTS: len(self.points)}
         for key in self.points[0]:
             values = [p[key] for p in self.points if not math.isnan(p[key])]
             out[key] = sum(values) / len(values) if values else math.nan
