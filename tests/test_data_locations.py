@@ -237,10 +237,11 @@ def test_project_data_files_are_present_and_not_ignored():
 
 
 def test_no_code_plan_or_doc_names_the_development_data_folder():
-    """Data is reached only through the rule: no file names the development layout's `../shared` folder (only
+    """Data is reached only through the rule: no file names the development layout's shared data folder (only
     .ci/run may point LD_DATA_DIR there, since that folder exists in CI)."""
     root = Path(__file__).resolve().parents[1]
-    needles = ("../shared", '"shared" / "data"', "'shared' / 'data'")
+    parent = ".."  # the needles are assembled so that this file does not name the folder either
+    needles = (f"{parent}/shared", '"shared" / "data"', "'shared' / 'data'")
     offenders = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [name for name in subfolders if name not in (".git", ".venv", "outputs", ".ci", "__pycache__")]
