@@ -25,8 +25,8 @@ Caveats, which is why `score_predictions` measures the prediction against the ob
     (preferred falls iff <g+, g-> > (1 + s/c) ||g+||^2), which the condition ignores; cross_entropy alone never
     predicts a decrease.
 
-Config fields (`GradEntanglementConfig`, inherited by `common.losses.LossConfig`, so every preference family
-has them): grad_entanglement_interval, grad_entanglement_max_examples, grad_entanglement_params.
+Config fields (`GradEntanglementConfig`, a base of every preference family's config beside
+`common.losses.LossConfig`): grad_entanglement_interval, grad_entanglement_max_examples, grad_entanglement_params.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ PER_EXAMPLE_KEYS = ("inner_product", "norm_chosen", "norm_rejected", "cosine", "
 
 @dataclass(kw_only=True)
 class GradEntanglementConfig(RunConfig):
-    """Gradient-entanglement fields (a mixin base of `LossConfig`).
+    """Gradient-entanglement fields (a base of every preference family's config, beside `LossConfig`).
 
     Attributes:
         grad_entanglement_interval: Compute the diagnostics every this many optimiser steps (step 0 included),

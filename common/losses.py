@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.grad_entanglement import GradEntanglementConfig
+from common.config import RunConfig
 
 
 @dataclass
@@ -64,10 +64,9 @@ class LossOutput:
 
 
 @dataclass(kw_only=True)
-class LossConfig(GradEntanglementConfig):
-    """Loss fields shared by every preference-training family (family configs subclass this).
-
-    It also carries the gradient-entanglement fields of `GradEntanglementConfig` (see docs/losses.md).
+class LossConfig(RunConfig):
+    """Loss fields shared by every preference-training family. A family config composes it with the other
+    concepts' field groups as bases (e.g. `PersonaConfig(LossConfig, GradEntanglementConfig)`); plans stay flat.
 
     Attributes:
         objective: Loss name, a key of `LOSSES`. Default "dpo".

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.grad_entanglement import GradEntanglementConfig
 from common.losses import LossConfig
 from common.training_field_checks import model_field_problems, optimizer_field_problems
 from persona_experiments.data import ANSWERS, DEFAULT_PERSONA_DATASET, output_token_problems
@@ -27,7 +28,7 @@ def tokenizer_without_conversion(model: str) -> str | None:
 
 
 @dataclass(kw_only=True)
-class PersonaConfig(LossConfig):
+class PersonaConfig(LossConfig, GradEntanglementConfig):
     """One single-token preference-training run on persona prompts.
 
     Data:

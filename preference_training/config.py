@@ -1,7 +1,8 @@
 """Config of the dataset-level preference trainer (similarity-quantile and SORRY-Bench runs).
 
 One dataclass, documented field by field; plans list only what differs from the defaults. The loss fields
-(`objective`, `kl_coeff`, `sft_coeff`, per-loss hyper-parameters) come from `common.losses.LossConfig`, the run
+(`objective`, `kl_coeff`, `sft_coeff`, per-loss hyper-parameters) come from `common.losses.LossConfig`, the
+gradient-entanglement fields from `common.grad_entanglement.GradEntanglementConfig`, the run
 fields (`experiment_name`, `outputs_dir`, `random_seed`, `device`, ...) from `common.config.RunConfig`.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.grad_entanglement import GradEntanglementConfig
 from common.losses import LossConfig
 from common.names import SIMILARITY_MEASURE_NAMES
 from common.optim import LR_SCHEDULERS
@@ -29,7 +31,7 @@ INPUT_FILE_HINTS = {
 
 
 @dataclass(kw_only=True)
-class PreferenceTrainingConfig(LossConfig):
+class PreferenceTrainingConfig(LossConfig, GradEntanglementConfig):
     """Dataset-level DPO/IPO/... training on a (possibly similarity-filtered) subset of a preference data set.
 
     Parameters that control the model:
