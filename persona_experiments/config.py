@@ -8,7 +8,7 @@ from pathlib import Path
 
 from common.grad_entanglement import GradEntanglementConfig
 from common.losses import LossConfig
-from common.training_field_checks import model_field_problems, optimizer_field_problems
+from common.training_field_checks import model_field_problems, normalize_off_values, optimizer_field_problems
 from persona_experiments.data import ANSWERS, DEFAULT_PERSONA_DATASET, output_token_problems
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -88,7 +88,7 @@ class PersonaConfig(LossConfig, GradEntanglementConfig):
     }
 
     dataset: str = DEFAULT_PERSONA_DATASET
-    num_train_samples: int = 1
+    num_train_samples: int | None = 1
     answer_matching_behavior_to_use: str = ""
     train_samples_random_seed: int = -1
     batch_size: int = -1
@@ -121,8 +121,9 @@ class PersonaConfig(LossConfig, GradEntanglementConfig):
     def validate(self) -> list[str]:
         """Base and loss checks plus the persona fields' ranges and cross-field rules."""
         problems = super().validate()
-        if self.num_train_samples != -1 and self.num_train_samples < 1:
-            problems.append(f"num_train_samples must be >= 1 or -1 (all), got {self.num_train_samples}")
+        if self.num_train_samples is not None and self.num_train_samples < 1:
+            problems.append(f"num_train_samples must be >= 1 or null (all; -1 is read as null), "
+                            f"got {self.num_train_samples}")
         if self.answer_matching_behavior_to_use not in (*ANSWERS, ""):
             problems.append(f"answer_matching_behavior_to_use must be 'Yes', 'No' or '' (both), "
                             f"got {self.answer_matching_behavior_to_use!r}")
@@ -131,7 +132,7 @@ class PersonaConfig(LossConfig, GradEntanglementConfig):
                             f"got {self.train_samples_random_seed}")
         if self.batch_size != -1 and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1 or -1 (full batch), got {self.batch_size}")
-        if self.batch_size != -1 and self.num_train_samples != -1 and self.batch_size > self.num_train_samples:
+        if self.batch_size != -1 and self.num_train_samples is not None and self.batch_size > self.num_train_samples:
             problems.append(f"batch_size {self.batch_size} exceeds num_train_samples {self.num_train_samples}; "
                             "use -1 for full batch")
         for name in ("output_tokens_matching_yes", "output_tokens_matching_no"):
@@ -148,7 +149,7 @@ class PersonaConfig(LossConfig, GradEntanglementConfig):
         if self.gradient_accumulation < 1:
             problems.append(f"gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
         effective_batch = self.batch_size if self.batch_size != -1 else self.num_train_samples
-        if effective_batch >= 1 and self.gradient_accumulation > effective_batch:
+        if effective_batch is not None and effective_batch >= 1 and self.gradient_accumulation > effective_batch:
             problems.append(f"gradient_accumulation {self.gradient_accumulation} exceeds the batch size "
                             f"{effective_batch} (each micro-batch needs >= 1 prompt)")
         if self.log_top_token_logit_change_interval is not None and self.log_top_token_logit_change_interval < 1:
@@ -159,6 +160,7 @@ class PersonaConfig(LossConfig, GradEntanglementConfig):
         return problems + self.output_token_problems()
 
     def __post_init__(self) -> None:
+        normalize_off_values(self)  # num_train_samples -1 and load_model_checkpoint "" -> None
         if self.log_top_token_logit_change_interval is not None and self.log_top_token_logit_change_interval <= 0:
             self.log_top_token_logit_change_interval = None  # the reference's -1: no intermediate points
 

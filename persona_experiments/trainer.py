@@ -162,7 +162,7 @@ def setup(config: PersonaConfig, ctx: RunContext) -> PersonaRun:
     device = ctx.device
     # Model (the loader keeps pristine weights cached in-process) and data.
     model, tokenizer = load_model_and_tokenizer(
-        config.model, checkpoint=config.load_model_checkpoint or None, is_lora_checkpoint=config.is_lora_checkpoint,
+        config.model, checkpoint=config.load_model_checkpoint, is_lora_checkpoint=config.is_lora_checkpoint,
         use_lora=config.use_lora, lora_rank=config.lora_rank, dtype=config.dtype, device=device,
         device_map=config.device_map)
     model.eval()  # no dropout: the reference pass and the policy at step 0 must agree (DPO loss = ln 2)

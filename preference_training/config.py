@@ -16,7 +16,7 @@ from common.names import SIMILARITY_MEASURE_NAMES
 from common.optim import LR_SCHEDULERS
 from common.preference_data import DATASET_FORMATS
 from common.preference_tokenization import TRUNCATIONS
-from common.training_field_checks import model_field_problems, optimizer_field_problems
+from common.training_field_checks import model_field_problems, normalize_off_values, optimizer_field_problems
 
 
 
@@ -192,6 +192,9 @@ class PreferenceTrainingConfig(LossConfig, GradEntanglementConfig):
     save_every_epochs: int = 0
     reference_cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        normalize_off_values(self)  # num_train_samples -1 (reference plans) and load_model_checkpoint "" -> None
+
     @classmethod
     def input_file_fields(cls) -> tuple[str, ...]:
         return ("dataset", "eval_dataset", "similarity_results_path", "load_model_checkpoint")
@@ -207,7 +210,8 @@ class PreferenceTrainingConfig(LossConfig, GradEntanglementConfig):
         if self.truncation not in TRUNCATIONS:
             problems.append(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if self.num_train_samples is not None and self.num_train_samples < 1:
-            problems.append(f"num_train_samples must be >= 1 or null (all rows), got {self.num_train_samples}")
+            problems.append(f"num_train_samples must be >= 1 or null (all rows; -1 is read as null), "
+                            f"got {self.num_train_samples}")
         if self.num_eval_samples < 0:
             problems.append(f"num_eval_samples must be >= 0 (0 = no held-out split), got {self.num_eval_samples}")
         problems += self._selection_problems()
@@ -278,5 +282,5 @@ class PreferenceTrainingConfig(LossConfig, GradEntanglementConfig):
 
     @property
     def checkpoint(self) -> str | None:
-        """`load_model_checkpoint` with "" normalised to None."""
-        return self.load_model_checkpoint or None
+        """`load_model_checkpoint` (None = `model`'s own weights; a plan's "" is read as None at construction)."""
+        return self.load_model_checkpoint
