@@ -50,14 +50,14 @@ PER_EXAMPLE_KEYS = ("inner_product", "norm_chosen", "norm_rejected", "cosine", "
 class GradEntanglementConfig(RunConfig):
     """Gradient-entanglement fields (a base of every preference family's config, beside `LossConfig`).
 
-    Attributes:
-        grad_entanglement_interval: Compute the diagnostics every this many optimiser steps (step 0 included),
-            or None = off (no cost). Default None.
-        grad_entanglement_max_examples: Use the first this many examples of the tracked set (>= 1); each costs two
-            extra backward passes. Default 4.
-        grad_entanglement_params: Parameter subset of g+ and g-: 'all' (trainable), 'unembedding' (output
-            embedding matrix; tied to the input embedding in GPT-2), 'last_layer' (last transformer block) or
-            'lora' (LoRA adapters). Default "unembedding".
+    Parameters of the gradient-entanglement diagnostics (Yuan et al. 2024, arXiv:2410.13828):
+        grad_entanglement_interval (`int` or `None`, defaults to `None`): Compute the diagnostics every this many
+            optimiser steps (>= 1; step 0 included); `None` = off (no cost).
+        grad_entanglement_max_examples (`int`, defaults to `4`): Use the first this many examples of the tracked
+            set (>= 1); each costs two extra backward passes.
+        grad_entanglement_params (`str`, defaults to `"unembedding"`): Parameter subset of g+ and g-: `all`
+            (trainable), `unembedding` (output embedding matrix; tied to the input embedding in GPT-2),
+            `last_layer` (last transformer block) or `lora` (LoRA adapters).
     """
 
     grad_entanglement_interval: int | None = None
