@@ -106,8 +106,8 @@ def load_persona_examples(dataset: str) -> list[PersonaExample]:
     return examples
 
 
-def select_examples(examples: list[PersonaExample], num_train_samples: int | None, answer_matching_behavior_to_use: str,
-                    seed: int) -> list[PersonaExample]:
+def select_examples(examples: list[PersonaExample], num_train_samples: int | None,
+                    answer_matching_behavior_to_use: str, seed: int) -> list[PersonaExample]:
     """The reference's prompt selection (its PersonaSingleOutputTokenDataModule.setup).
 
     1. Keep the rows with `answer_matching_behavior.strip().lower() == answer_matching_behavior_to_use.lower()`

@@ -64,8 +64,8 @@ class PreferenceTrainingConfig(LossConfig, GradEntanglementConfig):
 
     Parameters that control the data:
         dataset (`str`, defaults to `"data_files/ultrafeedback/train_1000.jsonl"`): The UltraFeedback sample by
-            default; a Hub id (`org/name`, `org/name/data_dir`, `org/name:config`) or local json/jsonl/jsonl.gz/csv file, found
-            by the data-location rule (as given, data_files/, $LD_DATA_DIR; `common/data_locations.py`).
+            default; a Hub id (`org/name`, `org/name/data_dir`, `org/name:config`) or local json/jsonl/jsonl.gz/csv
+            file, found by the data-location rule (as given, data_files/, $LD_DATA_DIR; `common/data_locations.py`).
         dataset_format (`str`, defaults to `"ultrafeedback"`): `prompt_chosen_rejected`, `ultrafeedback`,
             `hh_rlhf` or `sorrybench_prefs`.
         dataset_split (`str`, defaults to `"train"`): Hub split (UltraFeedback binarized: `train_prefs`);

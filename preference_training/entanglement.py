@@ -6,9 +6,10 @@ Every `grad_entanglement_interval` optimizer steps (step 0 included), before the
 `grad_entanglement_params` subset (two extra backward passes each, main process only, on the unwrapped model).
 After the update their log-probs are measured again and the first-order predictions are scored against the
 observed change. Logged at the step of that update as `grad_entanglement/<stat>` (means over the examples);
-the summary holds the means over all measured points. The bookkeeping is `common.grad_entanglement.EntanglementLog`
-(the persona trainer's too); this probe adds only the extra forward passes on a fixed set of pairs. For length-normalised objectives (simpo, rrhf, orpo,
-ipo with `ipo_length_normalized`) the per-token log-probs pi/|y| enter, as the margin uses them.
+the summary holds the means over all measured points. The bookkeeping is
+`common.grad_entanglement.EntanglementLog` (the persona trainer's too); this probe adds only the extra forward
+passes on a fixed set of pairs. For length-normalised objectives (simpo, rrhf, orpo, ipo with
+`ipo_length_normalized`) the per-token log-probs pi/|y| enter, as the margin uses them.
 """
 
 from __future__ import annotations
