@@ -55,19 +55,26 @@ FIELD_ALIASES = {
 class RunConfig:
     """Fields shared by every experiment family.
 
-    Attributes:
-        experiment_name: Run name; may use `{field}` templates filled from the same config. After
-            templating, '.' and ',' become '-', and '[', ']' and spaces are removed. Default "run".
-        outputs_dir: Parent directory; the run writes to `<outputs_dir>/<experiment_name>`. Default "outputs".
-        random_seed: Seed for python/numpy/torch. -1 derives it deterministically from the run name
-            (recorded in config.json). Default -1.
-        device: "auto" (the GPU the runner assigns, else CPU), "cpu", or "cuda:N". Default "auto".
-        use_wandb: Also log metrics to Weights & Biases (honours WANDB_MODE=offline). Default False.
-        wandb_project: W&B project name. Default "likelihood-displacement".
-        save_metric_plots: Draw the run's metric panels into `<run dir>/plots/` at the end. Default True.
-        num_gpus: GPUs one run needs (used by the parallel and Ray executors). Default 0 = CPU-only run
-            unless the runner assigns a GPU from `gpu_ids_pool`.
-        num_cpus: CPUs one run needs (Ray executor). Default 1.
+    Every config field is documented as `name (`type`, defaults to `value`): meaning, range, source` (TRL's
+    `dpo_config.py` style; `--list_fields` prints these, `common/cli_overrides.py`).
+
+    Parameters of every run:
+        experiment_name (`str`, defaults to `"run"`): Run name; may use `{field}` templates filled from the same
+            config. After templating, '.' and ',' become '-', and '[', ']' and spaces are removed.
+        outputs_dir (`str`, defaults to `"outputs"`): Parent directory; the run writes to
+            `<outputs_dir>/<experiment_name>`.
+        random_seed (`int`, defaults to `-1`): Seed for python/numpy/torch in [0, 2**32); -1 derives it
+            deterministically from the run name (recorded in config.json).
+        device (`str`, defaults to `"auto"`): `auto` (the GPU the runner assigns, else CPU), `cpu`, or `cuda:N`.
+        use_wandb (`bool`, defaults to `False`): Also log metrics to Weights & Biases (honours
+            WANDB_MODE=offline).
+        wandb_project (`str`, defaults to `"likelihood-displacement"`): W&B project name (reference:
+            `wandb_project_name`).
+        save_metric_plots (`bool`, defaults to `True`): Draw the run's metric panels into `<run dir>/plots/` at the
+            end.
+        num_gpus (`float`, defaults to `0.0`): GPUs one run needs (used by the parallel and Ray executors); 0 = a
+            CPU-only run unless the runner assigns a GPU from `gpu_ids_pool`.
+        num_cpus (`float`, defaults to `1.0`): CPUs one run needs (Ray executor).
     """
 
     experiment_name: str = "run"

@@ -25,8 +25,8 @@ Caveats, which is why `score_predictions` measures the prediction against the ob
     (preferred falls iff <g+, g-> > (1 + s/c) ||g+||^2), which the condition ignores; cross_entropy alone never
     predicts a decrease.
 
-Config fields (`GradEntanglementConfig`, inherited by `common.losses.LossConfig`, so every preference family
-has them): grad_entanglement_interval, grad_entanglement_max_examples, grad_entanglement_params.
+Config fields (`GradEntanglementConfig`, a base of every preference family's config beside
+`common.losses.LossConfig`): grad_entanglement_interval, grad_entanglement_max_examples, grad_entanglement_params.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from common.config import RunConfig
+from common.metric_keys import GRAD_ENTANGLEMENT_PREFIX
 
 PARAMETER_SUBSETS = ("all", "unembedding", "last_layer", "lora")
 PER_EXAMPLE_KEYS = ("inner_product", "norm_chosen", "norm_rejected", "cosine", "ratio",
@@ -47,16 +48,16 @@ PER_EXAMPLE_KEYS = ("inner_product", "norm_chosen", "norm_rejected", "cosine", "
 
 @dataclass(kw_only=True)
 class GradEntanglementConfig(RunConfig):
-    """Gradient-entanglement fields (a mixin base of `LossConfig`).
+    """Gradient-entanglement fields (a base of every preference family's config, beside `LossConfig`).
 
-    Attributes:
-        grad_entanglement_interval: Compute the diagnostics every this many optimiser steps (step 0 included),
-            or None = off (no cost). Default None.
-        grad_entanglement_max_examples: Use the first this many examples of the tracked set (>= 1); each costs two
-            extra backward passes. Default 4.
-        grad_entanglement_params: Parameter subset of g+ and g-: 'all' (trainable), 'unembedding' (output
-            embedding matrix; tied to the input embedding in GPT-2), 'last_layer' (last transformer block) or
-            'lora' (LoRA adapters). Default "unembedding".
+    Parameters of the gradient-entanglement diagnostics (Yuan et al. 2024, arXiv:2410.13828):
+        grad_entanglement_interval (`int` or `None`, defaults to `None`): Compute the diagnostics every this many
+            optimiser steps (>= 1; step 0 included); `None` = off (no cost).
+        grad_entanglement_max_examples (`int`, defaults to `4`): Use the first this many examples of the tracked
+            set (>= 1); each costs two extra backward passes.
+        grad_entanglement_params (`str`, defaults to `"unembedding"`): Parameter subset of g+ and g-: `all`
+            (trainable), `unembedding` (output embedding matrix; tied to the input embedding in GPT-2),
+            `last_layer` (last transformer block) or `lora` (LoRA adapters).
     """
 
     grad_entanglement_interval: int | None = None
@@ -239,3 +240,81 @@ def summarize_entanglement(stats: Sequence[dict], prefix: str = "grad_entangleme
         values = [float(s[key]) for s in stats if not math.isnan(float(s[key]))]
         summary[prefix + key] = sum(values) / len(values) if values else math.nan
     return summary
+
+
+# ------------------------------------------------------------------------------------------ run bookkeeping
+
+class EntanglementLog:
+    """The one bookkeeping of gradient-entanglement diagnostics over a run, used by both trainers.
+
+    A diagnosed step hands its per-example statistics (`gradient_entanglement`) to `measure`, which returns the
+    scalars to log (`summarize_entanglement`) and, with `score_later`, keeps them pending; the next measurement of
+    the same examples' log-probs goes to `score`, which scores the pending predictions (`score_predictions`) and
+    returns their scalars under `grad_entanglement/`. `num_diagnosed` counts the diagnosed steps; the summaries
+    write it under the key the caller names (`grad_entanglement/num_steps` for the persona trainer,
+    `grad_entanglement/num_points` for the dataset-level one, kept as the outputs always wrote them).
+
+    Two summaries, as the two trainers always wrote them (values and key order unchanged):
+      * `summary_over_examples`: statistics pooled over every (step, example), then the means over scored steps of
+        chosen_decrease_accuracy, both_decrease_accuracy and chosen_decrease_observed, then the count;
+      * `summary_over_points`: the count, then per logged key the mean over steps of that step's logged means
+        (NaNs skipped). With equally many examples per step and no NaN both give the same means, up to rounding.
+    Example: one step with the stats of g+ = (1, 0), g- = (2, 1) (chosen decrease predicted) scored against a
+    fallen preferred log-prob: chosen_decrease_predicted 1.0, chosen_decrease_accuracy 1.0, count 1.
+    """
+
+    SCORE_KEYS_OVER_EXAMPLES = ("chosen_decrease_accuracy", "both_decrease_accuracy", "chosen_decrease_observed")
+
+    def __init__(self) -> None:
+        self.steps: list[list[dict]] = []          # per-example statistics of each diagnosed step
+        self.scores: list[dict[str, float]] = []   # the scored predictions, one per scored step
+        self.pending: list[dict] = []              # statistics waiting for the next measurement
+
+    @property
+    def num_diagnosed(self) -> int:
+        """Diagnosed steps so far (the summaries' count)."""
+        return len(self.steps)
+
+    def measure(self, stats: list[dict], score_later: bool = True) -> dict[str, float]:
+        """Record one diagnosed step's per-example statistics; returns their means (`summarize_entanglement`)."""
+        if not stats:
+            return {}
+        self.steps.append(stats)
+        self.pending = list(stats) if score_later else []
+        return summarize_entanglement(stats)
+
+    def score(self, next_chosen_logps: Sequence[float], next_rejected_logps: Sequence[float]) -> dict[str, float]:
+        """Score the pending predictions against log-probs measured after the update (first len(pending) values
+        are the diagnosed examples'); returns `grad_entanglement/<score>` scalars, or {} if nothing is pending."""
+        if not self.pending:
+            return {}
+        count = len(self.pending)
+        scores = score_predictions(self.pending, list(next_chosen_logps)[:count], list(next_rejected_logps)[:count])
+        self.scores.append(scores)
+        self.pending = []
+        return {GRAD_ENTANGLEMENT_PREFIX + key: value for key, value in scores.items()}
+
+    def summary_over_examples(self, count_key: str) -> dict[str, float]:
+        """Pooled means over all diagnosed (step, example) pairs, mean scores over scored steps, the count ({} if
+        nothing was diagnosed)."""
+        if not self.steps:
+            return {}
+        out = summarize_entanglement([s for step in self.steps for s in step])
+        if self.scores:
+            for key in self.SCORE_KEYS_OVER_EXAMPLES:
+                out[GRAD_ENTANGLEMENT_PREFIX + key] = sum(s[key] for s in self.scores) / len(self.scores)
+        out[count_key] = self.num_diagnosed
+        return out
+
+    def summary_over_points(self, count_key: str) -> dict[str, float]:
+        """The count, then per logged key the mean over scored steps of the step's logged value, NaNs skipped
+        ({} if nothing was scored; NaN where every value is NaN)."""
+        points = [{**summarize_entanglement(stats), **{GRAD_ENTANGLEMENT_PREFIX + k: v for k, v in scores.items()}}
+                  for stats, scores in zip(self.steps, self.scores)]
+        if not points:
+            return {}
+        out: dict[str, float] = {count_key: self.num_diagnosed}
+        for key in points[0]:
+            values = [p[key] for p in points if not math.isnan(p[key])]
+            out[key] = sum(values) / len(values) if values else math.nan
+        return out

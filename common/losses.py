@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.grad_entanglement import GradEntanglementConfig
+from common.config import RunConfig
 
 
 @dataclass
@@ -64,26 +64,30 @@ class LossOutput:
 
 
 @dataclass(kw_only=True)
-class LossConfig(GradEntanglementConfig):
-    """Loss fields shared by every preference-training family (family configs subclass this).
+class LossConfig(RunConfig):
+    """Loss fields shared by every preference-training family. A family config composes it with the other
+    concepts' field groups as bases (e.g. `PersonaConfig(LossConfig, GradEntanglementConfig)`); plans stay flat.
 
-    It also carries the gradient-entanglement fields of `GradEntanglementConfig` (see docs/losses.md).
-
-    Attributes:
-        objective: Loss name, a key of `LOSSES`. Default "dpo".
-        kl_coeff: beta, the preference strength / inverse temperature (> 0). For IPO it plays tau (target
-            margin 1/(2 tau)); for hinge the margin is 1/beta; for SimPO it is SimPO's beta (paper: 2.0-2.5).
-            Name kept for compatibility with existing plans. Default 0.1.
-        sft_coeff: Weight s >= 0 of an added SFT term s * (-pi+), the NLL of the preferred response *summed*
-            over its tokens (same units as the `cross_entropy` objective). Any objective. Default 0.0 (off).
-        label_smoothing: eps in [0, 0.5), the assumed probability that a preference label is flipped
-            (`cdpo`, `robust_dpo`; typical 0.1). Default None (required by those objectives).
-        ipo_length_normalized: IPO on per-token log-ratios h = (pi+ - ref+)/|y+| - (pi- - ref-)/|y-| (as TRL)
-            instead of the paper's summed ones. Default False (summed; identical for single tokens).
-        simpo_gamma: SimPO target reward margin gamma (paper: 0.5-1.6). Default None (required by `simpo`).
-        dpop_lambda: DPO-Positive penalty weight lambda >= 0 (paper: 50). Default None (required by `dpop`).
-        rdpo_alpha: R-DPO length coefficient alpha. Default None (required by `rdpo`).
-        orpo_lambda: ORPO odds-ratio weight lambda >= 0 (paper: 0.1). Default None (required by `orpo`).
+    Parameters of the loss (docs/losses.md):
+        objective (`str`, defaults to `"dpo"`): Loss name, a key of `LOSSES` (reference: `loss_type`).
+        kl_coeff (`float`, defaults to `0.1`): beta, the preference strength / inverse temperature (> 0). For IPO
+            it plays tau (target margin 1/(2 tau)); for hinge the margin is 1/beta; for SimPO it is SimPO's beta
+            (paper: 2.0-2.5). Name kept for compatibility with existing plans (TRL: `beta`).
+        sft_coeff (`float`, defaults to `0.0`): Weight s >= 0 of an added SFT term s * (-pi+), the NLL of the
+            preferred response *summed* over its tokens (same units as the `cross_entropy` objective). Any
+            objective; 0 = off.
+        label_smoothing (`float` or `None`, defaults to `None`): eps in [0, 0.5), the assumed probability that a
+            preference label is flipped (`cdpo`, `robust_dpo`, which require it; typical 0.1).
+        ipo_length_normalized (`bool`, defaults to `False`): IPO on per-token log-ratios
+            h = (pi+ - ref+)/|y+| - (pi- - ref-)/|y-| (as TRL) instead of the paper's summed ones (identical for
+            single tokens).
+        simpo_gamma (`float` or `None`, defaults to `None`): SimPO target reward margin gamma (paper: 0.5-1.6);
+            required by `simpo`.
+        dpop_lambda (`float` or `None`, defaults to `None`): DPO-Positive penalty weight lambda >= 0 (paper: 50);
+            required by `dpop`.
+        rdpo_alpha (`float` or `None`, defaults to `None`): R-DPO length coefficient alpha; required by `rdpo`.
+        orpo_lambda (`float` or `None`, defaults to `None`): ORPO odds-ratio weight lambda >= 0 (paper: 0.1);
+            required by `orpo`.
     """
 
     objective: str = "dpo"

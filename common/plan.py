@@ -32,7 +32,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -63,6 +63,25 @@ class PlanError(ValueError):
     def __init__(self, plan_path: Path, problems: list[str]) -> None:
         self.problems = problems
         super().__init__(f"invalid plan {plan_path}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class ExpandedRun(NamedTuple):
+    """One combination of a configuration's options, before repetitions and run references are resolved."""
+
+    configuration_index: int
+    values: dict[str, Any]      # every config field's value (defaults, base_config, this combination)
+    overrides: dict[str, Any]   # the option values of this combination
+
+
+class PendingRun(NamedTuple):
+    """One run kept by `skip` (a repetition of an `ExpandedRun`), its seed set, before the config is built."""
+
+    configuration_index: int
+    values: dict[str, Any]      # field values with the run's actual random_seed
+    overrides: dict[str, Any]
+    name: str                   # experiment_name + repetition suffix
+    run_dir: Path
+    repetition_suffix: str      # "_rep<i>" with repetitions > 1, else ""
 
 
 @dataclass
@@ -126,8 +145,8 @@ def _fill_templates(values: dict[str, Any], where: str, problems: list[str]) -> 
 def _expand_configuration(
     index: int, configuration: Any, config_cls: type[RunConfig], problems: list[str], notes: list[str],
     sanitize_names: bool = True,
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Cartesian product of one configuration's options: list of (resolved field values, overrides).
+) -> list[ExpandedRun]:
+    """Cartesian product of one configuration's options: one `ExpandedRun` per combination.
 
     Reference-plan fields are mapped onto ours (`map_legacy_fields`) before the defaults fill the rest."""
     where = f"configurations[{index}]"
@@ -162,7 +181,7 @@ def _expand_configuration(
         if sanitize_names:
             values["experiment_name"] = sanitize_name(values["experiment_name"])
         values["outputs_dir"] = str(Path(values["outputs_dir"]).expanduser())
-        expanded.append((values, overrides))
+        expanded.append(ExpandedRun(index, values, overrides))
     return expanded
 
 
@@ -239,20 +258,19 @@ def _plan_settings(raw: Any, problems: list[str]) -> dict[str, Any]:
     return settings
 
 
-def _run_directories(expanded: list, settings: dict[str, Any], problems: list[str],
-                     check_skip: bool = True) -> tuple[dict, list]:
+def _run_directories(expanded: list[ExpandedRun], settings: dict[str, Any], problems: list[str],
+                     check_skip: bool = True) -> tuple[dict[str, Path], list[PendingRun]]:
     """Name and directory of every run (all repetitions), and the runs `skip` keeps with their seeds."""
     repetitions = settings["repetitions"]
     suffixes = [f"_rep{r}" for r in range(repetitions)] if repetitions > 1 else [""]
     run_dirs: dict[str, Path] = {}
     seen_dirs: set[Path] = set()
-    pending = []
-    for position, (index, values, overrides) in enumerate(expanded):
+    pending: list[PendingRun] = []
+    for position, run in enumerate(expanded):
         for repetition, suffix in enumerate(suffixes):
-            name = values["experiment_name"] + suffix
-            outputs_dir = Path(values["outputs_dir"])
-            run_dir = outputs_dir / name
-            where = f"configurations[{index}] run '{name}'"
+            name = run.values["experiment_name"] + suffix
+            run_dir = Path(run.values["outputs_dir"]) / name
+            where = f"configurations[{run.configuration_index}] run '{name}'"
             problem = name_problem(name, "experiment_name")
             if problem:
                 problems.append(f"{where}: {problem}")
@@ -266,14 +284,15 @@ def _run_directories(expanded: list, settings: dict[str, Any], problems: list[st
             seen_dirs.add(run_dir.resolve())
             run_dirs[name] = run_dir
             if position >= settings["skip"]:
-                seed = values["random_seed"]
+                seed = run.values["random_seed"]
                 seed = derive_seed(name) if seed == -1 else repetition_seed(seed, repetition)
-                pending.append((index, {**values, "random_seed": seed}, overrides, name, run_dir, suffix))
+                pending.append(PendingRun(run.configuration_index, {**run.values, "random_seed": seed},
+                                          run.overrides, name, run_dir, suffix))
     total = len(expanded) * len(suffixes)
     if check_skip and expanded and settings["skip"] >= len(expanded):
         problems.append(f"'skip' {settings['skip']} drops every run ({len(expanded)} configuration(s) expand to "
                         f"{total} run(s)); lower it")
-    for outputs_dir in dict.fromkeys(Path(values["outputs_dir"]) for _, values, _ in expanded):
+    for outputs_dir in dict.fromkeys(Path(run.values["outputs_dir"]) for run in expanded):
         problem = outputs_dir_problem(outputs_dir)
         if problem:
             problems.append(problem)
@@ -294,20 +313,20 @@ def parse_plan(raw: Any, plan_path: Path, config_cls: type[RunConfig], *, saniti
         raise PlanError(plan_path, problems)
     expanded = []
     for index, configuration in enumerate(settings["configurations"]):
-        expanded += [(index, *pair) for pair in _expand_configuration(index, configuration, config_cls, problems,
-                                                                       notes, sanitize_names)]
+        expanded += _expand_configuration(index, configuration, config_cls, problems, notes, sanitize_names)
     # Configurations with field problems expanded to nothing; the others are still checked run by run below,
     # so one pass reports every problem (the skip count is only judged when every configuration expanded).
     all_expanded = not problems
     run_dirs, pending = _run_directories(expanded, settings, problems, all_expanded)
-    kept_names = {entry[3] for entry in pending}
+    kept_names = {run.name for run in pending}
     config_field_names = {f.name for f in dataclasses.fields(config_cls)}
     runs = []
     missing_inputs: dict[str, list[str]] = {}  # problem -> the runs it concerns (one line per distinct file)
-    for index, values, overrides, name, run_dir, suffix in pending:
+    for run in pending:
+        index, values, name = run.configuration_index, run.values, run.name
         where = f"configurations[{index}] run '{name}'"
         unresolved = dict(values)
-        referenced = _resolve_run_references(values, run_dirs, suffix, where, problems)
+        referenced = _resolve_run_references(values, run_dirs, run.repetition_suffix, where, problems)
         values["experiment_name"] = name
         try:
             config = config_cls(**{k: v for k, v in values.items() if k in config_field_names})
@@ -319,7 +338,7 @@ def parse_plan(raw: Any, plan_path: Path, config_cls: type[RunConfig], *, saniti
             missing_inputs.setdefault(problem, []).append(where)
         notes += config.deferred_checks()
         dependencies = tuple(dict.fromkeys(r for r in referenced if r in kept_names))
-        runs.append(RunSpec(name, run_dir, config, index, overrides, dependencies,
+        runs.append(RunSpec(name, run.run_dir, config, index, run.overrides, dependencies,
                             {r: run_dirs[r] for r in dict.fromkeys(referenced)}))
     problems += summarize_missing_inputs(missing_inputs)
     if problems:

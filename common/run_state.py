@@ -113,6 +113,18 @@ def _changed_keys(old: dict, new: dict) -> list[str]:
     return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
 
 
+def _as_current_config(saved: Any, config_cls: type[RunConfig]) -> Any:
+    """A saved config.json read through today's config class, so an older spelling of the same value compares
+    equal (e.g. num_train_samples -1, now None: `common.training_field_checks.normalize_off_values`); as saved
+    when it is not a dict or no longer builds (a removed or retyped field then shows as changed)."""
+    if not isinstance(saved, dict):
+        return saved
+    try:
+        return to_jsonable(config_to_dict(config_cls(**saved)))
+    except (TypeError, ValueError):
+        return saved
+
+
 def finished_state(run_dir: Path, config: RunConfig, identity: dict) -> tuple[bool, str]:
     """(True, "") when `run_dir` holds a finished run of exactly this config and these inputs; else (False, why),
     where why is "" for a run never started here."""
@@ -124,7 +136,7 @@ def finished_state(run_dir: Path, config: RunConfig, identity: dict) -> tuple[bo
     if not (run_dir / "summary.json").is_file():
         return False, "summary.json is missing"
     try:
-        saved_config = read_json(run_dir / "config.json")
+        saved_config = _as_current_config(read_json(run_dir / "config.json"), type(config))
     except (FileNotFoundError, ValueError):
         saved_config = None
     fresh_config = to_jsonable(config_to_dict(config))

@@ -1,7 +1,8 @@
 """Checks of the model and optimizer fields both trainers' configs have (persona and dataset-level), written once.
 
-Each function takes a config with the fields named below and returns one-line problems (empty = fine); the
-configs' `validate()` add their own family's rules.
+Each check takes a config with the fields named below and returns one-line problems (empty = fine); the
+configs' `validate()` add their own family's rules. `normalize_off_values` gives each shared field one spelling of
+"off" (None), reading the older spellings as it.
     model fields:     model, load_model_checkpoint, is_lora_checkpoint, lora_rank, dtype
     optimizer fields: optimizer, lr, epochs
 """
@@ -12,6 +13,21 @@ from typing import Any
 
 from common.names import DTYPE_NAMES
 from common.optim import OPTIMIZERS
+
+
+# Older spellings of "off" read as None: load_model_checkpoint "" (earlier persona plans), num_train_samples -1
+# (the reference's "all rows").
+OLD_OFF_SPELLINGS: dict[str, tuple[Any, ...]] = {"load_model_checkpoint": ("",), "num_train_samples": (-1,)}
+
+
+def normalize_off_values(config: Any) -> None:
+    """Set each field of OLD_OFF_SPELLINGS that `config` has and holds an old spelling to None, in place (no error:
+    old plans keep working). Example: num_train_samples -1 -> None (all rows), load_model_checkpoint "" -> None."""
+    for name, spellings in OLD_OFF_SPELLINGS.items():
+        value = getattr(config, name, None)
+        if value is not None and not isinstance(value, bool) and any(
+                type(value) is type(old) and value == old for old in spellings):
+            setattr(config, name, None)
 
 
 def model_field_problems(config: Any) -> list[str]:

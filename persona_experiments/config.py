@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.grad_entanglement import GradEntanglementConfig
 from common.losses import LossConfig
-from common.training_field_checks import model_field_problems, optimizer_field_problems
+from common.training_field_checks import model_field_problems, normalize_off_values, optimizer_field_problems
 from persona_experiments.data import ANSWERS, DEFAULT_PERSONA_DATASET, output_token_problems
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -27,57 +28,65 @@ def tokenizer_without_conversion(model: str) -> str | None:
 
 
 @dataclass(kw_only=True)
-class PersonaConfig(LossConfig):
-    """One single-token preference-training run on persona prompts.
+class PersonaConfig(LossConfig, GradEntanglementConfig):
+    """One single-token preference-training run on persona prompts (fields as in the reference's plans).
 
-    Data:
-        dataset: Persona jsonl, found by the data-location rule (as given, data_files/, $LD_DATA_DIR, its Hub
-            source) or a Hub file `<org>/<repo>/<path>`. Default "data_files/persona/ends-justify-means.jsonl".
-        num_train_samples: Number of training prompts, -1 = all (after the answer filter). Default 1.
-        answer_matching_behavior_to_use: Keep only prompts whose answer_matching_behavior is "Yes" or "No";
-            "" keeps both. Default "".
-        train_samples_random_seed: Seed selecting the prompts and drawing each prompt's (y+, y-) pair;
-            -1 = the run's random_seed. Default -1.
-        batch_size: Prompts per optimizer step, -1 = all (full batch). Default -1.
-        output_tokens_matching_yes: Candidate outputs for prompts whose answer_matching_behavior is Yes (y+ is
-            drawn from this list, y- from the other). Each must encode to exactly one token: checked when the plan
-            is validated if the tokenizer loads without conversion or download (built-in tiny models, the
-            converted SmolLM2 cache, a local directory), else when the run starts (the plan then says "token
-            check deferred to run start"). Default ["Yes"].
-        output_tokens_matching_no: Same for No. Default ["No"].
+    Parameters that control the data:
+        dataset (`str`, defaults to `"data_files/persona/ends-justify-means.jsonl"`): Persona jsonl, found by the
+            data-location rule (as given, data_files/, $LD_DATA_DIR, its Hub source) or a Hub file
+            `<org>/<repo>/<path>`.
+        num_train_samples (`int` or `None`, defaults to `1`): Number of training prompts (>= 1, after the answer
+            filter); `None` = all (the reference plans' -1 is read as `None`).
+        answer_matching_behavior_to_use (`str`, defaults to `""`): Keep only prompts whose
+            answer_matching_behavior is `Yes` or `No`; `""` keeps both.
+        train_samples_random_seed (`int`, defaults to `-1`): Seed selecting the prompts and drawing each prompt's
+            (y+, y-) pair; -1 = the run's random_seed.
+        batch_size (`int`, defaults to `-1`): Prompts per optimizer step (>= 1); -1 = all (full batch, the
+            reference's spelling).
+        output_tokens_matching_yes (`list[str]`, defaults to `["Yes"]`): Candidate outputs for prompts whose
+            answer_matching_behavior is Yes (y+ is drawn from this list, y- from the other). Each must encode to
+            exactly one token: checked when the plan is validated if the tokenizer loads without conversion or
+            download (built-in tiny models, the converted SmolLM2 cache, a local directory), else when the run
+            starts (the plan then says "token check deferred to run start").
+        output_tokens_matching_no (`list[str]`, defaults to `["No"]`): Same for No.
 
-    Model:
-        model: Built-in name (smollm2-135m-instruct, tiny-gpt2, tiny-llama), Hub id or local directory.
-            Default "smollm2-135m-instruct".
-        load_model_checkpoint: Directory to load the weights from (e.g. "{run:sft_run}/model"); null or "" =
-            `model`'s own. Default None.
-        is_lora_checkpoint: The checkpoint is a LoRA adapter on top of `model`. Default False.
-        use_lora: Train a fresh LoRA adapter instead of all weights. Default False.
-        lora_rank: LoRA rank r. Default 8.
-        dtype: "float32", "bfloat16" or "float16" for the weights. Default "float32".
+    Parameters that control the model:
+        model (`str`, defaults to `"smollm2-135m-instruct"`): Built-in name (`smollm2-135m-instruct`,
+            `tiny-gpt2`, `tiny-llama`), Hub id or local directory.
+        load_model_checkpoint (`str` or `None`, defaults to `None`): Directory to load the weights from (e.g.
+            `"{run:sft_run}/model"`); `None` = `model`'s own (`""` is read as `None`).
+        is_lora_checkpoint (`bool`, defaults to `False`): The checkpoint is a LoRA adapter on top of `model`.
+        use_lora (`bool`, defaults to `False`): Train a fresh LoRA adapter instead of all weights.
+        lora_rank (`int`, defaults to `8`): LoRA rank r >= 1.
+        dtype (`str`, defaults to `"float32"`): Weight dtype: `float32`, `bfloat16` or `float16`.
+        device_map (`str` or `None`, defaults to `None`): `auto` spreads the model's layers over the visible GPUs
+            (models larger than one GPU, e.g. Llama-3-8B; see docs/scaling_out.md); `None` = the whole model on
+            `device`.
 
-    Loss (from LossConfig): objective ("cross_entropy" = SFT on y+, "dpo", "ipo", ... see docs/losses.md),
-        kl_coeff (beta; tau for IPO), sft_coeff and per-loss hyper-parameters.
+    Loss fields come from `LossConfig` (objective: `cross_entropy` = SFT on y+, `dpo`, `ipo`, ... see
+    docs/losses.md), gradient-entanglement fields from `GradEntanglementConfig`.
 
-    Optimisation:
-        optimizer: "rmsprop" (the paper's), "adam" or "sgd", torch defaults otherwise. Default "rmsprop".
-        lr: Learning rate. Default 1e-7 (the paper's DPO value).
-        epochs: Passes over the training prompts (one step per epoch with full batch). Default 101.
-        gradient_accumulation: Micro-batches per step; the update is identical to one pass over the batch
-            (each micro-batch's summed loss is divided by the batch size). Default 1.
+    Parameters that control the optimisation:
+        optimizer (`str`, defaults to `"rmsprop"`): `rmsprop` (the paper's), `adam` or `sgd`, torch defaults
+            otherwise.
+        lr (`float`, defaults to `1e-7`): Learning rate (> 0; the paper's DPO value).
+        epochs (`int`, defaults to `101`): Passes over the training prompts (>= 1; one step per epoch with full
+            batch).
+        gradient_accumulation (`int`, defaults to `1`): Micro-batches per step (>= 1, at most the batch size);
+            the update is identical to one pass over the batch (each micro-batch's summed loss is divided by the
+            batch size).
 
-    Logging and outputs:
-        log_top_token_logit_change_interval: Every this many steps (and at the end), record the top tokens by
-            probability / log-prob increase since init and the rank of y+ among them; None = only at the end
-            (a value <= 0, the reference plans' "off", is stored as None). Default 10.
-        num_top_tokens: k of the top-token lists. Default 10.
-        track_logits_for_tokens: Extra tokens (each one vocabulary token) whose logit and log-prob are logged at
-            every tracked step. Default [].
-        save_finegrained_token_metrics: Also save the full next-token log-prob vectors (N, V) at every top-token
-            point into tensors.safetensors. Default False.
-        device_map: "auto" spreads the model's layers over the visible GPUs (models larger than one GPU, e.g.
-            Llama-3-8B; see docs/scaling_out.md). Default None (the whole model on `device`).
-        save_model: Write the trained model (HF directory, or the LoRA adapter) to `<run dir>/model`. Default False.
+    Parameters that control logging and outputs:
+        log_top_token_logit_change_interval (`int` or `None`, defaults to `10`): Every this many steps (>= 1; and
+            at the end), record the top tokens by probability / log-prob increase since init and the rank of y+
+            among them; `None` = only at the end (a value <= 0, the reference plans' "off", is read as `None`).
+        num_top_tokens (`int`, defaults to `10`): k of the top-token lists (>= 1).
+        track_logits_for_tokens (`list[str]`, defaults to `[]`): Extra tokens (each one vocabulary token) whose
+            logit and log-prob are logged at every tracked step.
+        save_finegrained_token_metrics (`bool`, defaults to `False`): Also save the full next-token log-prob
+            vectors (N, V) at every top-token point into tensors.safetensors.
+        save_model (`bool`, defaults to `False`): Write the trained model (HF directory, or the LoRA adapter) to
+            `<run dir>/model`.
     """
 
     # data
@@ -87,7 +96,7 @@ class PersonaConfig(LossConfig):
     }
 
     dataset: str = DEFAULT_PERSONA_DATASET
-    num_train_samples: int = 1
+    num_train_samples: int | None = 1
     answer_matching_behavior_to_use: str = ""
     train_samples_random_seed: int = -1
     batch_size: int = -1
@@ -120,8 +129,9 @@ class PersonaConfig(LossConfig):
     def validate(self) -> list[str]:
         """Base and loss checks plus the persona fields' ranges and cross-field rules."""
         problems = super().validate()
-        if self.num_train_samples != -1 and self.num_train_samples < 1:
-            problems.append(f"num_train_samples must be >= 1 or -1 (all), got {self.num_train_samples}")
+        if self.num_train_samples is not None and self.num_train_samples < 1:
+            problems.append(f"num_train_samples must be >= 1 or null (all; -1 is read as null), "
+                            f"got {self.num_train_samples}")
         if self.answer_matching_behavior_to_use not in (*ANSWERS, ""):
             problems.append(f"answer_matching_behavior_to_use must be 'Yes', 'No' or '' (both), "
                             f"got {self.answer_matching_behavior_to_use!r}")
@@ -130,7 +140,7 @@ class PersonaConfig(LossConfig):
                             f"got {self.train_samples_random_seed}")
         if self.batch_size != -1 and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1 or -1 (full batch), got {self.batch_size}")
-        if self.batch_size != -1 and self.num_train_samples != -1 and self.batch_size > self.num_train_samples:
+        if self.batch_size != -1 and self.num_train_samples is not None and self.batch_size > self.num_train_samples:
             problems.append(f"batch_size {self.batch_size} exceeds num_train_samples {self.num_train_samples}; "
                             "use -1 for full batch")
         for name in ("output_tokens_matching_yes", "output_tokens_matching_no"):
@@ -147,7 +157,7 @@ class PersonaConfig(LossConfig):
         if self.gradient_accumulation < 1:
             problems.append(f"gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
         effective_batch = self.batch_size if self.batch_size != -1 else self.num_train_samples
-        if effective_batch >= 1 and self.gradient_accumulation > effective_batch:
+        if effective_batch is not None and effective_batch >= 1 and self.gradient_accumulation > effective_batch:
             problems.append(f"gradient_accumulation {self.gradient_accumulation} exceeds the batch size "
                             f"{effective_batch} (each micro-batch needs >= 1 prompt)")
         if self.log_top_token_logit_change_interval is not None and self.log_top_token_logit_change_interval < 1:
@@ -158,6 +168,7 @@ class PersonaConfig(LossConfig):
         return problems + self.output_token_problems()
 
     def __post_init__(self) -> None:
+        normalize_off_values(self)  # num_train_samples -1 and load_model_checkpoint "" -> None
         if self.log_top_token_logit_change_interval is not None and self.log_top_token_logit_change_interval <= 0:
             self.log_top_token_logit_change_interval = None  # the reference's -1: no intermediate points
 

@@ -106,8 +106,8 @@ def load_persona_examples(dataset: str) -> list[PersonaExample]:
     return examples
 
 
-def select_examples(examples: list[PersonaExample], num_train_samples: int, answer_matching_behavior_to_use: str,
-                    seed: int) -> list[PersonaExample]:
+def select_examples(examples: list[PersonaExample], num_train_samples: int | None,
+                    answer_matching_behavior_to_use: str, seed: int) -> list[PersonaExample]:
     """The reference's prompt selection (its PersonaSingleOutputTokenDataModule.setup).
 
     1. Keep the rows with `answer_matching_behavior.strip().lower() == answer_matching_behavior_to_use.lower()`
@@ -115,19 +115,19 @@ def select_examples(examples: list[PersonaExample], num_train_samples: int, answ
     2. perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) when seed > 0, else
        torch.randperm(n) on the global torch generator (seeded by the runner with the run's random_seed).
     3. With 0 < num_train_samples < n, return the rows perm[:num_train_samples] in that (permutation) order;
-       num_train_samples -1 or n returns all n rows in file order.
+       num_train_samples None (all) or n returns all n rows in file order.
     Example: 7 rows, seed 11 -> perm [4, 0, 2, 6, 3, 1, 5], so num_train_samples 2 picks rows 4 and 0.
     On ends-justify-means.jsonl "No" rows, seeds 9773, 5290, 8767 pick file rows 793, 149, 639.
 
     Raises:
-        ValueError: num_train_samples is not -1 and outside [1, n] (the reference silently used all rows).
+        ValueError: num_train_samples is not None and outside [1, n] (the reference silently used all rows).
     """
     wanted = answer_matching_behavior_to_use.strip().lower()
     pool = [e for e in examples if not wanted or e.answer_matching_behavior.strip().lower() == wanted]
-    if num_train_samples != -1 and not 1 <= num_train_samples <= len(pool):
+    if num_train_samples is not None and not 1 <= num_train_samples <= len(pool):
         raise ValueError(f"num_train_samples must be in [1, {len(pool)}] (rows with answer "
-                         f"{answer_matching_behavior_to_use or 'Yes or No'}) or -1 for all, got {num_train_samples}")
-    if num_train_samples in (-1, len(pool)):
+                         f"{answer_matching_behavior_to_use or 'Yes or No'}) or null for all, got {num_train_samples}")
+    if num_train_samples is None or num_train_samples == len(pool):
         return pool
     generator = torch.Generator().manual_seed(seed) if seed > 0 else None
     perm = torch.randperm(len(pool), generator=generator)

@@ -28,8 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from common import grad_entanglement as ge
 from common.config import ExperimentFamily, RunContext
 from common.losses import PreferenceLogps, compute_preference_loss
-from common.metric_keys import (GRAD_ENTANGLEMENT_NUM_STEPS, GRAD_ENTANGLEMENT_PREFIX, NUM_STEPS, STEP_BATCH_KEYS,
-                                STEP_SECONDS, step_record)
+from common.metric_keys import GRAD_ENTANGLEMENT_NUM_STEPS, NUM_STEPS, STEP_BATCH_KEYS, STEP_SECONDS, step_record
 from common.models import load_model_and_tokenizer, save_model
 from common.optim import build_optimizer
 from common.sequence_logprobs import unwrap_model
@@ -147,15 +146,14 @@ class PersonaRun:
 
 @dataclass
 class LoopState:
-    """The training loop's bookkeeping: the step counter, timings and the gradient-entanglement diagnostics."""
+    """The training loop's bookkeeping: the step counter, timings and the gradient-entanglement diagnostics
+    (`common.grad_entanglement.EntanglementLog`: a step's statistics are scored at the next full-batch point)."""
 
     setup_seconds: float = 0.0
     step: int = 0
     step_seconds: list[float] = field(default_factory=list)
     tracker_seconds: list[float] = field(default_factory=list)
-    entanglement_steps: list[list[dict]] = field(default_factory=list)   # statistics of each diagnosed step
-    entanglement_scores: list[dict[str, float]] = field(default_factory=list)  # their predictions, scored
-    pending_entanglement: list[dict] = field(default_factory=list)  # last step's statistics, scored at the next point
+    entanglement: ge.EntanglementLog = field(default_factory=ge.EntanglementLog)
 
 
 def setup(config: PersonaConfig, ctx: RunContext) -> PersonaRun:
@@ -164,7 +162,7 @@ def setup(config: PersonaConfig, ctx: RunContext) -> PersonaRun:
     device = ctx.device
     # Model (the loader keeps pristine weights cached in-process) and data.
     model, tokenizer = load_model_and_tokenizer(
-        config.model, checkpoint=config.load_model_checkpoint or None, is_lora_checkpoint=config.is_lora_checkpoint,
+        config.model, checkpoint=config.load_model_checkpoint, is_lora_checkpoint=config.is_lora_checkpoint,
         use_lora=config.use_lora, lora_rank=config.lora_rank, dtype=config.dtype, device=device,
         device_map=config.device_map)
     model.eval()  # no dropout: the reference pass and the policy at step 0 must agree (DPO loss = ln 2)
@@ -250,15 +248,11 @@ def _train_step(run: PersonaRun, state: LoopState, rows: Tensor, epoch: int, epo
     scalars = step_record(batch_means(out), lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1)
     if run.full_batch:
         scalars.update(run.recorder.record(state.step, out.values))
-        if state.pending_entanglement:  # score the previous step's first-order predictions
-            state.entanglement_scores.append(_score(state.pending_entanglement, out.values))
-            scalars.update({GRAD_ENTANGLEMENT_PREFIX + k: v for k, v in state.entanglement_scores[-1].items()})
+        scalars.update(_score(state.entanglement, out.values))  # the previous step's first-order predictions
     else:
         scalars.update(epoch_scalars)
-    state.pending_entanglement = out.entanglement if run.full_batch else []
-    if out.entanglement:
-        state.entanglement_steps.append(out.entanglement)
-        scalars.update(ge.summarize_entanglement(out.entanglement))
+    # with mini-batches no later point measures the same examples before further updates: nothing to score
+    scalars.update(state.entanglement.measure(out.entanglement, score_later=run.full_batch))
     state.tracker_seconds.append(time.perf_counter() - tick)
     scalars[STEP_SECONDS] = state.step_seconds[-1]
     run.ctx.logger.log(state.step, **scalars)
@@ -272,9 +266,7 @@ def finish(run: PersonaRun, state: LoopState) -> dict:
     scalars = run.recorder.record(state.step, final.values, is_final=True)
     if run.full_batch:  # the training batch is the full set: its statistics after the last update
         scalars.update(batch_scalars(final))
-    if state.pending_entanglement:
-        state.entanglement_scores.append(_score(state.pending_entanglement, final.values))
-        scalars.update({GRAD_ENTANGLEMENT_PREFIX + k: v for k, v in state.entanglement_scores[-1].items()})
+    scalars.update(_score(state.entanglement, final.values))
     ctx.logger.log(state.step, **scalars)
     geometry_end = unembedding_pair_geometry(unembedding_matrix(model), batch.preferred_ids, batch.dispreferred_ids)
     run.recorder.tracker.save_tensors(ctx.run_dir / TENSORS_FILE,
@@ -283,7 +275,7 @@ def finish(run: PersonaRun, state: LoopState) -> dict:
         save_model(model, tokenizer, ctx.run_dir / "model")
 
     summary = run.recorder.summary(run.geometry_start, geometry_end)
-    summary.update(_entanglement_summary(state.entanglement_steps, state.entanglement_scores))
+    summary.update(state.entanglement.summary_over_examples(GRAD_ENTANGLEMENT_NUM_STEPS))
     summary.update({
         "num_train_samples": len(batch),
         NUM_STEPS: run.total_steps,
@@ -310,23 +302,9 @@ def run_persona_experiment(config: PersonaConfig, ctx: RunContext) -> dict:
     return finish(run, state)
 
 
-def _score(stats: list[dict], values: PointValues) -> dict[str, float]:
-    """First-order predictions of the previous step vs the change observed now (first len(stats) examples)."""
-    count = len(stats)
-    return ge.score_predictions(stats, values.preferred_logps[:count].tolist(),
-                                values.dispreferred_logps[:count].tolist())
-
-
-def _entanglement_summary(steps: list[list[dict]], scores: list[dict[str, float]]) -> dict[str, float]:
-    """Means over all diagnosed steps and examples of the entanglement statistics and prediction accuracies."""
-    if not steps:
-        return {}
-    out = ge.summarize_entanglement([s for step in steps for s in step])
-    for key in ("chosen_decrease_accuracy", "both_decrease_accuracy", "chosen_decrease_observed"):
-        if scores:
-            out[GRAD_ENTANGLEMENT_PREFIX + key] = sum(s[key] for s in scores) / len(scores)
-    out[GRAD_ENTANGLEMENT_NUM_STEPS] = len(steps)
-    return out
+def _score(entanglement: ge.EntanglementLog, values: PointValues) -> dict[str, float]:
+    """The pending first-order predictions vs the log-probs of y+ / y- observed at this point ({} if none)."""
+    return entanglement.score(values.preferred_logps.tolist(), values.dispreferred_logps.tolist())
 
 
 FAMILY = ExperimentFamily(name="persona_single_example", config_cls=PersonaConfig, run=run_persona_experiment)

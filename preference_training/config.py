@@ -1,7 +1,8 @@
 """Config of the dataset-level preference trainer (similarity-quantile and SORRY-Bench runs).
 
 One dataclass, documented field by field; plans list only what differs from the defaults. The loss fields
-(`objective`, `kl_coeff`, `sft_coeff`, per-loss hyper-parameters) come from `common.losses.LossConfig`, the run
+(`objective`, `kl_coeff`, `sft_coeff`, per-loss hyper-parameters) come from `common.losses.LossConfig`, the
+gradient-entanglement fields from `common.grad_entanglement.GradEntanglementConfig`, the run
 fields (`experiment_name`, `outputs_dir`, `random_seed`, `device`, ...) from `common.config.RunConfig`.
 """
 
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.grad_entanglement import GradEntanglementConfig
 from common.losses import LossConfig
 from common.names import SIMILARITY_MEASURE_NAMES
 from common.optim import LR_SCHEDULERS
 from common.preference_data import DATASET_FORMATS
 from common.preference_tokenization import TRUNCATIONS
-from common.training_field_checks import model_field_problems, optimizer_field_problems
+from common.training_field_checks import model_field_problems, normalize_off_values, optimizer_field_problems
 
 
 
@@ -29,7 +31,7 @@ INPUT_FILE_HINTS = {
 
 
 @dataclass(kw_only=True)
-class PreferenceTrainingConfig(LossConfig):
+class PreferenceTrainingConfig(LossConfig, GradEntanglementConfig):
     """Dataset-level DPO/IPO/... training on a (possibly similarity-filtered) subset of a preference data set.
 
     Parameters that control the model:
@@ -61,9 +63,9 @@ class PreferenceTrainingConfig(LossConfig):
         fp16 (`bool`, defaults to `False`): As `bf16` in float16, with loss scaling (`torch.amp.GradScaler`).
 
     Parameters that control the data:
-        dataset (`str`, defaults to the UltraFeedback sample `data_files/ultrafeedback/train_1000.jsonl`):
-            Hub id (`org/name`, `org/name/data_dir`, `org/name:config`) or local json/jsonl/jsonl.gz/csv file, found
-            by the data-location rule (as given, data_files/, $LD_DATA_DIR; `common/data_locations.py`).
+        dataset (`str`, defaults to `"data_files/ultrafeedback/train_1000.jsonl"`): The UltraFeedback sample by
+            default; a Hub id (`org/name`, `org/name/data_dir`, `org/name:config`) or local json/jsonl/jsonl.gz/csv
+            file, found by the data-location rule (as given, data_files/, $LD_DATA_DIR; `common/data_locations.py`).
         dataset_format (`str`, defaults to `"ultrafeedback"`): `prompt_chosen_rejected`, `ultrafeedback`,
             `hh_rlhf` or `sorrybench_prefs`.
         dataset_split (`str`, defaults to `"train"`): Hub split (UltraFeedback binarized: `train_prefs`);
@@ -190,6 +192,9 @@ class PreferenceTrainingConfig(LossConfig):
     save_every_epochs: int = 0
     reference_cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        normalize_off_values(self)  # num_train_samples -1 (reference plans) and load_model_checkpoint "" -> None
+
     @classmethod
     def input_file_fields(cls) -> tuple[str, ...]:
         return ("dataset", "eval_dataset", "similarity_results_path", "load_model_checkpoint")
@@ -205,7 +210,8 @@ class PreferenceTrainingConfig(LossConfig):
         if self.truncation not in TRUNCATIONS:
             problems.append(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if self.num_train_samples is not None and self.num_train_samples < 1:
-            problems.append(f"num_train_samples must be >= 1 or null (all rows), got {self.num_train_samples}")
+            problems.append(f"num_train_samples must be >= 1 or null (all rows; -1 is read as null), "
+                            f"got {self.num_train_samples}")
         if self.num_eval_samples < 0:
             problems.append(f"num_eval_samples must be >= 0 (0 = no held-out split), got {self.num_eval_samples}")
         problems += self._selection_problems()
@@ -276,5 +282,5 @@ class PreferenceTrainingConfig(LossConfig):
 
     @property
     def checkpoint(self) -> str | None:
-        """`load_model_checkpoint` with "" normalised to None."""
-        return self.load_model_checkpoint or None
+        """`load_model_checkpoint` (None = `model`'s own weights; a plan's "" is read as None at construction)."""
+        return self.load_model_checkpoint

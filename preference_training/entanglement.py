@@ -6,21 +6,21 @@ Every `grad_entanglement_interval` optimizer steps (step 0 included), before the
 `grad_entanglement_params` subset (two extra backward passes each, main process only, on the unwrapped model).
 After the update their log-probs are measured again and the first-order predictions are scored against the
 observed change. Logged at the step of that update as `grad_entanglement/<stat>` (means over the examples);
-the summary holds the means over all measured points. For length-normalised objectives (simpo, rrhf, orpo,
-ipo with `ipo_length_normalized`) the per-token log-probs pi/|y| enter, as the margin uses them.
+the summary holds the means over all measured points. The bookkeeping is
+`common.grad_entanglement.EntanglementLog` (the persona trainer's too); this probe adds only the extra forward
+passes on a fixed set of pairs. For length-normalised objectives (simpo, rrhf, orpo, ipo with
+`ipo_length_normalized`) the per-token log-probs pi/|y| enter, as the margin uses them.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
 from common.distributed import ProcessGroup
-from common.metric_keys import GRAD_ENTANGLEMENT_NUM_POINTS, GRAD_ENTANGLEMENT_PREFIX
-from common.grad_entanglement import (gradient_entanglement, is_due, score_predictions, select_parameters,
-                                      summarize_entanglement)
+from common.grad_entanglement import EntanglementLog, gradient_entanglement, is_due, select_parameters
+from common.metric_keys import GRAD_ENTANGLEMENT_NUM_POINTS
 from common.preference_data import TokenizedPair
 from common.sequence_logprobs import pair_logps
 
@@ -44,8 +44,8 @@ class EntanglementProbe:
         self.per_token = config.objective in LENGTH_NORMALIZED_OBJECTIVES or (
             config.objective == "ipo" and config.ipo_length_normalized)
         self.options, self.group = options, group
-        self.pending: list[dict] | None = None
-        self.points: list[dict[str, float]] = []
+        self.measured: dict[str, float] = {}  # the logged means of the pending step's statistics
+        self.log = EntanglementLog()
 
     @property
     def active(self) -> bool:
@@ -65,28 +65,19 @@ class EntanglementProbe:
         unwrapped = self.group.unwrap(model)
         params = select_parameters(unwrapped, self.subset)
         with torch.enable_grad():
-            self.pending = gradient_entanglement(params, (self._logps(unwrapped, pair) for pair in self.pairs))
+            self.measured = self.log.measure(
+                gradient_entanglement(params, (self._logps(unwrapped, pair) for pair in self.pairs)))
 
     def after_step(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Score the pending predictions against the log-probs after the update; scalars to log (or {})."""
-        if self.pending is None:
+        if not self.log.pending:
             return {}
         unwrapped = self.group.unwrap(model)
         with torch.no_grad():
             after = [self._logps(unwrapped, pair) for pair in self.pairs]
-        scores = score_predictions(self.pending, [float(c) for c, _ in after], [float(r) for _, r in after])
-        metrics = summarize_entanglement(self.pending)
-        metrics.update({GRAD_ENTANGLEMENT_PREFIX + key: value for key, value in scores.items()})
-        self.points.append(metrics)
-        self.pending = None
-        return metrics
+        scores = self.log.score([float(c) for c, _ in after], [float(r) for _, r in after])
+        return {**self.measured, **scores}
 
     def summary(self) -> dict[str, float]:
         """Means over the measured points of every logged statistic (NaNs skipped), plus the point count."""
-        if not self.points:
-            return {}
-        out: dict[str, float] = {GRAD_ENTANGLEMENT_NUM_POINTS: len(self.points)}
-        for key in self.points[0]:
-            values = [p[key] for p in self.points if not math.isnan(p[key])]
-            out[key] = sum(values) / len(values) if values else math.nan
-        return out
+        return self.log.summary_over_points(GRAD_ENTANGLEMENT_NUM_POINTS)

@@ -71,8 +71,8 @@ class SorryBenchConfig(PreferenceTrainingConfig):
         refusal_num_responses (`int`, defaults to `1`): Responses per prompt.
         refusal_temperature (`float`, defaults to `0.7`): Sampling temperature (the reference's); 0 = greedy.
         refusal_max_new_tokens (`int`, defaults to `512`): Max tokens per response (the reference's).
-    The refusal rate is 1 - the mean judge score of the scored responses (`sorrybench.refusal_rate`).
         refusal_generation_batch_size (`int`, defaults to `8`): Prompts per `generate` call.
+    The refusal rate is 1 - the mean judge score of the scored responses (`sorrybench.refusal_rate`).
     """
 
     dataset: str = "data_files/sorrybench/smollm2-135m-instruct/train.jsonl"

@@ -102,8 +102,8 @@ def test_only_unknown_name_exits_2_with_suggestion(tmp_path, capsys):
 def test_field_meanings_read_both_docstring_styles():
     meanings = field_meanings(PreferenceTrainingConfig)
     assert meanings["lr"] == "Learning rate (the paper's value for OLMo/Gemma/Llama)."
-    assert meanings["outputs_dir"] == ("Parent directory; the run writes to `<outputs_dir>/<experiment_name>`. "
-                                       "Default \"outputs\".")
+    # RunConfig now in the TRL style too (issue 14): the default sits in the entry's parenthesis, not the text
+    assert meanings["outputs_dir"] == "Parent directory; the run writes to `<outputs_dir>/<experiment_name>`."
     assert meanings["kl_coeff"].startswith("beta, the preference strength")
 
 

@@ -12,6 +12,8 @@ from common.grad_entanglement import (GradEntanglementConfig, entanglement_from_
                                       is_due, score_predictions, select_parameters, summarize_entanglement)
 from common.losses import LossConfig, PreferenceLogps, dpo_loss
 from common.models import load_model_and_tokenizer
+from persona_experiments.config import PersonaConfig
+from preference_training.config import PreferenceTrainingConfig
 
 
 def test_statistics_from_hand_vectors():
@@ -107,7 +109,9 @@ def test_config_validation_and_schedule():
     problems = GradEntanglementConfig(grad_entanglement_interval=0, grad_entanglement_max_examples=0,
                                       grad_entanglement_params="head").validate()
     assert len(problems) == 3 and "'unembedding'" in problems[2]
-    assert LossConfig(grad_entanglement_params="head").validate()  # inherited by every loss config
+    # every family config composes the fields (LossConfig alone no longer carries them: issue 14)
+    assert PersonaConfig(grad_entanglement_params="head").validate()
+    assert PreferenceTrainingConfig(grad_entanglement_params="head").validate()
     assert not is_due(None, 0) and is_due(5, 0) and is_due(5, 10) and not is_due(5, 3)
 
 

@@ -60,7 +60,7 @@ def test_bad_answer_column(tmp_path):
 
 def test_select_examples():
     examples = [PersonaExample(i, f"q{i}", "Yes" if i % 2 == 0 else "No") for i in range(10)]
-    yes_only = select_examples(examples, -1, "Yes", seed=0)
+    yes_only = select_examples(examples, None, "Yes", seed=0)
     assert [e.index for e in yes_only] == [0, 2, 4, 6, 8]
     drawn = select_examples(examples, 3, "", seed=5)
     assert len(drawn) == 3 and len({e.index for e in drawn}) == 3  # permutation order, no repeats

@@ -33,7 +33,7 @@ def test_paper_plan_is_the_reference_recipe(plan_file):
     sft = runs[0].config
     assert runs[0].name == "sft" and sft.objective == "cross_entropy" and sft.save_model
     assert (sft.num_train_samples, sft.answer_matching_behavior_to_use, sft.batch_size, sft.epochs, sft.lr) == (
-        -1, "", 32, 1, 1e-7)
+        None, "", 32, 1, 1e-7)  # the plan's -1 (reference: all prompts) is read as None
     assert sft.output_tokens_matching_yes == SFT_YES and sft.output_tokens_matching_no == SFT_NO
     post_sft = [run for run in runs[1:] if run.config.load_model_checkpoint]
     assert len(post_sft) == 40 and all(run.depends_on == ("sft",) for run in post_sft)
@@ -54,7 +54,7 @@ def test_smollm2_full_plan_shares_one_sft_stage():
     runs = load_plan(PLANS_DIR / "persona_smollm2_full.json", PersonaConfig).runs
     sft = [run for run in runs if run.config.objective == "cross_entropy"]
     assert [run.name for run in sft] == ["sft"]
-    assert (sft[0].config.num_train_samples, sft[0].config.batch_size, sft[0].config.epochs) == (-1, 32, 1)
+    assert (sft[0].config.num_train_samples, sft[0].config.batch_size, sft[0].config.epochs) == (None, 32, 1)
     assert all(run.depends_on == ("sft",) for run in runs if run.config.load_model_checkpoint)
 
 

@@ -25,7 +25,7 @@ def test_randperm_order_is_kept_literally():
 def test_filter_is_strip_lower_and_all_means_file_order():
     """" no " matches "No" rows; -1 and n (= all rows) return them in file order without a permutation."""
     examples = _examples("YNYN")
-    assert [e.index for e in select_examples(examples, -1, " no ", seed=3)] == [1, 3]
+    assert [e.index for e in select_examples(examples, None, " no ", seed=3)] == [1, 3]
     assert [e.index for e in select_examples(examples, 2, "no", seed=3)] == [1, 3]
     assert [e.index for e in select_examples(examples, 4, "", seed=3)] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match=r"num_train_samples must be in \[1, 2\]"):
