@@ -28,7 +28,7 @@ PAPER_PAIRS = {
 def test_paper_plan_is_the_reference_recipe(plan_file):
     """One SFT over all prompts (batch 32, 1 epoch, RMSprop 1e-7, the 4/5-token sets) shared by the 40 post-SFT
     runs; per pair DPO base / DPO post-SFT (beta 0.1, lr 1e-7) / IPO post-SFT (0.01, 1e-8), 101 epochs, 10 seeds."""
-    runs = load_plan(PLANS_DIR / plan_file, PersonaConfig).runs
+    runs = load_plan(PLANS_DIR / plan_file, PersonaConfig, check_input_files=False).runs  # the public file may be absent
     assert len(runs) == 61
     sft = runs[0].config
     assert runs[0].name == "sft" and sft.objective == "cross_entropy" and sft.save_model
@@ -51,7 +51,7 @@ def test_paper_plan_is_the_reference_recipe(plan_file):
 
 
 def test_smollm2_full_plan_shares_one_sft_stage():
-    runs = load_plan(PLANS_DIR / "persona_smollm2_full.json", PersonaConfig).runs
+    runs = load_plan(PLANS_DIR / "persona_smollm2_full.json", PersonaConfig, check_input_files=False).runs
     sft = [run for run in runs if run.config.objective == "cross_entropy"]
     assert [run.name for run in sft] == ["sft"]
     assert (sft[0].config.num_train_samples, sft[0].config.batch_size, sft[0].config.epochs) == (None, 32, 1)

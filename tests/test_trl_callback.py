@@ -11,20 +11,21 @@ from safetensors.torch import load_file
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from common.data_locations import locate_data_file
 from common.models import load_model_and_tokenizer
 from common.preference_data import TokenizedPair
 from common.sequence_logprobs import pair_logps
 from examples.trl_dpo_with_displacement_tracking import main as example_main
 from integrations import DisplacementCallback, format_displacement_table, probe_logps, probe_pairs, track_displacement
 from integrations.trl_probe import pair_as_trained
+from tests.conftest import real_data
 
+ULTRAFEEDBACK = "ultrafeedback/train_1000.jsonl"  # real data: the tests skip, with the reason, where it is absent
 MAX_LENGTH = 96  # keeps rows 0, 3, 4, 5, 7 of the first 8 (TRL drops prompts of >= max_length tokens)
 NUM_PROBE = 4
 
 
 def ultrafeedback(num_rows: int) -> Dataset:
-    rows = Dataset.from_json(str(locate_data_file("data_files/ultrafeedback/train_1000.jsonl")))
+    rows = Dataset.from_json(str(real_data(ULTRAFEEDBACK)))
     return rows.select(range(num_rows)).select_columns(["prompt", "chosen", "rejected"])
 
 
@@ -185,7 +186,7 @@ def test_bad_arguments_are_named(tmp_path):
 
 @pytest.mark.parametrize("reference", ["precompute", "model"])
 def test_example_runs_end_to_end(tmp_path, capsys, reference):
-    run_dir = example_main(["--num_pairs", "8", "--probe_pairs", "4", "--max_steps", "2", "--max_length", "96",
+    run_dir = example_main(["--dataset", str(real_data(ULTRAFEEDBACK)), "--num_pairs", "8", "--probe_pairs", "4", "--max_steps", "2", "--max_length", "96",
                             "--reference", reference, "--output_dir", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "displaced" in printed and str(run_dir) in printed
@@ -196,7 +197,7 @@ def test_example_runs_end_to_end(tmp_path, capsys, reference):
 def test_overhead_benchmark_runs_on_a_tiny_model():
     from bench.bench_trl_callback import main as bench_main
 
-    text = bench_main(["--model", "tiny-gpt2", "--steps", "1", "--batch_size", "2", "--probe_pairs", "2",
+    text = bench_main(["--model", "tiny-gpt2", "--dataset", str(real_data(ULTRAFEEDBACK)), "--steps", "1", "--batch_size", "2", "--probe_pairs", "2",
                        "--max_length", "96", "--every_n_steps", "10", "--no_write"])
     assert "overhead = measurement / (10 x step)" in text and "in CPU seconds" in text and "probe 2 pairs" in text
 
