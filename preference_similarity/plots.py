@@ -151,5 +151,5 @@ def figure_2(preferred_rows: list[dict], dispreferred_rows: list[dict], path: Pa
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     models = sorted({str(row["model"]) for row in preferred_rows})
-    figure.suptitle(f"log-prob change after training vs similarity quantile — {', '.join(models)}", fontsize=10)
+    figure.suptitle(f"log-prob change after training vs similarity quantile\n{', '.join(models)}", fontsize=10)
     return save_figure(figure, path, caption=CHANGE_UNITS)

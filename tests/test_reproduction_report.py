@@ -202,6 +202,7 @@ def test_section5_verdict_rule():
     assert verdict(rhos(-0.4, -0.1, 0.2)) == "reproduced"
     assert verdict(rhos(-0.4, -0.5, 0.2)) == "partly"
     assert verdict(rhos(0.1, -0.5, 0.2)) == "not reproduced"
+    assert verdict(rhos(-0.4, None, 0.2)) == "partly"  # edit distance has no correlation: not compared
 
 
 def test_wilson_interval():
