@@ -23,8 +23,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata, spearmanr
 
 from common.io_utils import RunDiscoveryError, find_finished_runs
+from common.statistics import mean_std
 from preference_similarity.plots import figure_2
 from preference_similarity_results_printer import DEFAULT_METRIC, aggregate, similarity_run
 
@@ -43,28 +45,16 @@ CORRELATION_MEASURES = ("ches_scores", "ln_ches_scores", "minus_normalized_edit_
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their mean rank. Example: [10, 20, 20, 5] -> [2, 3.5, 3.5, 1]."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+    """1-based ranks, ties sharing their mean rank (`scipy.stats.rankdata`). Example: [10, 20, 20, 5] -> [2, 3.5, 3.5, 1]."""
+    return rankdata(np.asarray(values, dtype=np.float64), method="average")
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rho (NaN with fewer than 2 points or a constant input). Example: x [1, 2, 3], y [3, 1, 2] -> -0.5."""
-    if len(x) < 2:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return math.nan
-    rx, ry = average_ranks(x) - (len(x) + 1) / 2, average_ranks(y) - (len(y) + 1) / 2
-    denominator = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum()))
-    return math.nan if denominator == 0 else float((rx * ry).sum() / denominator)
+    return float(spearmanr(x, y).statistic)
 
 
 def per_example_correlations(sample_indices: np.ndarray, scores: dict[str, np.ndarray], example_ids: np.ndarray,
@@ -87,13 +77,6 @@ def _load_similarity(path: Path) -> dict[str, np.ndarray]:
     results = load_similarity_results(path)
     return {key: np.asarray(results[key].tolist()) for key in ("sample_indices", *CORRELATION_MEASURES)
             if key in results}
-
-
-def _mean_std(values: list[float]) -> dict:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return {"mean": None, "std": None}
-    return {"mean": float(np.mean(finite)), "std": float(np.std(finite))}
 
 
 def collect_section5(outputs_dir: Path, similarity_path: Path | None = None) -> dict:
@@ -121,7 +104,8 @@ def collect_section5(outputs_dir: Path, similarity_path: Path | None = None) -> 
                                               tensors["per_example/preferred_logprob_change"])
             for measure, value in result.items():
                 correlations.setdefault(measure, []).append({"run": run_dir.name, **value})
-    summary_correlations = {measure: {"runs": rows, **_mean_std([row["rho"] for row in rows])}
+    summary_correlations = {measure: {"runs": rows, **dict(zip(("mean", "std"), mean_std(
+        [row["rho"] for row in rows], missing="skip_nonfinite", empty=None)))}
                             for measure, rows in correlations.items()}
     return {"windows": windows, "verdict": verdict(summary_correlations),
             "similarity_path": None if similarity_path is None else str(similarity_path),
