@@ -9,6 +9,7 @@ Section 5 (`section5_smollm2.json`, preference_similarity_experiment_plan_runner
 3 seeds: 45 runs; 16 held-out pairs of eval_200 are tracked too. For the per-example rank correlation, 3 more
 runs train on 128 pairs drawn at random (data_seed 0, 1, 2; 16 steps): each pair's preferred log-prob change
 against its score under each measure.
+
 Section 6 (sorrybench_experiment_plan_runner.py), two plans around two scripts (docs/REPRODUCTION.md lists the
 commands): `section6a_smollm2.json` makes SmolLM2 refuse (cross-entropy on the gold refusal texts of 64
 training prompts, RMSprop lr 5e-6, batch 8, 1 epoch, saved) and measures its refusal rate; after the preference
@@ -63,7 +64,7 @@ def section5_plan() -> dict:
                                     "preference_num_samples")}
     random_subset.update({"experiment_name": f"uf_random{RANDOM_SUBSET_SIZE}_seed{{data_seed}}",
                           "num_train_samples": RANDOM_SUBSET_SIZE})
-    return {"name": "section5_smollm2", "description": _description(1), **PLAN_HEADER,
+    return {"name": "section5_smollm2", "description": _description(2), **PLAN_HEADER,
             "configurations": [{"base_config": base, "options": options},
                                {"base_config": random_subset, "options": {"data_seed": SEEDS}}]}
 
@@ -84,7 +85,7 @@ def section6a_plan() -> dict:
     """The safety SFT stage: SmolLM2 trained to refuse; its refusal rate is the 'before' of Figure 3."""
     sft = _sorrybench_base("refusal_sft", SFT_SOURCE_DATA, objective="cross_entropy", use_gold_preferences=True,
                            num_train_samples=64, save_model=True)
-    return {"name": "section6a_smollm2", "description": _description(2), **PLAN_HEADER, "configurations": [sft]}
+    return {"name": "section6a_smollm2", "description": _description(3), **PLAN_HEADER, "configurations": [sft]}
 
 
 def section6b_plan() -> dict:
@@ -99,7 +100,7 @@ def section6b_plan() -> dict:
         _sorrybench_base("dpo_ln_ches_lowest16", REFUSING_MODEL_DATA, similarity_results_path=SECTION6_SIMILARITY,
                          pref_similarity_measure="ln_ches_scores", preference_num_samples=16, **common),
     ]
-    return {"name": "section6b_smollm2", "description": _description(2), **PLAN_HEADER,
+    return {"name": "section6b_smollm2", "description": _description(3), **PLAN_HEADER,
             "configurations": configurations}
 
 
