@@ -5,9 +5,11 @@ Per run, from `refusal_eval/refusal_rates.json` (after training) and `refusal_ev
 responses; unknowns are left out and counted) with a 95% Wilson interval over the scored responses:
     center = (p + z^2 / 2n) / (1 + z^2 / n),  half = z sqrt(p (1 - p) / n + z^2 / 4n^2) / (1 + z^2 / n),  z = 1.96
 (exact for 0/1 judges such as the keyword judge; for a fractional judge score it treats the mean as a proportion).
-Verdict: "reproduced" when plain DPO's test-split interval lies below the one before training and the
-CHES-filtered run's interval overlaps the one before; "partly" when only the drop shows; otherwise "not
-reproduced"; "not run" without the runs.
+Verdict, on the train split (the prompts the preference data was built from; the paper's Figure 3 reports the
+refusal rate over them, and the split has 383 prompts against the test split's 67): "reproduced" when plain DPO's
+interval lies below the one before training and the CHES-filtered run's interval overlaps the one before;
+"partly" when only the drop shows; otherwise "not reproduced"; "not run" without the runs. The test split is
+reported beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 from pathlib import Path
 
 Z_95 = 1.959963984540054
+VERDICT_SPLIT = "train"  # the split the verdict reads (module docstring)
 RUN_LABELS = {"refusal_sft": "safety SFT (the refusing start)", "dpo_plain": "DPO", "dpo_sft": "DPO + SFT term",
               "dpo_gold": "DPO, gold preferences", "dpo_ln_ches_lowest16": "DPO, 16 lowest LN-CHES pairs"}
 
@@ -61,17 +64,24 @@ def collect_section6(outputs_dir: Path) -> dict:
         if status == "done" and after is not None:
             runs[run_dir.name] = {"after": after, "before": _split_rates(run_dir / "refusal_eval_initial" /
                                                                        "refusal_rates.json")}
-    return {"runs": runs, "verdict": verdict(runs)}
+    model = None
+    if runs:
+        try:
+            model = json.loads((outputs_dir / next(iter(runs)) / "config.json").read_text(encoding="utf-8"))["model"]
+        except (OSError, ValueError, KeyError):
+            model = None
+    return {"model": model, "verdict_split": VERDICT_SPLIT, "runs": runs, "verdict": verdict(runs)}
 
 
-def verdict(runs: dict) -> str:
-    """The rule of the module docstring, on the test split; "before" = the plain DPO run's initial measurement."""
+
+def verdict(runs: dict, split: str = VERDICT_SPLIT) -> str:
+    """The rule of the module docstring on `split`; "before" = the plain DPO run's initial measurement."""
     plain, filtered = runs.get("dpo_plain"), runs.get("dpo_ln_ches_lowest16")
-    if not plain or not plain.get("before") or "test" not in plain["after"]:
+    if not plain or not plain.get("before") or split not in plain["before"] or split not in plain["after"]:
         return "not run"
-    before = plain["before"]["test"]["ci"]
-    dropped = plain["after"]["test"]["ci"][1] < before[0]
-    kept = bool(filtered) and "test" in filtered["after"] and filtered["after"]["test"]["ci"][1] >= before[0]
+    before = plain["before"][split]["ci"]
+    dropped = plain["after"][split]["ci"][1] < before[0]
+    kept = bool(filtered) and split in filtered["after"] and filtered["after"][split]["ci"][1] >= before[0]
     return "reproduced" if dropped and kept else "partly" if dropped else "not reproduced"
 
 
@@ -94,33 +104,43 @@ def section6_result_lines(summary: dict) -> list[str]:
 
 
 def plot_section6(summary: dict, figures_dir: Path) -> Path | None:
-    """section6_refusal_rates.png: test-split refusal rate with its 95% interval, the SFT model before DPO (from
-    the plain run's initial measurement) and every run after training (None without test rates)."""
+    """section6_refusal_rates.png: refusal rate with its 95% interval per split (train, test), for the SFT model
+    before DPO (the plain run's initial measurement) and every run after training (None without rates)."""
     bars = []
     plain = summary["runs"].get("dpo_plain")
-    if plain and plain.get("before") and "test" in plain["before"]:
-        bars.append(("before DPO", plain["before"]["test"]))
-    bars += [(RUN_LABELS.get(name, name), run["after"]["test"]) for name, run in summary["runs"].items()
-             if "test" in run["after"]]
-    if not bars:
+    if plain and plain.get("before"):
+        bars.append(("before DPO\n(safety-SFT model)", plain["before"]))
+    bars += [(RUN_LABELS.get(name, name).replace(", ", ",\n"), run["after"]) for name, run in summary["runs"].items()
+             if name != "refusal_sft"]
+    splits = [split for split in ("train", "test") if any(split in rates for _, rates in bars)]
+    if not bars or not splits:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8, 3.8))
-    rates = [value["rate"] for _, value in bars]
-    errors = [[rate - value["ci"][0] for rate, (_, value) in zip(rates, bars)],
-              [value["ci"][1] - rate for rate, (_, value) in zip(rates, bars)]]
-    axis.bar(range(len(bars)), rates, yerr=errors, capsize=4, color=["C7"] + ["C0"] * (len(bars) - 1))
+    figure, axis = plt.subplots(figsize=(8.5, 4))
+    width = 0.8 / len(splits)
+    for offset, split in enumerate(splits):
+        points = [(index, rates[split]) for index, (_, rates) in enumerate(bars) if split in rates]
+        xs = [index + (offset - (len(splits) - 1) / 2) * width for index, _ in points]
+        rates = [value["rate"] for _, value in points]
+        errors = [[rate - value["ci"][0] for rate, (_, value) in zip(rates, points)],
+                  [value["ci"][1] - rate for rate, (_, value) in zip(rates, points)]]
+        sizes = sorted({value["num_scored"] for _, value in points})
+        axis.bar(xs, rates, width=width, yerr=errors, capsize=3, color=f"C{offset}",
+                 label=f"{split} prompts (n={'/'.join(map(str, sizes))})")
     axis.set_xticks(range(len(bars)))
-    axis.set_xticklabels([label for label, _ in bars], fontsize=7, rotation=15)
+    axis.set_xticklabels([label for label, _ in bars], fontsize=8)
     axis.set_ylim(0, 1)
-    axis.set_ylabel("refusal rate, test split (95% CI)")
+    axis.set_ylabel("refusal rate (keyword judge, 95% Wilson CI)")
+    axis.set_title(f"SORRY-Bench refusals before and after preference training, {summary.get('model', '?')}",
+                   fontsize=9)
+    axis.legend(fontsize=8, loc="lower left")
     axis.grid(alpha=0.3, axis="y")
     figure.tight_layout()
     path = Path(figures_dir) / "section6_refusal_rates.png"
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

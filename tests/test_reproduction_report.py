@@ -217,7 +217,9 @@ def test_wilson_interval():
 def _write_refusal_rates(path: Path, test_rate: float, num: int) -> None:
     path.mkdir(parents=True)
     entry = {"refusal_rate": test_rate, "num_scored": num, "num_responses": num, "num_unknown": 0}
-    (path / "refusal_rates.json").write_text(json.dumps({"overall": entry, "per_split": {"test": entry}}))
+    train = {**entry, "refusal_rate": min(1.0, test_rate + 0.05), "num_scored": 4 * num, "num_responses": 4 * num}
+    (path / "refusal_rates.json").write_text(json.dumps({"overall": entry, "per_split": {"test": entry,
+                                                                                          "train": train}}))
 
 
 def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
@@ -239,5 +241,22 @@ def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
                         "--figures_dir", str(tmp_path / "fig")])
     assert code == 0
     text = (tmp_path / "R.md").read_text(encoding="utf-8")
-    assert "**Runs found: 2 of 5**" in text and "| DPO | - | 80.0% [71.1%, 86.7%] (n=100) |" in text
+    assert "**Runs found: 2 of 5**" in text
+    assert "| DPO | 85.0% [81.2%, 88.2%] (n=400) | 80.0% [71.1%, 86.7%] (n=100) | 25.0% [21.0%, 29.5%] (n=400) |" in text
     assert (tmp_path / "fig" / "section6_refusal_rates.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_section6_verdict_reads_the_train_split():
+    from reproduction.section6_report import verdict
+
+    def rates(train: float, test: float) -> dict:
+        # intervals written by hand: only their ends matter to the rule
+        return {"train": {"ci": [train - 0.04, train + 0.04]}, "test": {"ci": [test - 0.1, test + 0.1]}}
+
+    runs = {"dpo_plain": {"before": rates(0.85, 0.9), "after": rates(0.3, 0.85)},
+            "dpo_ln_ches_lowest16": {"after": rates(0.84, 0.9)}}
+    assert verdict(runs) == "reproduced"  # train: 0.34 < 0.81 dropped; 0.88 >= 0.81 kept
+    assert verdict(runs, split="test") == "not reproduced"  # test: 0.95 >= 0.8, no drop
+    runs["dpo_ln_ches_lowest16"]["after"] = rates(0.5, 0.5)
+    assert verdict(runs) == "partly"
+    assert verdict({"dpo_plain": {"before": {"test": {"ci": [0.1, 0.2]}}, "after": rates(0.3, 0.3)}}) == "not run"
