@@ -51,26 +51,45 @@ def _split_rates(path: Path) -> dict[str, dict] | None:
     return out
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from `path`, or {} when it is missing or unreadable."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _training_effect(summary: dict) -> dict:
+    """Number of training pairs and the preferred log-prob change over them (mean, in nats; fraction < 0)."""
+    return {"num_train_pairs": summary.get("num_train_pairs"),
+            "preferred_logprob_change_mean": summary.get("eval_metrics/train/preferred_logprobs_change_mean"),
+            "frac_preferred_decreased": summary.get("eval_metrics/train/frac_preferred_logprobs_decreased")}
+
+
+def _preference_data(config: dict) -> dict:
+    """Composition of the preference data a run trained on, from the dataset_info.json beside its train file."""
+    info = _read_json(Path(config.get("dataset", "")).parent / "dataset_info.json") if config.get("dataset") else {}
+    keys = ("model", "num_train", "num_test", "pair_type_counts", "decided_by_counts", "initial_refusal_rate")
+    return {key: info[key] for key in keys if key in info}
+
+
 def collect_section6(outputs_dir: Path) -> dict:
-    """Refusal rates before / after of every finished run under `outputs_dir` (name -> entry)."""
-    runs = {}
+    """Per finished run under `outputs_dir`: refusal rates before / after and the training effect; plus the model
+    and the composition of the generated preference data (read through the plain DPO run's `dataset`)."""
+    runs, configs = {}, {}
     outputs_dir = Path(outputs_dir)
     for run_dir in sorted(p for p in outputs_dir.iterdir() if p.is_dir()) if outputs_dir.is_dir() else []:
-        try:
-            status = json.loads((run_dir / "status.json").read_text(encoding="utf-8")).get("status")
-        except (OSError, ValueError):
-            continue
         after = _split_rates(run_dir / "refusal_eval" / "refusal_rates.json")
-        if status == "done" and after is not None:
+        if _read_json(run_dir / "status.json").get("status") == "done" and after is not None:
             runs[run_dir.name] = {"after": after, "before": _split_rates(run_dir / "refusal_eval_initial" /
-                                                                       "refusal_rates.json")}
-    model = None
-    if runs:
-        try:
-            model = json.loads((outputs_dir / next(iter(runs)) / "config.json").read_text(encoding="utf-8"))["model"]
-        except (OSError, ValueError, KeyError):
-            model = None
-    return {"model": model, "verdict_split": VERDICT_SPLIT, "runs": runs, "verdict": verdict(runs)}
+                                                                       "refusal_rates.json"),
+                                  **_training_effect(_read_json(run_dir / "summary.json"))}
+            configs[run_dir.name] = _read_json(run_dir / "config.json")
+    model = next((config["model"] for config in configs.values() if "model" in config), None)
+    data = _preference_data(configs.get("dpo_plain", {}))
+    return {"model": model, "preference_data": data, "verdict_split": VERDICT_SPLIT, "runs": runs,
+            "verdict": verdict(runs)}
 
 
 
@@ -95,10 +114,21 @@ def _cell(entry: dict | None, split: str) -> str:
 
 def section6_result_lines(summary: dict) -> list[str]:
     """Markdown table: run, refusal rate before / after on the train and test splits with 95% Wilson intervals."""
-    lines = [f"Verdict (rule in reproduction/section6_report.py): **{summary['verdict']}**.", "",
-             "| run | before: train | before: test | after: train | after: test |", "|---|---|---|---|---|"]
+    lines = [f"Verdict (rule in reproduction/section6_report.py, on the {summary.get('verdict_split', 'train')} "
+             f"split): **{summary['verdict']}**.", ""]
+    data = summary.get("preference_data") or {}
+    if data.get("pair_type_counts"):
+        types = ", ".join(f"{count} {kind}" for kind, count in sorted(data["pair_type_counts"].items()))
+        lines += [f"Preference data generated from `{data.get('model', '?')}` ({data.get('num_train', '?')} train / "
+                  f"{data.get('num_test', '?')} test pairs): {types} (chosen, rejected); refusal rate of its sampled "
+                  f"responses {data.get('initial_refusal_rate', float('nan')):.1%}.", ""]
+    lines += ["| run | before: train | before: test | after: train | after: test | train pairs | "
+              "mean Δ log π(y+) (nats) | pairs with π(y+) down |", "|---|---|---|---|---|---|---|---|"]
     for name, run in summary["runs"].items():
         cells = [_cell(run[when], split) for when in ("before", "after") for split in ("train", "test")]
+        change, fraction = run.get("preferred_logprob_change_mean"), run.get("frac_preferred_decreased")
+        cells += [str(run.get("num_train_pairs", "-")), "-" if change is None else f"{change:+.2f}",
+                  "-" if fraction is None else f"{fraction:.0%}"]
         lines.append(f"| {RUN_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     return lines + [""]
 

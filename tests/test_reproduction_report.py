@@ -232,7 +232,18 @@ def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
         _write_refusal_rates(outputs / name / "refusal_eval", after, 100)
         if before is not None:
             _write_refusal_rates(outputs / name / "refusal_eval_initial", before, 100)
+    data_dir = tmp_path / "prefs"
+    data_dir.mkdir()
+    (data_dir / "dataset_info.json").write_text(json.dumps({
+        "model": "sft_model", "num_train": 10, "num_test": 2, "initial_refusal_rate": 0.625,
+        "pair_type_counts": {"refusal-refusal": 3, "refusal-compliance": 7}}))
+    (outputs / "dpo_plain" / "config.json").write_text(json.dumps({"model": "tiny-gpt2",
+                                                                   "dataset": str(data_dir / "train.jsonl")}))
+    (outputs / "dpo_plain" / "summary.json").write_text(json.dumps({
+        "num_train_pairs": 64, "eval_metrics/train/preferred_logprobs_change_mean": -1.234,
+        "eval_metrics/train/frac_preferred_logprobs_decreased": 0.75}))
     summary = collect_section6(outputs)
+    assert summary["model"] == "tiny-gpt2" and summary["preference_data"]["num_train"] == 10
     assert summary["verdict"] == "reproduced"
     plain = summary["runs"]["dpo_plain"]
     assert plain["after"]["test"]["ci"][1] < plain["before"]["test"]["ci"][0]
@@ -242,7 +253,10 @@ def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
     assert code == 0
     text = (tmp_path / "R.md").read_text(encoding="utf-8")
     assert "**Runs found: 2 of 5**" in text
-    assert "| DPO | 85.0% [81.2%, 88.2%] (n=400) | 80.0% [71.1%, 86.7%] (n=100) | 25.0% [21.0%, 29.5%] (n=400) |" in text
+    assert ("| DPO | 85.0% [81.2%, 88.2%] (n=400) | 80.0% [71.1%, 86.7%] (n=100) | 25.0% [21.0%, 29.5%] (n=400) | "
+            "20.0% [13.3%, 28.9%] (n=100) | 64 | -1.23 | 75% |") in text
+    assert ("Preference data generated from `sft_model` (10 train / 2 test pairs): 7 refusal-compliance, "
+            "3 refusal-refusal (chosen, rejected); refusal rate of its sampled responses 62.5%.") in text
     assert (tmp_path / "fig" / "section6_refusal_rates.png").read_bytes()[:8] == PNG_MAGIC
 
 
