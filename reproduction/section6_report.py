@@ -90,16 +90,21 @@ def collect_section6(outputs_dir: Path) -> dict:
     model = next((config["model"] for config in configs.values() if "model" in config), None)
     data = _preference_data(configs.get("dpo_plain", {}))
     return {"model": model, "preference_data": data, "verdict_split": VERDICT_SPLIT, "runs": runs,
-            "verdict": verdict(runs)}
+            "verdict": verdict(runs), "verdict_per_plain_run": {name: verdict(runs, plain_run=name)
+                                                                for name in PLAIN_DPO_RUNS if name in runs}}
 
 
 
-def verdict(runs: dict, split: str = VERDICT_SPLIT) -> str:
-    """The rule of the module docstring on `split`; "before" = the plain DPO run's initial measurement."""
-    plain, filtered = runs.get("dpo_plain"), runs.get("dpo_ln_ches_lowest16")
-    if not plain or not plain.get("before") or split not in plain["before"] or split not in plain["after"]:
+PLAIN_DPO_RUNS = ("dpo_plain", "dpo_plain_all_pairs")  # the first one's verdict is the section's
+
+
+def verdict(runs: dict, split: str = VERDICT_SPLIT, plain_run: str = "dpo_plain") -> str:
+    """The rule of the module docstring on `split` for the plain DPO run `plain_run`; "before" is always the
+    dpo_plain run's initial measurement (every run starts from the same refusing model)."""
+    start, plain, filtered = runs.get("dpo_plain"), runs.get(plain_run), runs.get("dpo_ln_ches_lowest16")
+    if not start or not start.get("before") or split not in start["before"] or not plain or split not in plain["after"]:
         return "not run"
-    before = plain["before"][split]["ci"]
+    before = start["before"][split]["ci"]
     dropped = plain["after"][split]["ci"][1] < before[0]
     kept = bool(filtered) and split in filtered["after"] and filtered["after"][split]["ci"][1] >= before[0]
     return "reproduced" if dropped and kept else "partly" if dropped else "not reproduced"
@@ -115,8 +120,10 @@ def _cell(entry: dict | None, split: str) -> str:
 
 def section6_result_lines(summary: dict) -> list[str]:
     """Markdown table: run, refusal rate before / after on the train and test splits with 95% Wilson intervals."""
+    others = [f"with {RUN_LABELS.get(name, name)}: {value}" for name, value in
+              summary.get("verdict_per_plain_run", {}).items() if name != "dpo_plain"]
     lines = [f"Verdict (rule in reproduction/section6_report.py, on the {summary.get('verdict_split', 'train')} "
-             f"split): **{summary['verdict']}**.", ""]
+             f"split): **{summary['verdict']}**" + (f" ({'; '.join(others)})" if others else "") + ".", ""]
     data = summary.get("preference_data") or {}
     if data.get("pair_type_counts"):
         types = ", ".join(f"{count} {kind}" for kind, count in sorted(data["pair_type_counts"].items()))

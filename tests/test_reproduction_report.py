@@ -274,3 +274,7 @@ def test_section6_verdict_reads_the_train_split():
     runs["dpo_ln_ches_lowest16"]["after"] = rates(0.5, 0.5)
     assert verdict(runs) == "partly"
     assert verdict({"dpo_plain": {"before": {"test": {"ci": [0.1, 0.2]}}, "after": rates(0.3, 0.3)}}) == "not run"
+    # another plain run is judged against dpo_plain's measurement before training (the same starting model)
+    runs["dpo_plain_all_pairs"] = {"before": None, "after": rates(0.9, 0.9)}
+    assert verdict(runs, plain_run="dpo_plain_all_pairs") == "not reproduced"
+    assert verdict(runs, plain_run="dpo_missing") == "not run"
