@@ -119,7 +119,7 @@ def section5_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] 
 def section6_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] | None = None) -> list[str]:
     """Section 6: status, the results when runs exist (`result_lines`), the pipeline, commands, resources."""
     return ["## Section 6: unintentional unalignment on SORRY-Bench (Figure 3 analogue)", "",
-            _status_line(outputs_dir, num_runs, 6, summarised=result_lines is not None), "",
+            _status_line(outputs_dir, num_runs, 7, summarised=result_lines is not None), "",
             *(result_lines or []),
             "SmolLM2-135M-Instruct hardly refuses (3 of 192 sampled responses, docs/sorrybench.md), so the "
             "pipeline first makes a refusing model with an SFT stage on the gold refusal texts "

@@ -22,7 +22,8 @@ Z_95 = 1.959963984540054
 VERDICT_SPLIT = "train"  # the split the verdict reads (module docstring)
 RUN_LABELS = {"refusal_sft": "safety SFT (the refusing start)", "dpo_plain": "DPO", "dpo_sft": "DPO + SFT term",
               "dpo_gold": "DPO, gold preferences", "dpo_ln_ches_lowest16": "DPO, 16 lowest LN-CHES pairs",
-              "dpo_plain_all_pairs": "DPO, all train pairs, batch 32 (reference recipe)"}
+              "dpo_plain_all_pairs": "DPO, all train pairs, batch 32 (reference recipe)",
+              "dpo_refusal_refusal_pairs": "DPO, refusal-refusal pairs only, batch 32"}
 
 
 def wilson_interval(rate: float, num: int, z: float = Z_95) -> tuple[float, float]:

@@ -50,6 +50,10 @@ class SorryBenchConfig(PreferenceTrainingConfig):
     Parameters of the training data and precision:
         use_gold_preferences (`bool`, defaults to `False`): Train (and evaluate log-probs) on the pairs'
             `gold_refusal` (preferred) and `gold_non_refusal` (dispreferred) instead of `chosen` / `rejected`.
+        train_pair_types (`list[str]` or `None`, defaults to `None`): Keep only the training pairs whose
+            `pair_type` (chosen label - rejected label, e.g. `"refusal-refusal"`, from
+            sorrybench_create_preferences_dataset.py) is listed, after the pairs are selected; `None` keeps all.
+            Isolates the pairs where both responses refuse, the ones displacement can turn into compliance.
         allow_low_precision_training (`bool`, defaults to `False`): Accept training bfloat16/float16 weights with a
             plain optimizer (refused otherwise: most small updates round to zero; `common.optim`).
 
@@ -80,6 +84,7 @@ class SorryBenchConfig(PreferenceTrainingConfig):
     eval_dataset: str | None = "data_files/sorrybench/smollm2-135m-instruct/test.jsonl"
     lr: float = 5e-6
     use_gold_preferences: bool = False
+    train_pair_types: list[str] | None = None
     allow_low_precision_training: bool = False
     eval_all_test_pairs: bool = True
     refusal_eval: bool = True
@@ -109,6 +114,13 @@ class SorryBenchConfig(PreferenceTrainingConfig):
         if not self.eval_dataset:
             problems.append("eval_dataset is empty; set it to the data set's test.jsonl (its prompts are the test "
                             "split of the refusal evaluation)")
+        labels = ("refusal", "compliance", "unknown")
+        known = {f"{chosen}-{rejected}" for chosen in labels for rejected in labels}
+        unknown_types = sorted(set(self.train_pair_types or ()) - known)
+        if unknown_types or self.train_pair_types == []:
+            problems.append(f"train_pair_types: {unknown_types or 'an empty list'} is not a list of pair types "
+                            f"'<chosen label>-<rejected label>' with labels {labels}, e.g. ['refusal-refusal']; "
+                            "use null to keep every pair")
         if not self.allow_low_precision_training:
             problem = low_precision_training_problem(self.dtype, self.optimizer, self.lr)
             if problem:
@@ -190,6 +202,12 @@ def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict
     eval_examples = (load_preference_examples(config.eval_dataset, config.dataset_format)
                      if config.eval_all_test_pairs else selected.eval)
     train_examples = selected.train
+    if config.train_pair_types is not None:
+        train_examples = [example for example in train_examples
+                          if example.metadata.get("pair_type") in config.train_pair_types]
+        if not train_examples:
+            raise ValueError(f"{config.dataset}: no selected training pair has a pair_type in "
+                             f"{config.train_pair_types}; check the data set's dataset_info.json pair_type_counts")
     if config.use_gold_preferences:
         train_examples = with_gold_preferences(train_examples, config.dataset)
         eval_examples = with_gold_preferences(eval_examples, config.eval_dataset or config.dataset)

@@ -42,6 +42,10 @@ def test_config_validation_names_the_field():
     assert "eval_dataset is empty" in text
     assert "refusal_judge must be one of" in text and "identical responses" in text
     assert not SorryBenchConfig().validate()
+    assert not SorryBenchConfig(train_pair_types=["refusal-refusal", "compliance-refusal"]).validate()
+    for bad in (["refusal_refusal"], []):
+        (problem,) = SorryBenchConfig(train_pair_types=bad).validate()
+        assert problem.startswith("train_pair_types: ") and "e.g. ['refusal-refusal']" in problem
     wrong_format = SorryBenchConfig(dataset_format="ultrafeedback").validate()
     assert Counter(p.split(" ")[0] for p in wrong_format)["dataset_format"] == 1
 

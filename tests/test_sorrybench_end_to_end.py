@@ -5,6 +5,7 @@ rule, gold preferences, CHES filtering, training through the plan runner, refusa
 import importlib.util
 import json
 import random
+from collections import Counter
 
 import pytest
 
@@ -217,3 +218,20 @@ def test_plan_runner_trains_and_measures_refusal_rates(fake_judged_dataset, tmp_
                                   str(tmp_path / "eval"), "--max_new_tokens", "4", "--device", "cpu",
                                   "--splits", "test"])
     assert rates[model_dir]["overall"]["num_responses"] == len(read_jsonl(dataset_dir / "test.jsonl"))
+
+
+def test_train_pair_types_keeps_only_those_pairs(fake_judged_dataset, tmp_path):
+    dataset_dir = fake_judged_dataset[0]
+    train = read_jsonl(dataset_dir / "train.jsonl")
+    kept_type, count = Counter(pair["pair_type"] for pair in train).most_common(1)[0]
+    base = {"outputs_dir": str(tmp_path / "runs"), "model": "tiny-gpt2", "dataset": str(dataset_dir / "train.jsonl"),
+            "eval_dataset": str(dataset_dir / "test.jsonl"), "batch_size": 4, "epochs": 1, "refusal_eval": False,
+            "save_metric_plots": False, "reference_cache_dir": ""}
+    configs = [{**base, "experiment_name": "kept", "train_pair_types": [kept_type]},
+               {**base, "experiment_name": "none_left", "train_pair_types": ["unknown-unknown"]}]
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps({"name": "pair_types", "configurations": [{"base_config": c} for c in configs]}))
+    assert run_plan_main(FAMILY, ["--plan_config_path", str(plan_path)]) == 1  # the second run fails, the first lands
+    assert read_json(tmp_path / "runs" / "kept" / "summary.json")["num_train_pairs"] == count < len(train)
+    status = read_json(tmp_path / "runs" / "none_left" / "status.json")
+    assert status["status"] == "failed" and "no selected training pair has a pair_type in" in json.dumps(status)
