@@ -26,7 +26,8 @@ from reproduction.section3_markdown import cell_displaced, plot_section3, sectio
 from reproduction.section3_plan import OUTPUTS_DIR, PAPER_SEEDS
 from reproduction.section3_report import collect_section3
 from reproduction.section5_report import collect_section5, plot_section5, section5_result_lines
-from reproduction.section6_report import collect_section6, plot_section6, section6_result_lines
+from reproduction.section6_report import (collect_section6, plot_section6, section6_reading,
+                                          section6_result_lines)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HEADER = """# Reproduction of Razin et al. 2025 on the offline CPU model
@@ -107,7 +108,7 @@ def make_report(section3_dir: Path, section5_dir: Path, section6_dir: Path, repo
         atomic_write_json(figures_dir / "section6_summary.json", section6)
         figure = plot_section6(section6, figures_dir)
         section6_verdict = section6["verdict"]
-        section6_lines = section6_result_lines(section6) + (
+        section6_lines = section6_result_lines(section6) + section6_reading(section6) + (
             [f"![refusal rates before and after]({_relative(figure, report.parent)})", ""] if figure else [])
     lines = [HEADER, *headline(section3, section5_runs, section5_verdict, section6_runs, section6_verdict),
              f"Section 3 runs read from `{section3_dir}`.", "",

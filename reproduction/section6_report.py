@@ -88,6 +88,9 @@ def collect_section6(outputs_dir: Path) -> dict:
                                                                        "refusal_rates.json"),
                                   **_training_effect(_read_json(run_dir / "summary.json"))}
             configs[run_dir.name] = _read_json(run_dir / "config.json")
+    order = list(RUN_LABELS)
+    runs = dict(sorted(runs.items(), key=lambda item: (order.index(item[0]) if item[0] in order else len(order),
+                                                       item[0])))
     model = next((config["model"] for config in configs.values() if "model" in config), None)
     data = _preference_data(configs.get("dpo_plain", {}))
     return {"model": model, "preference_data": data, "verdict_split": VERDICT_SPLIT, "runs": runs,
@@ -142,6 +145,46 @@ def section6_result_lines(summary: dict) -> list[str]:
     return lines + [""]
 
 
+def _moved(summary: dict, name: str, split: str = VERDICT_SPLIT) -> str | None:
+    """'from B to A' for run `name` on `split` (B: the refusing model before training), None when missing."""
+    start, run = summary["runs"].get("dpo_plain"), summary["runs"].get(name)
+    if not start or not start.get("before") or not run or split not in run["after"] or split not in start["before"]:
+        return None
+    before, after = start["before"][split], run["after"][split]
+    direction = ("lower" if after["ci"][1] < before["ci"][0] else "higher" if after["ci"][0] > before["ci"][1]
+                 else "not separable")
+    return f"from {before['rate']:.1%} to {after['rate']:.1%} ({direction}: 95% intervals)"
+
+
+def section6_reading(summary: dict) -> list[str]:
+    """A paragraph comparing the runs with the paper, every number read from `summary`."""
+    sentences = ["**Reading.** In the paper, DPO on the preference data generated from Llama-3-8B-Instruct lowers "
+                 "its refusal rate on the training prompts from 74.4% to 33.4%, and training on the 5% lowest "
+                 "LN-CHES pairs keeps it."]
+    plain, all_pairs, only_refusals = (_moved(summary, name) for name in
+                                       ("dpo_plain", "dpo_plain_all_pairs", "dpo_refusal_refusal_pairs"))
+    if plain:
+        sentences.append(f"Here plain DPO moved the train-split refusal rate {plain}"
+                         + (f"; with every training pair and the reference's batch of 32, {all_pairs}" if all_pairs
+                            else "") + ".")
+    data, run = summary.get("preference_data") or {}, summary["runs"].get("dpo_plain") or {}
+    counts = data.get("pair_type_counts") or {}
+    if counts and run.get("frac_preferred_decreased") is not None:
+        total = sum(counts.values())
+        toward = counts.get("refusal-compliance", 0)
+        sentences.append(f"{toward} of the {total} generated pairs ({toward / total:.0%}) prefer a refusal to a "
+                         "compliance, a direct pull toward refusing, and π(y+) fell on "
+                         f"{run['frac_preferred_decreased']:.0%} of plain DPO's training pairs (mean Δ log π(y+) "
+                         f"{run['preferred_logprob_change_mean']:+.2f} nats).")
+    if only_refusals:
+        diagnostic = summary["runs"]["dpo_refusal_refusal_pairs"]
+        sentences.append(f"Trained on the {diagnostic.get('num_train_pairs', '?')} refusal-refusal pairs alone (both "
+                         f"responses refuse, so displacement can only move mass away from refusals), the rate moved "
+                         f"{only_refusals}; π(y+) fell on {diagnostic.get('frac_preferred_decreased') or 0:.0%} of "
+                         "those pairs.")
+    return [" ".join(sentences), ""]
+
+
 def plot_section6(summary: dict, figures_dir: Path) -> Path | None:
     """section6_refusal_rates.png: refusal rate with its 95% interval per split (train, test), for the SFT model
     before DPO (the plain run's initial measurement) and every run after training (None without rates)."""
@@ -165,8 +208,9 @@ def plot_section6(summary: dict, figures_dir: Path) -> Path | None:
         points = [(index, rates[split]) for index, (_, rates) in enumerate(bars) if split in rates]
         xs = [index + (offset - (len(splits) - 1) / 2) * width for index, _ in points]
         rates = [value["rate"] for _, value in points]
-        errors = [[rate - value["ci"][0] for rate, (_, value) in zip(rates, points)],
-                  [value["ci"][1] - rate for rate, (_, value) in zip(rates, points)]]
+        # max(0, .): at a rate of 0 or 1 the Wilson end equals the rate up to round-off
+        errors = [[max(0.0, rate - value["ci"][0]) for rate, (_, value) in zip(rates, points)],
+                  [max(0.0, value["ci"][1] - rate) for rate, (_, value) in zip(rates, points)]]
         sizes = sorted({value["num_scored"] for _, value in points})
         axis.bar(xs, rates, width=width, yerr=errors, capsize=3, color=f"C{offset}",
                  label=f"{split} prompts (n={'/'.join(map(str, sizes))})")

@@ -255,6 +255,9 @@ def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
     assert "**Runs found: 2 of 7**" in text
     assert ("| DPO | 85.0% [81.2%, 88.2%] (n=400) | 80.0% [71.1%, 86.7%] (n=100) | 25.0% [21.0%, 29.5%] (n=400) | "
             "20.0% [13.3%, 28.9%] (n=100) | 64 | -1.23 | 75% |") in text
+    assert ("Here plain DPO moved the train-split refusal rate from 85.0% to 25.0% (lower: 95% intervals). 7 of the "
+            "10 generated pairs (70%) prefer a refusal to a compliance, a direct pull toward refusing, and π(y+) fell "
+            "on 75% of plain DPO's training pairs (mean Δ log π(y+) -1.23 nats).") in text
     assert ("Preference data generated from `sft_model` (10 train / 2 test pairs): 7 refusal-compliance, "
             "3 refusal-refusal (chosen, rejected); refusal rate of its sampled responses 62.5%.") in text
     assert (tmp_path / "fig" / "section6_refusal_rates.png").read_bytes()[:8] == PNG_MAGIC
@@ -278,3 +281,16 @@ def test_section6_verdict_reads_the_train_split():
     runs["dpo_plain_all_pairs"] = {"before": None, "after": rates(0.9, 0.9)}
     assert verdict(runs, plain_run="dpo_plain_all_pairs") == "not reproduced"
     assert verdict(runs, plain_run="dpo_missing") == "not run"
+
+
+def test_section6_figure_draws_rates_of_zero_and_one(tmp_path):
+    from reproduction.section6_report import plot_section6, wilson_interval
+
+    def rates(rate: float, num: int) -> dict:
+        return {"rate": rate, "num_scored": num, "num_unknown": 0, "ci": list(wilson_interval(rate, num))}
+
+    assert wilson_interval(1.0, 67)[1] < 1.0  # round-off: the upper end falls a hair below the rate
+    summary = {"model": "m", "runs": {"dpo_plain": {"before": {"train": rates(0.9, 383), "test": rates(1.0, 67)},
+                                                    "after": {"train": rates(0.0, 383), "test": rates(1.0, 67)}}}}
+    path = plot_section6(summary, tmp_path)
+    assert path == tmp_path / "section6_refusal_rates.png" and path.read_bytes()[:8] == PNG_MAGIC
