@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.embedding_grad import can_embed_into_grad, embed_into_grad
+from common.pair_attention import can_split_attention, split_attention_for
 from common.preference_data import TokenizedPair
 
 
@@ -178,7 +180,15 @@ def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits:
               "attention_mask": mask.to(device), "use_cache": False}
     if keep_logits:
         kwargs["logits_to_keep"] = torch.arange(first, input_ids.shape[1], device=device)
-    logits = model(**kwargs).logits[0]
+    inner = unwrap_model(model)
+    if can_embed_into_grad(inner):
+        kwargs["inputs_embeds"] = embed_into_grad(inner, kwargs.pop("input_ids"))
+    if can_split_attention(inner):  # the mask stays in kwargs: any layer that ignores `pair_split` still uses it
+        kwargs["pair_split"] = (first, first + len(pair.chosen_ids))
+        with split_attention_for(inner):
+            logits = model(**kwargs).logits[0]
+    else:
+        logits = model(**kwargs).logits[0]
     logits = logits if keep_logits else logits[first:]
     num_chosen = len(pair.chosen_ids)
     chosen = summed_token_logps(logits[:num_chosen], torch.tensor(pair.chosen_ids, device=device))
