@@ -56,13 +56,17 @@ def pair_split_attention(module: torch.nn.Module, query: Tensor, key: Tensor, va
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     prompt_end, rejected_start = pair_split
     kwargs.pop("is_causal", None)
+    sizes = [prompt_end, rejected_start - prompt_end, query.shape[2] - rejected_start]
+    # torch.split, not slicing: its backward concatenates the pieces' gradients instead of zero-filling a
+    # full-length buffer per slice (profile of 8 pairs: fill_ + add_ 1.36 -> 1.18 s, cat +0.07 s)
+    pieces = [torch.split(t, sizes, dim=2) for t in (query, key, value)]  # each (prompt, chosen, rejected)
 
-    def causal(rows: list[slice]) -> Tensor:
-        q, k, v = (torch.cat([t[:, :, span] for span in rows], dim=2) for t in (query, key, value))
+    def causal(first: int, second: int) -> Tensor:
+        q, k, v = (torch.cat((parts[first], parts[second]), dim=2) for parts in pieces)
         return sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
 
-    prompt_and_chosen = causal([slice(0, rejected_start)])
-    rejected = causal([slice(0, prompt_end), slice(rejected_start, None)])[:, prompt_end:]
+    prompt_and_chosen = causal(0, 1)
+    rejected = torch.split(causal(0, 2), [prompt_end, sizes[2]], dim=1)[1]
     return torch.cat((prompt_and_chosen, rejected), dim=1), None
 
 
@@ -74,8 +78,9 @@ def can_split_attention(model: torch.nn.Module) -> bool:
     """Whether `split_attention_for` applies: the model (already unwrapped) runs SDPA attention and does not
     recompute its forward in the backward pass (gradient checkpointing would recompute it with plain SDPA)."""
     implementation = getattr(model.config, "_attn_implementation", None)
-    return implementation in ("sdpa", PAIR_SPLIT_ATTENTION) and not getattr(model, "is_gradient_checkpointing",
-                                                                               False)
+    checkpointing_name = ("is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
+                          else "is_gradient_checkpointing")  # transformers 5 renamed it
+    return implementation in ("sdpa", PAIR_SPLIT_ATTENTION) and not getattr(model, checkpointing_name, False)
 
 
 @contextmanager

@@ -24,13 +24,14 @@ Models whose `forward` has no `logits_to_keep` argument fall back to full logits
 from __future__ import annotations
 
 import inspect
+from contextlib import ExitStack
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.embedding_grad import can_embed_into_grad, embed_into_grad
+from common.direct_grads import can_embed_into_grad, embed_into_grad, head_into_grad
 from common.pair_attention import can_split_attention, split_attention_for
 from common.preference_data import TokenizedPair
 
@@ -183,11 +184,11 @@ def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits:
     inner = unwrap_model(model)
     if can_embed_into_grad(inner):
         kwargs["inputs_embeds"] = embed_into_grad(inner, kwargs.pop("input_ids"))
-    if can_split_attention(inner):  # the mask stays in kwargs: any layer that ignores `pair_split` still uses it
-        kwargs["pair_split"] = (first, first + len(pair.chosen_ids))
-        with split_attention_for(inner):
-            logits = model(**kwargs).logits[0]
-    else:
+    with ExitStack() as fast_paths:
+        fast_paths.enter_context(head_into_grad(inner))
+        if can_split_attention(inner):  # the mask stays in kwargs: a layer that ignores `pair_split` still uses it
+            kwargs["pair_split"] = (first, first + len(pair.chosen_ids))
+            fast_paths.enter_context(split_attention_for(inner))
         logits = model(**kwargs).logits[0]
     logits = logits if keep_logits else logits[first:]
     num_chosen = len(pair.chosen_ids)
