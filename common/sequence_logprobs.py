@@ -14,7 +14,10 @@ Two ways to run a list of pairs, same numbers (tests check both against a naive 
     `share_prompt=True` the prompt and both responses go through ONE forward: x_{1..P-1} once, then
     x_P + y+_{1..R+-1} and x_P + y-_{1..R--1}, with position ids and a block mask that make each response
     see only the prompt and itself. Same function of the parameters as two separate forwards, but the
-    prompt's work is done once and each weight's gradient is formed by one matmul per pair.
+    prompt's work is done once and each weight's gradient is formed by one matmul per pair. Where the model
+    allows, that forward runs its attention as two causal SDPA calls instead of the dense mask
+    (`common.pair_attention`) and writes the embedding / LM-head weight gradients straight into `.grad`
+    (`common.direct_grads`); same numbers up to fp32 round-off.
   - `batch_logps_padded` (for GPUs): chosen and rejected sequences of several pairs right-padded into one
     batch; the LM head still sees only response positions (a boolean `logits_to_keep` mask).
 
@@ -173,7 +176,8 @@ def packed_pair_inputs(pair: TokenizedPair, dtype: torch.dtype) -> tuple[Tensor,
 
 
 def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits: bool) -> tuple[Tensor, Tensor]:
-    """Both responses' summed log-probs from one forward over `packed_pair_inputs` (see there)."""
+    """Both responses' summed log-probs from one forward over `packed_pair_inputs` (see there), with the fast paths
+    of `common.pair_attention` and `common.direct_grads` where their checks pass (the dense mask is passed too)."""
     device = _model_device(model)
     dtype = next(model.parameters()).dtype
     input_ids, position_ids, mask, first = packed_pair_inputs(pair, dtype if dtype.is_floating_point else torch.float32)
