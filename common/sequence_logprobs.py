@@ -16,8 +16,8 @@ Two ways to run a list of pairs, same numbers (tests check both against a naive 
     see only the prompt and itself. Same function of the parameters as two separate forwards, but the
     prompt's work is done once and each weight's gradient is formed by one matmul per pair. Where the model
     allows, that forward runs its attention as two causal SDPA calls instead of the dense mask
-    (`common.pair_attention`) and writes the embedding / LM-head weight gradients straight into `.grad`
-    (`common.direct_grads`); same numbers up to fp32 round-off.
+    (`common.pair_attention`) and, in a training step (`direct_weight_grads=True`), writes the embedding and
+    LM-head weight gradients straight into `.grad` (`common.direct_grads`); same numbers up to fp32 round-off.
   - `batch_logps_padded` (for GPUs): chosen and rejected sequences of several pairs right-padded into one
     batch; the LM head still sees only response positions (a boolean `logits_to_keep` mask).
 
@@ -175,7 +175,8 @@ def packed_pair_inputs(pair: TokenizedPair, dtype: torch.dtype) -> tuple[Tensor,
     return input_ids, position_ids, packed_attention_mask(segments, dtype), len(prefix)
 
 
-def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits: bool) -> tuple[Tensor, Tensor]:
+def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits: bool,
+                       direct_weight_grads: bool = False) -> tuple[Tensor, Tensor]:
     """Both responses' summed log-probs from one forward over `packed_pair_inputs` (see there), with the fast paths
     of `common.pair_attention` and `common.direct_grads` where their checks pass (the dense mask is passed too)."""
     device = _model_device(model)
@@ -186,10 +187,11 @@ def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits:
     if keep_logits:
         kwargs["logits_to_keep"] = torch.arange(first, input_ids.shape[1], device=device)
     inner = unwrap_model(model)
-    if can_embed_into_grad(inner):
+    if direct_weight_grads and can_embed_into_grad(inner):
         kwargs["inputs_embeds"] = embed_into_grad(inner, kwargs.pop("input_ids"))
     with ExitStack() as fast_paths:
-        fast_paths.enter_context(head_into_grad(inner))
+        if direct_weight_grads:
+            fast_paths.enter_context(head_into_grad(inner))
         if can_split_attention(inner):  # the mask stays in kwargs: a layer that ignores `pair_split` still uses it
             kwargs["pair_split"] = (first, first + len(pair.chosen_ids))
             fast_paths.enter_context(split_attention_for(inner))
@@ -202,7 +204,7 @@ def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits:
 
 
 def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: bool = True,
-               keep_logits: bool | None = None) -> tuple[Tensor, Tensor]:
+               keep_logits: bool | None = None, direct_weight_grads: bool = False) -> tuple[Tensor, Tensor]:
     """log pi(y+|x) and log pi(y-|x) of one pair, unpadded (gradients flow if grad mode is on).
 
     Args:
@@ -212,6 +214,10 @@ def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: boo
             activations and the weights' gradient are computed once. Falls back to two separate forwards when
             the prompt has one token or the model cannot take a custom 4D mask (flash attention, sliding window).
         keep_logits: Pass `logits_to_keep`; None = detect from the model's forward signature.
+        direct_weight_grads: The caller backpropagates with `.backward()` into `.grad` (a training step): the packed
+            forward's input embedding and LM head then add their weight gradient straight into `.grad`
+            (`common.direct_grads`). Leave False when gradients are taken with `torch.autograd.grad`, which would
+            not see those two weights' gradients.
 
     Returns:
         (chosen_logp, rejected_logp): 0-dim float32 tensors (float64 for a float64 model), nats.
@@ -219,7 +225,7 @@ def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: boo
     if keep_logits is None:
         keep_logits = supports_logits_to_keep(model)
     if share_prompt and len(pair.prompt_ids) >= 2 and _can_pack(model):
-        return _packed_pair_logps(model, pair, keep_logits)
+        return _packed_pair_logps(model, pair, keep_logits, direct_weight_grads)
     device = _model_device(model)
     results: list[Tensor] = []
     for response in (pair.chosen_ids, pair.rejected_ids):

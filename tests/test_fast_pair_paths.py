@@ -96,7 +96,7 @@ def test_fast_packed_path_gradients_equal_plain_path(model_name):
         model.zero_grad(set_to_none=True)
         logps = []
         for pair in pairs:
-            chosen, rejected = pair_logps(model, pair, share_prompt=share_prompt)
+            chosen, rejected = pair_logps(model, pair, share_prompt=share_prompt, direct_weight_grads=share_prompt)
             (chosen - 2 * rejected).backward()
             logps.append(torch.stack([chosen, rejected]).detach())
         results.append((torch.stack(logps), _parameter_grads(model)))
@@ -104,3 +104,21 @@ def test_fast_packed_path_gradients_equal_plain_path(model_name):
     torch.testing.assert_close(fast_logps, plain_logps, rtol=1e-5, atol=1e-5)
     largest = plain_grads.abs().max()
     assert ((fast_grads - plain_grads).abs().max() / largest).item() < 2e-6
+
+
+def test_default_packed_path_serves_torch_autograd_grad():
+    """Without `direct_weight_grads` (gradient entanglement takes gradients with torch.autograd.grad), every
+    parameter's gradient comes back through autograd, equal to the `.backward()` path with direct writes, and
+    `.grad` stays untouched."""
+    model, _ = load_model_and_tokenizer("tiny-llama")
+    model.eval()
+    pair = TokenizedPair(list(range(5, 25)), list(range(30, 47)), list(range(50, 61)), 0)
+    params = list(model.parameters())
+    chosen, rejected = pair_logps(model, pair)
+    through_autograd = torch.autograd.grad(chosen - 2 * rejected, params)
+    assert all(p.grad is None for p in params)
+    chosen, rejected = pair_logps(model, pair, direct_weight_grads=True)
+    (chosen - 2 * rejected).backward()
+    expected = _parameter_grads(model)
+    got = torch.cat([g.flatten() for g in through_autograd])
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 2e-6
