@@ -79,7 +79,8 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, 
 
     `weight_decay` is passed to every optimizer (0.0, TRL's default, also for AdamW, whose torch default is
     0.01). On a CUDA `device` torch's multi-tensor (`foreach=True`) implementations are used (RMSprop included);
-    elsewhere RMSprop is `ScratchRMSprop` (bitwise torch's single-tensor update, measured faster on CPU)."""
+    elsewhere RMSprop is `ScratchRMSprop` (bitwise torch's single-tensor update, measured faster on CPU), and Adam /
+    AdamW on CPU tensors torch's fused kernel (`fused=True`)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer: unknown name {name!r}; expected one of {sorted(OPTIMIZERS)}")
     if lr <= 0:
@@ -91,6 +92,10 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, 
     if on_cuda:
         optimizer_cls = torch.optim.RMSprop if name == "rmsprop" else OPTIMIZERS[name]
         return optimizer_cls(trainable, lr=lr, weight_decay=weight_decay, foreach=True)
+    on_cpu = all(p.device.type == "cpu" for p in trainable)
+    if name in ("adam", "adamw") and on_cpu:  # one fused pass per tensor, no temporaries (0.49 -> 0.15 s per step
+        # on SmolLM2-135M, 1 thread; same update up to fp32 round-off, 6e-8 after 3 steps at lr 1e-3)
+        return OPTIMIZERS[name](trainable, lr=lr, weight_decay=weight_decay, fused=True)
     return OPTIMIZERS[name](trainable, lr=lr, weight_decay=weight_decay)
 
 

@@ -14,7 +14,10 @@ Two ways to run a list of pairs, same numbers (tests check both against a naive 
     `share_prompt=True` the prompt and both responses go through ONE forward: x_{1..P-1} once, then
     x_P + y+_{1..R+-1} and x_P + y-_{1..R--1}, with position ids and a block mask that make each response
     see only the prompt and itself. Same function of the parameters as two separate forwards, but the
-    prompt's work is done once and each weight's gradient is formed by one matmul per pair.
+    prompt's work is done once and each weight's gradient is formed by one matmul per pair. Where the model
+    allows, that forward runs its attention as two causal SDPA calls instead of the dense mask
+    (`common.pair_attention`) and, in a training step (`direct_weight_grads=True`), writes the embedding and
+    LM-head weight gradients straight into `.grad` (`common.direct_grads`); same numbers up to fp32 round-off.
   - `batch_logps_padded` (for GPUs): chosen and rejected sequences of several pairs right-padded into one
     batch; the LM head still sees only response positions (a boolean `logits_to_keep` mask).
 
@@ -24,12 +27,15 @@ Models whose `forward` has no `logits_to_keep` argument fall back to full logits
 from __future__ import annotations
 
 import inspect
+from contextlib import ExitStack
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.direct_grads import can_embed_into_grad, embed_into_grad, head_into_grad
+from common.pair_attention import can_split_attention, split_attention_for
 from common.preference_data import TokenizedPair
 
 
@@ -169,8 +175,10 @@ def packed_pair_inputs(pair: TokenizedPair, dtype: torch.dtype) -> tuple[Tensor,
     return input_ids, position_ids, packed_attention_mask(segments, dtype), len(prefix)
 
 
-def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits: bool) -> tuple[Tensor, Tensor]:
-    """Both responses' summed log-probs from one forward over `packed_pair_inputs` (see there)."""
+def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits: bool,
+                       direct_weight_grads: bool = False) -> tuple[Tensor, Tensor]:
+    """Both responses' summed log-probs from one forward over `packed_pair_inputs` (see there), with the fast paths
+    of `common.pair_attention` and `common.direct_grads` where their checks pass (the dense mask is passed too)."""
     device = _model_device(model)
     dtype = next(model.parameters()).dtype
     input_ids, position_ids, mask, first = packed_pair_inputs(pair, dtype if dtype.is_floating_point else torch.float32)
@@ -178,7 +186,16 @@ def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits:
               "attention_mask": mask.to(device), "use_cache": False}
     if keep_logits:
         kwargs["logits_to_keep"] = torch.arange(first, input_ids.shape[1], device=device)
-    logits = model(**kwargs).logits[0]
+    inner = unwrap_model(model)
+    if direct_weight_grads and can_embed_into_grad(inner):
+        kwargs["inputs_embeds"] = embed_into_grad(inner, kwargs.pop("input_ids"))
+    with ExitStack() as fast_paths:
+        if direct_weight_grads:
+            fast_paths.enter_context(head_into_grad(inner))
+        if can_split_attention(inner):  # the mask stays in kwargs: a layer that ignores `pair_split` still uses it
+            kwargs["pair_split"] = (first, first + len(pair.chosen_ids))
+            fast_paths.enter_context(split_attention_for(inner))
+        logits = model(**kwargs).logits[0]
     logits = logits if keep_logits else logits[first:]
     num_chosen = len(pair.chosen_ids)
     chosen = summed_token_logps(logits[:num_chosen], torch.tensor(pair.chosen_ids, device=device))
@@ -187,7 +204,7 @@ def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits:
 
 
 def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: bool = True,
-               keep_logits: bool | None = None) -> tuple[Tensor, Tensor]:
+               keep_logits: bool | None = None, direct_weight_grads: bool = False) -> tuple[Tensor, Tensor]:
     """log pi(y+|x) and log pi(y-|x) of one pair, unpadded (gradients flow if grad mode is on).
 
     Args:
@@ -197,6 +214,10 @@ def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: boo
             activations and the weights' gradient are computed once. Falls back to two separate forwards when
             the prompt has one token or the model cannot take a custom 4D mask (flash attention, sliding window).
         keep_logits: Pass `logits_to_keep`; None = detect from the model's forward signature.
+        direct_weight_grads: The caller backpropagates with `.backward()` into `.grad` (a training step): the packed
+            forward's input embedding and LM head then add their weight gradient straight into `.grad`
+            (`common.direct_grads`). Leave False when gradients are taken with `torch.autograd.grad`, which would
+            not see those two weights' gradients.
 
     Returns:
         (chosen_logp, rejected_logp): 0-dim float32 tensors (float64 for a float64 model), nats.
@@ -204,7 +225,7 @@ def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: boo
     if keep_logits is None:
         keep_logits = supports_logits_to_keep(model)
     if share_prompt and len(pair.prompt_ids) >= 2 and _can_pack(model):
-        return _packed_pair_logps(model, pair, keep_logits)
+        return _packed_pair_logps(model, pair, keep_logits, direct_weight_grads)
     device = _model_device(model)
     results: list[Tensor] = []
     for response in (pair.chosen_ids, pair.rejected_ids):

@@ -132,11 +132,13 @@ class LogpsOptions:
     pad_token_id: int = 0
     keep_logits: bool = True
 
-    def logps(self, model: torch.nn.Module, pairs: Sequence[TokenizedPair]) -> tuple[Tensor, Tensor]:
-        """(chosen, rejected) (B,) float32 summed log-probs of `pairs`, graph-connected if grad is enabled."""
+    def logps(self, model: torch.nn.Module, pairs: Sequence[TokenizedPair], direct_weight_grads: bool = False
+              ) -> tuple[Tensor, Tensor]:
+        """(chosen, rejected) (B,) float32 summed log-probs of `pairs`, graph-connected if grad is enabled;
+        `direct_weight_grads`: see `pair_logps` (only for callers that run `.backward()`)."""
         if self.padding_free:
-            results = [pair_logps(model, pair, share_prompt=self.share_prompt, keep_logits=self.keep_logits)
-                       for pair in pairs]
+            results = [pair_logps(model, pair, share_prompt=self.share_prompt, keep_logits=self.keep_logits,
+                                  direct_weight_grads=direct_weight_grads) for pair in pairs]
             return torch.stack([c for c, _ in results]), torch.stack([r for _, r in results])
         return batch_logps_padded(model, pairs, self.pad_token_id, keep_logits=self.keep_logits)
 

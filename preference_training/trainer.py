@@ -175,7 +175,8 @@ def accumulate_step_gradients(model: torch.nn.Module, split: TrainingSplit, posi
     sums = torch.zeros(len(STEP_BATCH_KEYS), dtype=torch.float64)
     for index, chunk in enumerate(chunks):
         with group.sync_context(model, sync=index == len(chunks) - 1):
-            policy_chosen, policy_rejected = options.logps(model, [split.pairs[i] for i in chunk])
+            policy_chosen, policy_rejected = options.logps(model, [split.pairs[i] for i in chunk],
+                                                           direct_weight_grads=True)  # backward below
             logps = PreferenceLogps(policy_chosen, policy_rejected, split.reference_chosen[chunk].to(device),
                                     split.reference_rejected[chunk].to(device), chosen_lengths[chunk].to(device),
                                     rejected_lengths[chunk].to(device))

@@ -55,3 +55,15 @@ def test_build_optimizer_errors():
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer("sgd", [torch.nn.Parameter(torch.zeros(2), requires_grad=False)], 1e-3)
     assert isinstance(build_optimizer("rmsprop", params, 1e-3), ScratchRMSprop)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_on_cpu_is_torchs_fused_kernel_by_hand(name):
+    """First Adam step, p = [1, -2], g = [0.5, 0.5], lr 0.1, no weight decay: m_hat = g, v_hat = g^2, so each
+    weight moves by lr * g / (|g| + eps) = 0.1 against its gradient's sign: [0.9, -2.1]."""
+    parameter = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = build_optimizer(name, [parameter], 0.1)
+    assert optimizer.param_groups[0]["fused"] is True
+    parameter.grad = torch.tensor([0.5, 0.5])
+    optimizer.step()
+    torch.testing.assert_close(parameter.detach(), torch.tensor([0.9, -2.1]), rtol=0, atol=1e-6)

@@ -1,0 +1,124 @@
+"""Fast paths of the packed-pair step: split causal attention, gradients written straight into .grad.
+
+Run: python -m pytest tests/test_fast_pair_paths.py -x -q
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.direct_grads import _EmbeddingIntoGrad, _LinearIntoGrad, can_embed_into_grad, head_into_grad
+from common.models import load_model_and_tokenizer
+from common.pair_attention import can_split_attention, pair_split_attention
+from common.preference_data import TokenizedPair
+from common.sequence_logprobs import packed_pair_inputs, pair_logps
+
+
+class _OneHeadAttention(torch.nn.Module):
+    """What `sdpa_attention_forward` reads from an attention module: no GQA, causal."""
+
+    is_causal = True
+    num_key_value_groups = 1
+
+
+def test_split_attention_by_hand():
+    """Zero queries and keys: every allowed key gets equal weight, so each output is the mean of the values it may
+    see. Layout p=1 | c=2 | r=2, values 1..5: prompt [1]; chosen [1,2] [1,2,3]; rejected [1,4] [1,4,5]."""
+    zeros = torch.zeros(1, 1, 5, 4)
+    values = torch.arange(1.0, 6.0).reshape(1, 1, 5, 1).expand(1, 1, 5, 4).contiguous()
+    output, weights = pair_split_attention(_OneHeadAttention(), zeros, zeros, values, None, pair_split=(1, 3))
+    assert weights is None and output.shape == (1, 5, 1, 4)
+    torch.testing.assert_close(output[0, :, 0, 0], torch.tensor([1.0, 1.5, 2.0, 2.5, 10 / 3]), rtol=0, atol=1e-6)
+
+
+def test_split_attention_equals_dense_packed_mask():
+    """Random q, k, v on the layout of `packed_pair_inputs`: same output as SDPA with the dense packed mask."""
+    generator = torch.Generator().manual_seed(0)
+    pair = TokenizedPair([1, 2, 3, 4], [5, 6, 7], [8, 9], 0)  # p = 3, c = 3, r = 2
+    _, _, mask, first = packed_pair_inputs(pair, torch.float32)
+    query, key, value = (torch.randn(1, 2, 8, 4, generator=generator) for _ in range(3))
+    module = _OneHeadAttention()
+    dense, _ = pair_split_attention(module, query, key, value, mask)  # no pair_split: plain SDPA with the mask
+    split, _ = pair_split_attention(module, query, key, value, mask, pair_split=(first, first + 3))
+    torch.testing.assert_close(split, dense, rtol=0, atol=1e-6)
+
+
+def test_linear_into_grad_by_hand():
+    """h = [1, 2], W = [[1, 0], [0, 1], [1, 1]], L = logits . [1, 0, 2]: logits [1, 2, 3], dL/dh = g W = [3, 2],
+    dL/dW = g^T h = [[1, 2], [0, 0], [2, 4]], added to an existing .grad of ones."""
+    hidden = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    logits = _LinearIntoGrad.apply(hidden, weight)
+    assert logits.tolist() == [[1.0, 2.0, 3.0]]
+    weight.grad = torch.ones(3, 2)
+    (logits * torch.tensor([1.0, 0.0, 2.0])).sum().backward()
+    assert hidden.grad.tolist() == [[3.0, 2.0]]
+    assert weight.grad.tolist() == [[2.0, 3.0], [1.0, 1.0], [3.0, 5.0]]
+
+
+def test_embedding_into_grad_by_hand():
+    """ids [1, 1, 3, 0] with padding_idx 3, output gradients [1,2], [3,4], [5,6], [7,8]: row 1 gets [4, 6], row 0
+    [7, 8], the padding row 3 nothing (as nn.Embedding), row 2 nothing."""
+    weight = torch.arange(8.0).reshape(4, 2).requires_grad_()
+    embeddings = _EmbeddingIntoGrad.apply(weight, torch.tensor([1, 1, 3, 0]), 3)
+    assert embeddings.tolist() == [[2.0, 3.0], [2.0, 3.0], [6.0, 7.0], [0.0, 1.0]]
+    (embeddings * torch.arange(1.0, 9.0).reshape(4, 2)).sum().backward()
+    assert weight.grad.tolist() == [[7.0, 8.0], [4.0, 6.0], [0.0, 0.0], [0.0, 0.0]]
+
+
+def test_head_into_grad_restores_the_module_forward():
+    model, _ = load_model_and_tokenizer("tiny-llama")
+    head = model.get_output_embeddings()
+    with head_into_grad(model):
+        assert "forward" in head.__dict__
+    assert "forward" not in head.__dict__
+
+
+def _parameter_grads(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
+def test_fast_packed_path_gradients_equal_plain_path(model_name):
+    """Two pairs accumulated into .grad (so the direct-to-.grad writes meet an existing gradient): the packed
+    forward with every fast path (split attention, embedding and LM head into .grad) against the plain path (two
+    ordinary forwards per pair, `share_prompt=False`): same log-probs and gradients of sum(c - 2 r) to 2e-6
+    relative to the largest gradient entry (fp32)."""
+    model, _ = load_model_and_tokenizer(model_name)
+    model.eval()
+    assert can_split_attention(model) and can_embed_into_grad(model)  # the fast paths are the ones under test
+    assert type(model.get_output_embeddings()) is torch.nn.Linear
+    pairs = [TokenizedPair(list(range(5, 25)), list(range(30, 47)), list(range(50, 61)), 0),
+             TokenizedPair([3, 9, 27, 81], [100, 7], [200, 201, 202, 203, 204, 205], 1)]
+    results = []
+    for share_prompt in (True, False):
+        model.zero_grad(set_to_none=True)
+        logps = []
+        for pair in pairs:
+            chosen, rejected = pair_logps(model, pair, share_prompt=share_prompt, direct_weight_grads=share_prompt)
+            (chosen - 2 * rejected).backward()
+            logps.append(torch.stack([chosen, rejected]).detach())
+        results.append((torch.stack(logps), _parameter_grads(model)))
+    (fast_logps, fast_grads), (plain_logps, plain_grads) = results
+    torch.testing.assert_close(fast_logps, plain_logps, rtol=1e-5, atol=1e-5)
+    largest = plain_grads.abs().max()
+    assert ((fast_grads - plain_grads).abs().max() / largest).item() < 2e-6
+
+
+def test_default_packed_path_serves_torch_autograd_grad():
+    """Without `direct_weight_grads` (gradient entanglement takes gradients with torch.autograd.grad), every
+    parameter's gradient comes back through autograd, equal to the `.backward()` path with direct writes, and
+    `.grad` stays untouched."""
+    model, _ = load_model_and_tokenizer("tiny-llama")
+    model.eval()
+    pair = TokenizedPair(list(range(5, 25)), list(range(30, 47)), list(range(50, 61)), 0)
+    params = list(model.parameters())
+    chosen, rejected = pair_logps(model, pair)
+    through_autograd = torch.autograd.grad(chosen - 2 * rejected, params)
+    assert all(p.grad is None for p in params)
+    chosen, rejected = pair_logps(model, pair, direct_weight_grads=True)
+    (chosen - 2 * rejected).backward()
+    expected = _parameter_grads(model)
+    got = torch.cat([g.flatten() for g in through_autograd])
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 2e-6
