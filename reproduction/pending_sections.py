@@ -38,8 +38,9 @@ SECTION6_COMMANDS = f"""# 0. SFT source: SORRY-Bench train/test split, generic g
     --dataset {REFUSING_MODEL_DATA}/train.jsonl --dataset_format sorrybench_prefs --max_input_length 256 \\
     --custom_dataset_display_name {SECTION6_DATASET_DISPLAY} --device cpu \\
     --output_dir {Path(SECTION6_SIMILARITY).parents[1]}
-# 4. DPO, DPO + SFT term, gold preferences (64 pairs each) and the 16 lowest LN-CHES pairs, from the refusing
-#    model; refusal rates before (dpo_plain) and after (temperature 0.7, 48 new tokens, keyword judge)
+# 4. DPO, DPO + SFT term, gold preferences (64 pairs each), the 16 lowest LN-CHES pairs, all pairs (batch 32) and
+#    the refusal-refusal pairs alone (batch 32), from the refusing model; refusal rates before (dpo_plain) and
+#    after (temperature 0.7, 48 new tokens, keyword judge)
 {ENV} nohup python sorrybench_experiment_plan_runner.py \\
     --plan_config_path reproduction/plans/section6b_smollm2.json > section6.log 2>&1 &
 # 5. refusal rates with 95% intervals into this report
@@ -125,15 +126,15 @@ def section6_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] 
             "pipeline first makes a refusing model with an SFT stage on the gold refusal texts "
             "(`data_files/sorrybench/gold_refusals.txt`), then follows the paper: refusal rate of that model, "
             "preference data generated from it by the reference pairing rule, DPO / DPO + SFT / gold / "
-            "LN-CHES-filtered, refusal rates before and after (the paper's shape: DPO drops the rate, 74.4% → "
+            "LN-CHES-filtered (plus two runs with the reference's batch of 32: every training pair, and the "
+            "refusal-refusal pairs alone), refusal rates before and after (the paper's shape: DPO drops the rate, 74.4% → "
             "33.4% for Llama-3-8B-Instruct, and CHES filtering keeps it). Plans: "
             "`reproduction/plans/section6a_smollm2.json` (SFT) and `section6b_smollm2.json` (DPO variants).", "",
             "```bash", SECTION6_COMMANDS, "```", "",
-            "Expected resources (2 shared CPU cores; from the measured rates in docs/sorrybench.md: training 6.1 s "
-            "per pair per epoch, refusal evaluation 1.7 s per prompt, generation 3.2 s per prompt for 2 × 48 "
-            "tokens): step 0 about 5 min, step 1 about 20 min (7 min training, 13 min refusal evaluation of 450 "
-            "prompts), step 2 about 25 min, step 3 about 5 min, step 4 about 1 h (four runs of about 15 min, plus "
-            "the evaluation before training): about 2 h in all, about 4–5 GB of memory (bench/RESULTS.md). The "
+            "Resources, measured on 2 CPU cores shared with another job (OMP_NUM_THREADS=1): step 0 3.0 min, "
+            "step 1 5.3 min (8 SFT steps 1.4 min, refusal evaluation of 450 prompts about 4 min), step 2 8.0 min, "
+            "step 3 1.7 min, step 4 SECTION6_STEP4 (a refusal evaluation about 4–5 min per run; 8 DPO steps of 8 "
+            "pairs 1.4 min; 12 steps of 32 pairs about 8 min); about 1 h in all, below 5 GB of memory. The "
             "refusal rate after "
             "training is 1 − mean judge score over one sampled response per prompt; responses the judge cannot "
             "score (unknown) are left out of the mean and counted apart (`num_unknown`).", "",
