@@ -156,6 +156,14 @@ def _moved(summary: dict, name: str, split: str = VERDICT_SPLIT) -> str | None:
     return f"from {before['rate']:.1%} to {after['rate']:.1%} ({direction}: 95% intervals)"
 
 
+def _displaced(run: dict) -> str:
+    """'F% (mean Δ log π(y+) C nats)': the share of training pairs whose preferred log-prob fell, and the mean change."""
+    fraction, change = run.get("frac_preferred_decreased"), run.get("preferred_logprob_change_mean")
+    if fraction is None or change is None:
+        return "an unknown share"
+    return f"{fraction:.0%} (mean Δ log π(y+) {change:+.2f} nats)"
+
+
 def section6_reading(summary: dict) -> list[str]:
     """A paragraph comparing the runs with the paper, every number read from `summary`."""
     sentences = ["**Reading.** In the paper, DPO on the preference data generated from Llama-3-8B-Instruct lowers "
@@ -165,23 +173,22 @@ def section6_reading(summary: dict) -> list[str]:
                                        ("dpo_plain", "dpo_plain_all_pairs", "dpo_refusal_refusal_pairs"))
     if plain:
         sentences.append(f"Here plain DPO moved the train-split refusal rate {plain}"
-                         + (f"; with every training pair and the reference's batch of 32, {all_pairs}" if all_pairs
-                            else "") + ".")
+                         + (f"; with every training pair and the reference's batch of 32, {all_pairs}, while π(y+) "
+                            f"fell on {_displaced(summary['runs']['dpo_plain_all_pairs'])} of its training pairs"
+                            if all_pairs else "") + ".")
     data, run = summary.get("preference_data") or {}, summary["runs"].get("dpo_plain") or {}
     counts = data.get("pair_type_counts") or {}
     if counts and run.get("frac_preferred_decreased") is not None:
         total = sum(counts.values())
         toward = counts.get("refusal-compliance", 0)
         sentences.append(f"{toward} of the {total} generated pairs ({toward / total:.0%}) prefer a refusal to a "
-                         "compliance, a direct pull toward refusing, and π(y+) fell on "
-                         f"{run['frac_preferred_decreased']:.0%} of plain DPO's training pairs (mean Δ log π(y+) "
-                         f"{run['preferred_logprob_change_mean']:+.2f} nats).")
+                         f"compliance, a direct pull toward refusing; π(y+) fell on {_displaced(run)} of plain DPO's "
+                         "training pairs.")
     if only_refusals:
         diagnostic = summary["runs"]["dpo_refusal_refusal_pairs"]
         sentences.append(f"Trained on the {diagnostic.get('num_train_pairs', '?')} refusal-refusal pairs alone (both "
                          f"responses refuse, so displacement can only move mass away from refusals), the rate moved "
-                         f"{only_refusals}; π(y+) fell on {diagnostic.get('frac_preferred_decreased') or 0:.0%} of "
-                         "those pairs.")
+                         f"{only_refusals}; π(y+) fell on {_displaced(diagnostic)} of those pairs.")
     return [" ".join(sentences), ""]
 
 

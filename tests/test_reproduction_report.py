@@ -256,8 +256,8 @@ def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
     assert ("| DPO | 85.0% [81.2%, 88.2%] (n=400) | 80.0% [71.1%, 86.7%] (n=100) | 25.0% [21.0%, 29.5%] (n=400) | "
             "20.0% [13.3%, 28.9%] (n=100) | 64 | -1.23 | 75% |") in text
     assert ("Here plain DPO moved the train-split refusal rate from 85.0% to 25.0% (lower: 95% intervals). 7 of the "
-            "10 generated pairs (70%) prefer a refusal to a compliance, a direct pull toward refusing, and π(y+) fell "
-            "on 75% of plain DPO's training pairs (mean Δ log π(y+) -1.23 nats).") in text
+            "10 generated pairs (70%) prefer a refusal to a compliance, a direct pull toward refusing; π(y+) fell on "
+            "75% (mean Δ log π(y+) -1.23 nats) of plain DPO's training pairs.") in text
     assert ("Preference data generated from `sft_model` (10 train / 2 test pairs): 7 refusal-compliance, "
             "3 refusal-refusal (chosen, rejected); refusal rate of its sampled responses 62.5%.") in text
     assert (tmp_path / "fig" / "section6_refusal_rates.png").read_bytes()[:8] == PNG_MAGIC
