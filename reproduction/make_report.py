@@ -25,8 +25,9 @@ from reproduction.pending_sections import count_finished_runs, paper_scale_lines
 from reproduction.section3_markdown import cell_displaced, plot_section3, section3_markdown, verdict
 from reproduction.section3_plan import OUTPUTS_DIR, PAPER_SEEDS
 from reproduction.section3_report import collect_section3
-from reproduction.section5_report import collect_section5, plot_section5, section5_result_lines
-from reproduction.section6_report import (collect_section6, plot_section6, section6_reading,
+from reproduction.section5_report import (collect_section5, plot_section5, section5_evidence, section5_reading,
+                                          section5_result_lines)
+from reproduction.section6_report import (collect_section6, plot_section6, section6_evidence, section6_reading,
                                           section6_result_lines)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def _displaced_cells(section3: dict) -> str:
 
 
 def headline(section3: dict, section5_runs: int, section5_verdict: str, section6_runs: int,
-             section6_verdict: str) -> list[str]:
+             section6_verdict: str, section5_evidence: str = "", section6_evidence: str = "") -> list[str]:
     """The three findings and their status."""
     return ["## Headline", "",
             "| finding (paper section) | status here | evidence |", "|---|---|---|",
@@ -79,10 +80,10 @@ def headline(section3: dict, section5_runs: int, section5_verdict: str, section6
             f"{_displaced_cells(section3)} |",
             f"| CHES predicts displacement better than edit distance / hidden-state similarity (Sec. 5) | "
             f"{'not run yet' if section5_runs == 0 else section5_verdict} | "
-            f"{section5_runs} finished runs |",
+            f"{section5_runs} finished runs{'; ' + section5_evidence if section5_evidence else ''} |",
             f"| DPO on refusal data lowers the refusal rate; CHES filtering keeps it (Sec. 6) | "
             f"{'not run yet' if section6_runs == 0 else section6_verdict} | "
-            f"{section6_runs} finished runs |", ""]
+            f"{section6_runs} finished runs{'; ' + section6_evidence if section6_evidence else ''} |", ""]
 
 
 def make_report(section3_dir: Path, section5_dir: Path, section6_dir: Path, report: Path, figures_dir: Path,
@@ -94,23 +95,24 @@ def make_report(section3_dir: Path, section5_dir: Path, section6_dir: Path, repo
     if section3["cells"]:
         plot_section3(section3, figures_dir)
     section5_runs, section6_runs = count_finished_runs(section5_dir), count_finished_runs(section6_dir)
-    section5_lines, section5_verdict = None, "not run"
+    section5_lines, section5_verdict, section5_note, section6_note = None, "not run", "", ""
     if section5_runs:
         section5 = collect_section5(section5_dir)
-        section5_verdict = section5["verdict"]
+        section5_verdict, section5_note = section5["verdict"], section5_evidence(section5)
         atomic_write_json(figures_dir / "section5_summary.json", section5)
         figure = plot_section5(section5, figures_dir)
-        section5_lines = section5_result_lines(section5) + (
+        section5_lines = section5_result_lines(section5) + section5_reading(section5) + (
             [f"![preferred log-prob change per quantile]({_relative(figure, report.parent)})", ""] if figure else [])
     section6_lines, section6_verdict = None, "not run"
     if section6_runs:
         section6 = collect_section6(section6_dir)
         atomic_write_json(figures_dir / "section6_summary.json", section6)
         figure = plot_section6(section6, figures_dir)
-        section6_verdict = section6["verdict"]
+        section6_verdict, section6_note = section6["verdict"], section6_evidence(section6)
         section6_lines = section6_result_lines(section6) + section6_reading(section6) + (
             [f"![refusal rates before and after]({_relative(figure, report.parent)})", ""] if figure else [])
-    lines = [HEADER, *headline(section3, section5_runs, section5_verdict, section6_runs, section6_verdict),
+    lines = [HEADER, *headline(section3, section5_runs, section5_verdict, section6_runs, section6_verdict,
+                                section5_note, section6_note),
              f"Section 3 runs read from `{section3_dir}`.", "",
              *section3_markdown(section3, _relative(figures_dir, report.parent)), *paper_scale_lines(3),
              *section5_markdown(section5_dir, section5_runs, section5_lines),

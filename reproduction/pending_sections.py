@@ -99,7 +99,7 @@ def section5_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] 
     return ["## Section 5: CHES vs other similarity measures (Figure 2 analogue)", "",
             _status_line(outputs_dir, num_runs, 48, summarised=result_lines is not None), "",
             *(result_lines or []),
-            "What it will show: the preferred log-prob change after DPO on 32-pair subsets taken at quantiles "
+            "What it measures: the preferred log-prob change after DPO on 32-pair subsets taken at quantiles "
             "0, 0.25, 0.5, 0.75, 1 of CHES, of minus the normalised edit distance and of the last-hidden-state "
             "inner product, 3 seeds each (the paper: the more similar by CHES, the larger the decrease, while the "
             "other measures order the subsets less clearly). Plan: `reproduction/plans/section5_smollm2.json` "
@@ -133,8 +133,9 @@ def section6_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] 
             "```bash", SECTION6_COMMANDS, "```", "",
             "Resources, measured on 2 CPU cores shared with another job (OMP_NUM_THREADS=1): step 0 3.0 min, "
             "step 1 5.3 min (8 SFT steps 1.4 min, refusal evaluation of 450 prompts about 4 min), step 2 8.0 min, "
-            "step 3 1.7 min, step 4 SECTION6_STEP4 (a refusal evaluation about 4–5 min per run; 8 DPO steps of 8 "
-            "pairs 1.4 min; 12 steps of 32 pairs about 8 min); about 1 h in all, below 5 GB of memory. The "
+            "step 3 1.7 min, step 4 51 min (the 64-pair and 16-pair runs 4.4–5.5 min each, dpo_plain 10.2 min with "
+            "its evaluation before training, all pairs 15.9 min, the refusal-refusal pairs 8.3 min; a refusal "
+            "evaluation of 450 prompts takes 4–5 min of each); about 70 min in all; peak resident memory 3.5 GB. The "
             "refusal rate after "
             "training is 1 − mean judge score over one sampled response per prompt; responses the judge cannot "
             "score (unknown) are left out of the mean and counted apart (`num_unknown`).", "",

@@ -71,7 +71,8 @@ def per_example_correlations(sample_indices: np.ndarray, scores: dict[str, np.nd
     return out
 
 
-def _load_similarity(path: Path) -> dict[str, np.ndarray]:
+def load_similarity_scores(path: Path) -> dict[str, np.ndarray]:
+    """`sample_indices` and the CORRELATION_MEASURES present in a results_samples.pt, as numpy arrays."""
     from ches.results_file import load_similarity_results
 
     results = load_similarity_results(path)
@@ -95,7 +96,7 @@ def collect_section5(outputs_dir: Path, similarity_path: Path | None = None) -> 
     if random_runs and (similarity_path is None or not Path(similarity_path).exists()):
         notes.append(f"similarity file {similarity_path} not found: per-example correlations not computed")
     elif random_runs:
-        similarity = _load_similarity(Path(similarity_path))
+        similarity = load_similarity_scores(Path(similarity_path))
         scores = {key: value for key, value in similarity.items() if key != "sample_indices"}
         for run_dir in random_runs:
             tensors = load_file(str(run_dir / "displacement_train.safetensors"))
@@ -156,6 +157,40 @@ def _random_subset_runs(outputs_dir: Path) -> list[Path]:
     return runs
 
 
+def section5_evidence(summary: dict) -> str:
+    """The headline's evidence cell: mean per-pair rho of each measure. Example: 'mean per-pair ρ with
+    Δ log π(y+) (3 runs): ches_scores -0.51, ...'."""
+    described = ", ".join(f"{measure} {value['mean']:+.2f}" for measure, value in summary["correlations"].items()
+                          if value["mean"] is not None)
+    return (f"mean per-pair ρ with Δ log π(y+) ({summary['num_random_subset_runs']} random-subset runs): {described}"
+            if described else "no per-pair correlations")
+
+
+def section5_reading(summary: dict) -> list[str]:
+    """A paragraph comparing the windows and correlations with the paper, every number read from `summary`."""
+    sentences = ["**Reading.** In the paper (Figure 2), the preferred log-prob falls more in windows of higher CHES, "
+                 "and CHES orders the windows more clearly than the edit distance or the hidden-state inner product."]
+    windows = summary["windows"]
+    if windows:
+        fell = [row["frac_preferred_decreased_mean"] for row in windows
+                if row["frac_preferred_decreased_mean"] is not None]
+        rose = sum(row["mean"] > 0 for row in windows)
+        sentences.append(f"Here the mean Δ log π(y+) is positive in {rose} of {len(windows)} windows"
+                         + (f" and π(y+) fell for at most {max(fell):.0%} of a window's pairs" if fell else "")
+                         + ", so the windows compare sizes of increase, not of decrease.")
+        ches = sorted((row for row in windows if row["measure"] == "ches_scores"), key=lambda row: row["quantile"])
+        if len(ches) >= 2:
+            sentences.append("CHES windows from quantile 0 to 1: " + ", ".join(f"{row['mean']:+.2f}" for row in ches)
+                             + " nats.")
+    correlations = {measure: value["mean"] for measure, value in summary["correlations"].items()
+                    if value["mean"] is not None}
+    if correlations:
+        ordered = sorted(correlations.items(), key=lambda item: item[1])
+        sentences.append("Per pair, the most negative rank correlation with Δ log π(y+) is "
+                         + ", then ".join(f"{measure} ({rho:+.2f})" for measure, rho in ordered) + ".")
+    return [" ".join(sentences), ""]
+
+
 def section5_result_lines(summary: dict) -> list[str]:
     """Markdown tables of the windows and the correlations."""
     lines = [f"Verdict (rule in reproduction/section5_report.py): **{summary['verdict']}**.", "",
@@ -168,7 +203,7 @@ def section5_result_lines(summary: dict) -> list[str]:
                      f"{row['std']:.2g} | {'-' if fraction is None else f'{fraction:.2f}'} |")
     lines += ["", "Per-example Spearman rho between each measure and the preferred log-prob change "
               f"({summary['num_random_subset_runs']} random-subset runs; mean ± std over runs):", "",
-              "| measure | rho | pairs per run |", "|---|---|---|"]
+              "| measure | rho | pairs per run (trained; prompts over max_input_length are dropped) |", "|---|---|---|"]
     for measure, value in summary["correlations"].items():
         rho = "-" if value["mean"] is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
         counts = ", ".join(str(row["num_pairs"]) for row in value["runs"])

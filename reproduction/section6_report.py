@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 Z_95 = 1.959963984540054
+MEASURE_LABELS = {"ln_ches_scores": "LN-CHES", "ches_scores": "CHES"}
 VERDICT_SPLIT = "train"  # the split the verdict reads (module docstring)
 RUN_LABELS = {"refusal_sft": "safety SFT (the refusing start)", "dpo_plain": "DPO", "dpo_sft": "DPO + SFT term",
               "dpo_gold": "DPO, gold preferences", "dpo_ln_ches_lowest16": "DPO, 16 lowest LN-CHES pairs",
@@ -76,6 +78,32 @@ def _preference_data(config: dict) -> dict:
     return {key: info[key] for key in keys if key in info}
 
 
+CORRELATION_RUNS = ("dpo_plain_all_pairs", "dpo_refusal_refusal_pairs")  # no similarity filter: every pair trained
+
+
+def per_example_correlations(outputs_dir: Path, runs: dict, similarity_path: str | None) -> dict:
+    """Per run of CORRELATION_RUNS: Spearman's rho between each training pair's CHES / LN-CHES score (the similarity
+    file, matched by train.jsonl row) and its preferred log-prob change (displacement_train.safetensors); the
+    paper predicts a negative rho (more similar, larger decrease). {} without the similarity file."""
+    if not similarity_path or not Path(similarity_path).exists():
+        return {}
+    from safetensors.numpy import load_file
+
+    from reproduction.section5_report import load_similarity_scores
+    from reproduction.section5_report import per_example_correlations as correlate  # same matching as Section 5
+
+    similarity = load_similarity_scores(Path(similarity_path))
+    scores = {key: similarity[key] for key in ("ln_ches_scores", "ches_scores") if key in similarity}
+    out = {}
+    for name in CORRELATION_RUNS:
+        tensors_path = Path(outputs_dir) / name / "displacement_train.safetensors"
+        if name in runs and tensors_path.exists():
+            tensors = load_file(str(tensors_path))
+            out[name] = correlate(similarity["sample_indices"], scores, tensors["per_example/example_ids"],
+                                  tensors["per_example/preferred_logprob_change"])
+    return out
+
+
 def collect_section6(outputs_dir: Path) -> dict:
     """Per finished run under `outputs_dir`: refusal rates before / after and the training effect; plus the model
     and the composition of the generated preference data (read through the plain DPO run's `dataset`)."""
@@ -93,7 +121,10 @@ def collect_section6(outputs_dir: Path) -> dict:
                                                        item[0])))
     model = next((config["model"] for config in configs.values() if "model" in config), None)
     data = _preference_data(configs.get("dpo_plain", {}))
+    similarity_path = configs.get("dpo_ln_ches_lowest16", {}).get("similarity_results_path")
+    correlations = per_example_correlations(outputs_dir, runs, similarity_path)
     return {"model": model, "preference_data": data, "verdict_split": VERDICT_SPLIT, "runs": runs,
+            "correlations": correlations,
             "verdict": verdict(runs), "verdict_per_plain_run": {name: verdict(runs, plain_run=name)
                                                                 for name in PLAIN_DPO_RUNS if name in runs}}
 
@@ -164,6 +195,18 @@ def _displaced(run: dict) -> str:
     return f"{fraction:.0%} (mean Δ log π(y+) {change:+.2f} nats)"
 
 
+def section6_evidence(summary: dict) -> str:
+    """The headline's evidence cell: the train-split refusal rate before and after each plain DPO run and the
+    refusal-refusal diagnostic."""
+    start = (summary["runs"].get("dpo_plain") or {}).get("before") or {}
+    if VERDICT_SPLIT not in start:
+        return "no refusal rate before training"
+    after = [f"{RUN_LABELS.get(name, name)} {summary['runs'][name]['after'][VERDICT_SPLIT]['rate']:.1%}"
+             for name in (*PLAIN_DPO_RUNS, "dpo_refusal_refusal_pairs")
+             if VERDICT_SPLIT in (summary["runs"].get(name) or {}).get("after", {})]
+    return f"{VERDICT_SPLIT}-split refusal rate {start[VERDICT_SPLIT]['rate']:.1%} before; after: " + "; ".join(after)
+
+
 def section6_reading(summary: dict) -> list[str]:
     """A paragraph comparing the runs with the paper, every number read from `summary`."""
     sentences = ["**Reading.** In the paper, DPO on the preference data generated from Llama-3-8B-Instruct lowers "
@@ -189,6 +232,13 @@ def section6_reading(summary: dict) -> list[str]:
         sentences.append(f"Trained on the {diagnostic.get('num_train_pairs', '?')} refusal-refusal pairs alone (both "
                          f"responses refuse, so displacement can only move mass away from refusals), the rate moved "
                          f"{only_refusals}; π(y+) fell on {_displaced(diagnostic)} of those pairs.")
+    for name, measures in (summary.get("correlations") or {}).items():
+        described = ", ".join(f"{MEASURE_LABELS.get(measure, measure)} ρ {value['rho']:+.2f}"
+                              for measure, value in measures.items() if math.isfinite(value["rho"]))
+        if described:
+            sentences.append(f"Per pair, Spearman's ρ between the score and Δ log π(y+) in the run "
+                             f"'{RUN_LABELS.get(name, name)}' ({next(iter(measures.values()))['num_pairs']} pairs): "
+                             f"{described} (negative: the more similar the pair, the larger the decrease).")
     return [" ".join(sentences), ""]
 
 
@@ -199,7 +249,7 @@ def plot_section6(summary: dict, figures_dir: Path) -> Path | None:
     plain = summary["runs"].get("dpo_plain")
     if plain and plain.get("before"):
         bars.append(("before DPO\n(safety-SFT model)", plain["before"]))
-    bars += [(RUN_LABELS.get(name, name).replace(", ", ",\n"), run["after"]) for name, run in summary["runs"].items()
+    bars += [(textwrap.fill(RUN_LABELS.get(name, name), 17), run["after"]) for name, run in summary["runs"].items()
              if name != "refusal_sft"]
     splits = [split for split in ("train", "test") if any(split in rates for _, rates in bars)]
     if not bars or not splits:
@@ -209,7 +259,7 @@ def plot_section6(summary: dict, figures_dir: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8.5, 4))
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.45 * len(bars)), 4.4))
     width = 0.8 / len(splits)
     for offset, split in enumerate(splits):
         points = [(index, rates[split]) for index, (_, rates) in enumerate(bars) if split in rates]
@@ -222,7 +272,10 @@ def plot_section6(summary: dict, figures_dir: Path) -> Path | None:
         axis.bar(xs, rates, width=width, yerr=errors, capsize=3, color=f"C{offset}",
                  label=f"{split} prompts (n={'/'.join(map(str, sizes))})")
     axis.set_xticks(range(len(bars)))
-    axis.set_xticklabels([label for label, _ in bars], fontsize=8)
+    axis.set_xticklabels([label for label, _ in bars], fontsize=7.5)
+    if plain and plain.get("before") and VERDICT_SPLIT in plain["before"]:
+        axis.axhline(plain["before"][VERDICT_SPLIT]["rate"], color="C7", linestyle="--", linewidth=1,
+                     label=f"before DPO, {VERDICT_SPLIT} prompts")
     axis.set_ylim(0, 1)
     axis.set_ylabel("refusal rate (keyword judge, 95% Wilson CI)")
     axis.set_title(f"SORRY-Bench refusals before and after preference training, {summary.get('model', '?')}",

@@ -255,6 +255,7 @@ def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
     assert "**Runs found: 2 of 7**" in text
     assert ("| DPO | 85.0% [81.2%, 88.2%] (n=400) | 80.0% [71.1%, 86.7%] (n=100) | 25.0% [21.0%, 29.5%] (n=400) | "
             "20.0% [13.3%, 28.9%] (n=100) | 64 | -1.23 | 75% |") in text
+    assert "2 finished runs; train-split refusal rate 85.0% before; after: DPO 25.0% |" in text  # the headline
     assert ("Here plain DPO moved the train-split refusal rate from 85.0% to 25.0% (lower: 95% intervals). 7 of the "
             "10 generated pairs (70%) prefer a refusal to a compliance, a direct pull toward refusing; π(y+) fell on "
             "75% (mean Δ log π(y+) -1.23 nats) of plain DPO's training pairs.") in text
@@ -294,3 +295,47 @@ def test_section6_figure_draws_rates_of_zero_and_one(tmp_path):
                                                     "after": {"train": rates(0.0, 383), "test": rates(1.0, 67)}}}}
     path = plot_section6(summary, tmp_path)
     assert path == tmp_path / "section6_refusal_rates.png" and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_section6_per_pair_correlations_match_by_dataset_row(tmp_path):
+    import torch
+    from safetensors.numpy import save_file
+
+    from reproduction.section6_report import per_example_correlations
+
+    similarity = tmp_path / "results_samples.pt"
+    torch.save({"sample_indices": torch.tensor([5, 3, 9, 1]),  # dataset rows, not in order
+                "ches_scores": torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64),
+                "ln_ches_scores": torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64),
+                "minus_normalized_edit_distances": torch.zeros(4, dtype=torch.float64),
+                "last_hidden_embedding_inner_prods": torch.zeros(4, dtype=torch.float64)}, similarity)
+    run_dir = tmp_path / "dpo_refusal_refusal_pairs"
+    run_dir.mkdir()
+    # rows 1, 3, 5 trained (row 9 not): changes -1, -2, -3 -> CHES of rows 1/3/5 = 1/3/4, LN-CHES 4/2/1
+    save_file({"per_example/example_ids": np.array([1, 3, 5]),
+               "per_example/preferred_logprob_change": np.array([-1.0, -2.0, -3.0])},
+              str(run_dir / "displacement_train.safetensors"))
+    result = per_example_correlations(tmp_path, {"dpo_refusal_refusal_pairs": {}}, str(similarity))
+    assert result["dpo_refusal_refusal_pairs"]["ches_scores"] == {"rho": pytest.approx(-1.0), "num_pairs": 3}
+    assert result["dpo_refusal_refusal_pairs"]["ln_ches_scores"]["rho"] == pytest.approx(1.0)
+    assert per_example_correlations(tmp_path, {"dpo_refusal_refusal_pairs": {}}, str(tmp_path / "missing.pt")) == {}
+
+
+def test_section5_reading_and_evidence_read_the_summary():
+    from reproduction.section5_report import section5_evidence, section5_reading
+
+    def window(measure: str, quantile: float, mean: float, fell: float) -> dict:
+        return {"measure": measure, "quantile": quantile, "mean": mean, "frac_preferred_decreased_mean": fell}
+
+    summary = {"windows": [window("ches_scores", 0.0, 2.0, 0.0), window("ches_scores", 1.0, -0.5, 0.75),
+                           window("minus_normalized_edit_distances", 0.0, 1.0, 0.25)],
+               "correlations": {"ches_scores": {"mean": -0.5}, "last_hidden_embedding_inner_prods": {"mean": 0.25},
+                                "minus_normalized_edit_distances": {"mean": None}},
+               "num_random_subset_runs": 3}
+    (text, blank) = section5_reading(summary)
+    assert blank == "" and ("Here the mean Δ log π(y+) is positive in 2 of 3 windows and π(y+) fell for at most 75% "
+                            "of a window's pairs") in text
+    assert "CHES windows from quantile 0 to 1: +2.00, -0.50 nats." in text
+    assert text.endswith("is ches_scores (-0.50), then last_hidden_embedding_inner_prods (+0.25).")
+    assert section5_evidence(summary) == ("mean per-pair ρ with Δ log π(y+) (3 random-subset runs): ches_scores "
+                                          "-0.50, last_hidden_embedding_inner_prods +0.25")
