@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ches.ches import load_similarity_results, select_lowest_k, select_quantile_window
@@ -58,8 +59,11 @@ def _check_settings(config: PreferenceTrainingConfig, settings: dict) -> None:
                              f"the run's settings or change the run config")
 
 
-def select_similarity_rows(config: PreferenceTrainingConfig) -> tuple[list[int], list[int], dict]:
-    """(training rows, rows the file drew, info) from the similarity results file (see the module docstring)."""
+def select_similarity_rows(config: PreferenceTrainingConfig,
+                           allowed_rows: set[int] | None = None) -> tuple[list[int], list[int], dict]:
+    """(training rows, rows the file drew, info) from the similarity results file (see the module docstring).
+
+    `allowed_rows`: when given, only these rows can be selected (the others count as unscored)."""
     results = load_similarity_results(config.similarity_results_path)
     _check_settings(config, results.get("settings", {}))
     rows = [int(i) for i in results["sample_indices"].tolist()]
@@ -69,8 +73,16 @@ def select_similarity_rows(config: PreferenceTrainingConfig) -> tuple[list[int],
                          f"drew {len(drawn)} pairs and scored {len(rows)}; set num_train_samples to one of them "
                          "or null")
     scores = [float(s) for s in results[config.pref_similarity_measure].tolist()]
+    if allowed_rows is not None:
+        scores = [score if row in allowed_rows else math.nan for row, score in zip(rows, scores)]
     valid = [s for s in scores if not math.isnan(s)]
+    if not valid:
+        raise ValueError(f"similarity_results_path {config.similarity_results_path}: none of its scored rows can be "
+                         "selected (every score is NaN or outside the training-pair filter)")
     k = config.preference_num_samples or len(valid)
+    if allowed_rows is not None and k > len(valid):
+        raise ValueError(f"similarity_results_path {config.similarity_results_path}: preference_num_samples={k} but "
+                         f"only {len(valid)} scored rows pass the training-pair filter; lower preference_num_samples")
     if config.quantile is None:
         positions = select_lowest_k(scores, k)
     else:
@@ -98,18 +110,25 @@ def _draw(rows: list[int], count: int, seed: int, what: str) -> list[int]:
     return sorted(random.Random(seed).sample(rows, count))
 
 
-def select_examples(config: PreferenceTrainingConfig) -> SelectedExamples:
-    """Load `dataset` (and `eval_dataset`) and pick the training subset and held-out pairs of a run."""
+def select_examples(config: PreferenceTrainingConfig,
+                    keep: Callable[[PreferenceExample], bool] | None = None, keep_what: str = "") -> SelectedExamples:
+    """Load `dataset` (and `eval_dataset`) and pick the training subset and held-out pairs of a run.
+
+    `keep`: when given, the training subset (the `num_train_samples` draw or the similarity selection) is taken
+    among the examples it accepts only; `keep_what` describes them for the error raised when none is accepted."""
     examples = load_preference_examples(config.dataset, config.dataset_format, split=config.dataset_split)
     by_row = {example.source_index: example for example in examples}
+    allowed = None if keep is None else {row for row, example in by_row.items() if keep(example)}
+    if allowed is not None and not allowed:
+        raise ValueError(f"{config.dataset}: no pair is {keep_what or 'accepted by the training-pair filter'}")
     if config.similarity_results_path:
-        train_rows, pool_rows, info = select_similarity_rows(config)
+        train_rows, pool_rows, info = select_similarity_rows(config, allowed)
         missing = [row for row in pool_rows if row not in by_row]
         if missing:
             raise ValueError(f"{config.similarity_results_path}: rows {missing[:5]} are not in {config.dataset} "
                              f"({len(examples)} rows); was the file computed on another data set?")
     else:
-        all_rows = sorted(by_row)
+        all_rows = sorted(by_row if allowed is None else allowed)
         count = config.num_train_samples or len(all_rows)
         train_rows = _draw(all_rows, count, config.data_seed, "num_train_samples")
         pool_rows, info = train_rows, {"selection/measure": None, "selection/num_selected": len(train_rows)}

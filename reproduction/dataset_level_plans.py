@@ -17,7 +17,8 @@ data set is generated from that model (reference pairing rule) and scored with C
 trains from it DPO, DPO + SFT term (sft_coeff 1), DPO on gold preferences (lr 1e-6) on 64 pairs, DPO on the 16
 lowest length-normalised-CHES pairs, DPO on all training pairs with the reference's batch of 32 pairs, and, as a
 diagnostic, the same on the refusal-refusal pairs alone (both responses refuse: the pairs whose displacement can
-only move mass away from refusals), and measures the refusal rates (temperature 0.7, 48 new tokens, keyword judge).
+only move mass away from refusals) and on 16 of them, the lowest-LN-CHES ones or 16 drawn at random (batch 8), and
+measures the refusal rates (temperature 0.7, 48 new tokens, keyword judge).
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def section6b_plan() -> dict:
         _sorrybench_base("dpo_plain_all_pairs", REFUSING_MODEL_DATA, batch_size=32, **common),
         _sorrybench_base("dpo_refusal_refusal_pairs", REFUSING_MODEL_DATA, batch_size=32,
                          train_pair_types=["refusal-refusal"], **common),
+        _sorrybench_base("dpo_refusal_refusal_ln_ches_lowest16", REFUSING_MODEL_DATA,
+                         train_pair_types=["refusal-refusal"], similarity_results_path=SECTION6_SIMILARITY,
+                         pref_similarity_measure="ln_ches_scores", preference_num_samples=16, **common),
+        _sorrybench_base("dpo_refusal_refusal_random16", REFUSING_MODEL_DATA, train_pair_types=["refusal-refusal"],
+                         num_train_samples=16, **common),
     ]
     return {"name": "section6b_smollm2", "description": _description(3), **PLAN_HEADER,
             "configurations": configurations}

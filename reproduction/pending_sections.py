@@ -38,9 +38,9 @@ SECTION6_COMMANDS = f"""# 0. SFT source: SORRY-Bench train/test split, generic g
     --dataset {REFUSING_MODEL_DATA}/train.jsonl --dataset_format sorrybench_prefs --max_input_length 256 \\
     --custom_dataset_display_name {SECTION6_DATASET_DISPLAY} --device cpu \\
     --output_dir {Path(SECTION6_SIMILARITY).parents[1]}
-# 4. DPO, DPO + SFT term, gold preferences (64 pairs each), the 16 lowest LN-CHES pairs, all pairs (batch 32) and
-#    the refusal-refusal pairs alone (batch 32), from the refusing model; refusal rates before (dpo_plain) and
-#    after (temperature 0.7, 48 new tokens, keyword judge)
+# 4. DPO, DPO + SFT term, gold preferences (64 pairs each), the 16 lowest LN-CHES pairs, all pairs (batch 32),
+#    the refusal-refusal pairs alone (batch 32) and 16 of them (lowest LN-CHES / random), from the refusing
+#    model; refusal rates before (dpo_plain) and after (temperature 0.7, 48 new tokens, keyword judge)
 {ENV} nohup python sorrybench_experiment_plan_runner.py \\
     --plan_config_path reproduction/plans/section6b_smollm2.json > section6.log 2>&1 &
 # 5. refusal rates with 95% intervals into this report
@@ -120,14 +120,14 @@ def section5_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] 
 def section6_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] | None = None) -> list[str]:
     """Section 6: status, the results when runs exist (`result_lines`), the pipeline, commands, resources."""
     return ["## Section 6: unintentional unalignment on SORRY-Bench (Figure 3 analogue)", "",
-            _status_line(outputs_dir, num_runs, 7, summarised=result_lines is not None), "",
+            _status_line(outputs_dir, num_runs, 9, summarised=result_lines is not None), "",
             *(result_lines or []),
             "SmolLM2-135M-Instruct hardly refuses (3 of 192 sampled responses, docs/sorrybench.md), so the "
             "pipeline first makes a refusing model with an SFT stage on the gold refusal texts "
             "(`data_files/sorrybench/gold_refusals.txt`), then follows the paper: refusal rate of that model, "
             "preference data generated from it by the reference pairing rule, DPO / DPO + SFT / gold / "
-            "LN-CHES-filtered (plus two runs with the reference's batch of 32: every training pair, and the "
-            "refusal-refusal pairs alone), refusal rates before and after (the paper's shape: DPO drops the rate, 74.4% → "
+            "LN-CHES-filtered (plus diagnostics: every training pair and the refusal-refusal pairs "
+            "alone with the reference's batch of 32, and 16 refusal-refusal pairs, lowest-LN-CHES or random), refusal rates before and after (the paper's shape: DPO drops the rate, 74.4% → "
             "33.4% for Llama-3-8B-Instruct, and CHES filtering keeps it). Plans: "
             "`reproduction/plans/section6a_smollm2.json` (SFT) and `section6b_smollm2.json` (DPO variants).", "",
             "```bash", SECTION6_COMMANDS, "```", "",

@@ -25,7 +25,9 @@ VERDICT_SPLIT = "train"  # the split the verdict reads (module docstring)
 RUN_LABELS = {"refusal_sft": "safety SFT (the refusing start)", "dpo_plain": "DPO", "dpo_sft": "DPO + SFT term",
               "dpo_gold": "DPO, gold preferences", "dpo_ln_ches_lowest16": "DPO, 16 lowest LN-CHES pairs",
               "dpo_plain_all_pairs": "DPO, all train pairs, batch 32 (reference recipe)",
-              "dpo_refusal_refusal_pairs": "DPO, refusal-refusal pairs only, batch 32"}
+              "dpo_refusal_refusal_pairs": "DPO, refusal-refusal pairs only, batch 32",
+              "dpo_refusal_refusal_ln_ches_lowest16": "DPO, 16 lowest LN-CHES refusal-refusal pairs",
+              "dpo_refusal_refusal_random16": "DPO, 16 random refusal-refusal pairs"}
 
 
 def wilson_interval(rate: float, num: int, z: float = Z_95) -> tuple[float, float]:
@@ -232,6 +234,11 @@ def section6_reading(summary: dict) -> list[str]:
         sentences.append(f"Trained on the {diagnostic.get('num_train_pairs', '?')} refusal-refusal pairs alone (both "
                          f"responses refuse, so displacement can only move mass away from refusals), the rate moved "
                          f"{only_refusals}; π(y+) fell on {_displaced(diagnostic)} of those pairs.")
+    lowest, random_draw = (_moved(summary, name) for name in ("dpo_refusal_refusal_ln_ches_lowest16",
+                                                                "dpo_refusal_refusal_random16"))
+    if lowest and random_draw:
+        sentences.append(f"On 16 of those pairs (2 steps), the lowest-LN-CHES ones moved it {lowest} and 16 drawn at "
+                         f"random {random_draw}.")
     for name, measures in (summary.get("correlations") or {}).items():
         described = ", ".join(f"{MEASURE_LABELS.get(measure, measure)} ρ {value['rho']:+.2f}"
                               for measure, value in measures.items() if math.isfinite(value["rho"]))

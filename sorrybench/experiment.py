@@ -50,10 +50,11 @@ class SorryBenchConfig(PreferenceTrainingConfig):
     Parameters of the training data and precision:
         use_gold_preferences (`bool`, defaults to `False`): Train (and evaluate log-probs) on the pairs'
             `gold_refusal` (preferred) and `gold_non_refusal` (dispreferred) instead of `chosen` / `rejected`.
-        train_pair_types (`list[str]` or `None`, defaults to `None`): Keep only the training pairs whose
-            `pair_type` (chosen label - rejected label, e.g. `"refusal-refusal"`, from
-            sorrybench_create_preferences_dataset.py) is listed, after the pairs are selected; `None` keeps all.
-            Isolates the pairs where both responses refuse, the ones displacement can turn into compliance.
+        train_pair_types (`list[str]` or `None`, defaults to `None`): Train only on pairs whose `pair_type`
+            (chosen label - rejected label, e.g. `"refusal-refusal"`, from sorrybench_create_preferences_dataset.py)
+            is listed: the `num_train_samples` draw and the similarity selection are taken among them; `None`
+            keeps all. Isolates the pairs where both responses refuse, the ones displacement can turn into
+            compliance.
         allow_low_precision_training (`bool`, defaults to `False`): Accept training bfloat16/float16 weights with a
             plain optimizer (refused otherwise: most small updates round to zero; `common.optim`).
 
@@ -197,17 +198,18 @@ def measure_refusal_rates(model, tokenizer, config: SorryBenchConfig, device, ou
 
 def run_sorrybench_experiment(config: SorryBenchConfig, ctx: RunContext) -> dict:
     """Select the training pairs (all, or CHES-filtered), train, then measure refusal rates; return the summary."""
+    types = config.train_pair_types
+
+    def of_listed_type(example: PreferenceExample) -> bool:
+        return example.metadata.get("pair_type") in types
+
     selected = select_examples(dataclasses.replace(config, num_eval_samples=0) if config.eval_all_test_pairs
-                               else config)
+                               else config, keep=None if types is None else of_listed_type,
+                               keep_what=f"of a pair_type in train_pair_types {types} (see the data set's "
+                                         "dataset_info.json pair_type_counts)")
     eval_examples = (load_preference_examples(config.eval_dataset, config.dataset_format)
                      if config.eval_all_test_pairs else selected.eval)
     train_examples = selected.train
-    if config.train_pair_types is not None:
-        train_examples = [example for example in train_examples
-                          if example.metadata.get("pair_type") in config.train_pair_types]
-        if not train_examples:
-            raise ValueError(f"{config.dataset}: no selected training pair has a pair_type in "
-                             f"{config.train_pair_types}; check the data set's dataset_info.json pair_type_counts")
     if config.use_gold_preferences:
         train_examples = with_gold_preferences(train_examples, config.dataset)
         eval_examples = with_gold_preferences(eval_examples, config.eval_dataset or config.dataset)

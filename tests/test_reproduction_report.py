@@ -69,7 +69,7 @@ def test_report_numbers_come_from_the_runs(tiny_section3, tmp_path):
     assert "Table 2 analogue: DPO from the instruct model" in text
     assert f"'No' vs 'no' {cell['num_preferred_final_below_initial']} / 2 runs (Δ log π(y+) " in text
     assert f"| 'No' vs 'no' | 2 / 2 ({cell['num_used']}) | {cell['initial_preferred_prob']['mean']:.3g} ± " in text
-    assert "**Not run yet**: 0 of 48 planned runs" in text and "**Not run yet**: 0 of 7 planned runs" in text
+    assert "**Not run yet**: 0 of 48 planned runs" in text and "**Not run yet**: 0 of 9 planned runs" in text
     for name in ("section3_trajectories.png", "section3_logprob_change.png"):
         assert (figures / name).read_bytes()[:8] == PNG_MAGIC
         assert f"(reproduction/{name})" in text
@@ -252,7 +252,7 @@ def test_section6_refusal_rates_and_verdict(tmp_path, tiny_section3):
                         "--figures_dir", str(tmp_path / "fig")])
     assert code == 0
     text = (tmp_path / "R.md").read_text(encoding="utf-8")
-    assert "**Runs found: 2 of 7**" in text
+    assert "**Runs found: 2 of 9**" in text
     assert ("| DPO | 85.0% [81.2%, 88.2%] (n=400) | 80.0% [71.1%, 86.7%] (n=100) | 25.0% [21.0%, 29.5%] (n=400) | "
             "20.0% [13.3%, 28.9%] (n=100) | 64 | -1.23 | 75% |") in text
     assert "2 finished runs; train-split refusal rate 85.0% before; after: DPO 25.0% |" in text  # the headline

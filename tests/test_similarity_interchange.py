@@ -152,3 +152,27 @@ def test_wrong_field_type_names_the_file(tmp_path):
     torch.save({name: torch.tensor(1.0) for name in MEASURE_NAMES} | {"sample_indices": torch.tensor(0)}, path)
     with pytest.raises(ValueError, match="odd.pt: a field has the wrong type"):
         load_similarity_results(path)
+
+
+def test_keep_restricts_the_pool_before_the_similarity_and_random_selection(tmp_path):
+    """Scores by row: 0 -> -1.0, 3 -> 0.0, 4 -> 0.5, 6 -> 1.0, 2 -> 2.0. Keeping even rows only (0, 2, 4, 6), the
+    2 lowest are rows {0, 4} (row 3 is out); the 2 highest {2, 6}. Without a file, all even rows of 0..7."""
+    path = write_reference_file(tmp_path / "results_samples.pt")
+    dataset = write_dataset(tmp_path / "data.jsonl", 8)
+    even = set(range(0, 8, 2))
+    assert sorted(select_similarity_rows(config(tmp_path, dataset, path, quantile=0.0), even)[0]) == [0, 4]
+    assert sorted(select_similarity_rows(config(tmp_path, dataset, path, quantile=1.0), even)[0]) == [2, 6]
+    with pytest.raises(ValueError, match="none of its scored rows can be selected"):
+        select_similarity_rows(config(tmp_path, dataset, path), {1, 5, 7})  # unscored rows only
+    with pytest.raises(ValueError, match="preference_num_samples=2 but only 1 scored rows pass"):
+        select_similarity_rows(config(tmp_path, dataset, path), {0, 1})
+
+    def is_even(example) -> bool:
+        return example.source_index % 2 == 0
+
+    lowest = select_examples(config(tmp_path, dataset, path, quantile=0.0), keep=is_even)
+    assert sorted(example.source_index for example in lowest.train) == [0, 4]
+    unfiltered = select_examples(config(tmp_path, dataset, path, similarity_results_path=None), keep=is_even)
+    assert [example.source_index for example in unfiltered.train] == [0, 2, 4, 6]
+    with pytest.raises(ValueError, match="data.jsonl: no pair is of row 9"):
+        select_examples(config(tmp_path, dataset, path), keep=lambda example: False, keep_what="of row 9")

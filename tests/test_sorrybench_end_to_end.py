@@ -234,4 +234,4 @@ def test_train_pair_types_keeps_only_those_pairs(fake_judged_dataset, tmp_path):
     assert run_plan_main(FAMILY, ["--plan_config_path", str(plan_path)]) == 1  # the second run fails, the first lands
     assert read_json(tmp_path / "runs" / "kept" / "summary.json")["num_train_pairs"] == count < len(train)
     status = read_json(tmp_path / "runs" / "none_left" / "status.json")
-    assert status["status"] == "failed" and "no selected training pair has a pair_type in" in json.dumps(status)
+    assert status["status"] == "failed" and "no pair is of a pair_type in train_pair_types ['unknown-unknown']" in json.dumps(status)
