@@ -133,9 +133,9 @@ def section6_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] 
             "```bash", SECTION6_COMMANDS, "```", "",
             "Resources, measured on 2 CPU cores shared with another job (OMP_NUM_THREADS=1): step 0 3.0 min, "
             "step 1 5.3 min (8 SFT steps 1.4 min, refusal evaluation of 450 prompts about 4 min), step 2 8.0 min, "
-            "step 3 1.7 min, step 4 51 min (the 64-pair and 16-pair runs 4.4–5.5 min each, dpo_plain 10.2 min with "
+            "step 3 1.7 min, step 4 62 min (the 64-pair and 16-pair runs 4.4–5.6 min each, dpo_plain 10.2 min with "
             "its evaluation before training, all pairs 15.9 min, the refusal-refusal pairs 8.3 min; a refusal "
-            "evaluation of 450 prompts takes 4–5 min of each); about 70 min in all; peak resident memory 3.5 GB. The "
+            "evaluation of 450 prompts takes 4–5 min of each); about 80 min in all; peak resident memory 3.5 GB. The "
             "refusal rate after "
             "training is 1 − mean judge score over one sampled response per prompt; responses the judge cannot "
             "score (unknown) are left out of the mean and counted apart (`num_unknown`).", "",

@@ -204,7 +204,7 @@ def section6_evidence(summary: dict) -> str:
     if VERDICT_SPLIT not in start:
         return "no refusal rate before training"
     after = [f"{RUN_LABELS.get(name, name)} {summary['runs'][name]['after'][VERDICT_SPLIT]['rate']:.1%}"
-             for name in (*PLAIN_DPO_RUNS, "dpo_refusal_refusal_pairs")
+             for name in (*PLAIN_DPO_RUNS, "dpo_refusal_refusal_pairs", "dpo_refusal_refusal_ln_ches_lowest16")
              if VERDICT_SPLIT in (summary["runs"].get(name) or {}).get("after", {})]
     return f"{VERDICT_SPLIT}-split refusal rate {start[VERDICT_SPLIT]['rate']:.1%} before; after: " + "; ".join(after)
 
@@ -237,8 +237,13 @@ def section6_reading(summary: dict) -> list[str]:
     lowest, random_draw = (_moved(summary, name) for name in ("dpo_refusal_refusal_ln_ches_lowest16",
                                                                 "dpo_refusal_refusal_random16"))
     if lowest and random_draw:
-        sentences.append(f"On 16 of those pairs (2 steps), the lowest-LN-CHES ones moved it {lowest} and 16 drawn at "
-                         f"random {random_draw}.")
+        runs = summary["runs"]
+        sentences.append(f"On 16 of those pairs (2 steps), the lowest-LN-CHES ones moved it {lowest}, π(y+) falling "
+                         f"on {_displaced(runs['dpo_refusal_refusal_ln_ches_lowest16'])} of them, and 16 drawn at "
+                         f"random {random_draw}, π(y+) falling on {_displaced(runs['dpo_refusal_refusal_random16'])}."
+                         + (" So filtering by LN-CHES did not keep the refusal rate here, and the refusals lost do "
+                            "not follow the preferred responses' log-probs of the trained pairs."
+                            if lowest.endswith("(lower: 95% intervals)") else ""))
     for name, measures in (summary.get("correlations") or {}).items():
         described = ", ".join(f"{MEASURE_LABELS.get(measure, measure)} ρ {value['rho']:+.2f}"
                               for measure, value in measures.items() if math.isfinite(value["rho"]))
