@@ -130,6 +130,12 @@ def section6_markdown(outputs_dir: Path, num_runs: int, result_lines: list[str] 
             "alone with the reference's batch of 32, and 16 refusal-refusal pairs, lowest-LN-CHES or random), refusal rates before and after (the paper's shape: DPO drops the rate, 74.4% → "
             "33.4% for Llama-3-8B-Instruct, and CHES filtering keeps it). Plans: "
             "`reproduction/plans/section6a_smollm2.json` (SFT) and `section6b_smollm2.json` (DPO variants).", "",
+            "Differences from the paper, for an offline CPU run: a 135M model made to refuse by SFT (the paper's "
+            "instruct models refuse already); responses of 48 tokens instead of 512; the keyword judge instead of "
+            "the official SORRY-Bench judge, and ties between equally judged responses at random instead of by "
+            "PairRM (`--use_rm`; both need the Hub); DPO, DPO + SFT and gold on 64-pair subsets with batch 8 (the "
+            "reference recipe, every pair with batch 32, is the `dpo_plain_all_pairs` run); the 16 lowest LN-CHES "
+            "pairs (4% of the training pairs) instead of 19 (5%); one seed per run.", "",
             "```bash", SECTION6_COMMANDS, "```", "",
             "Resources, measured on 2 CPU cores shared with another job (OMP_NUM_THREADS=1): step 0 3.0 min, "
             "step 1 5.3 min (8 SFT steps 1.4 min, refusal evaluation of 450 prompts about 4 min), step 2 8.0 min, "
