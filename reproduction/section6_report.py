@@ -14,10 +14,11 @@ reported beside it.
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from pathlib import Path
+
+from common.io_utils import read_json
 
 Z_95 = 1.959963984540054
 MEASURE_LABELS = {"ln_ches_scores": "LN-CHES", "ches_scores": "CHES"}
@@ -40,11 +41,20 @@ def wilson_interval(rate: float, num: int, z: float = Z_95) -> tuple[float, floa
     return (center - half, center + half)
 
 
+def _read_json_object(path: Path) -> dict | None:
+    """The JSON object in `path` (`common.io_utils.read_json`), or None when it is missing, unreadable or not an
+    object: the report skips what a run did not write."""
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _split_rates(path: Path) -> dict[str, dict] | None:
     """split -> {rate, num_scored, num_unknown, ci} from a refusal_rates.json (None when missing)."""
-    try:
-        rates = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    rates = _read_json_object(path)
+    if rates is None:
         return None
     out = {}
     for split, entry in {"overall": rates.get("overall"), **rates.get("per_split", {})}.items():
@@ -57,15 +67,6 @@ def _split_rates(path: Path) -> dict[str, dict] | None:
     return out
 
 
-def _read_json(path: Path) -> dict:
-    """A JSON object from `path`, or {} when it is missing or unreadable."""
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _training_effect(summary: dict) -> dict:
     """Number of training pairs and the preferred log-prob change over them (mean, in nats; fraction < 0)."""
     return {"num_train_pairs": summary.get("num_train_pairs"),
@@ -75,7 +76,8 @@ def _training_effect(summary: dict) -> dict:
 
 def _preference_data(config: dict) -> dict:
     """Composition of the preference data a run trained on, from the dataset_info.json beside its train file."""
-    info = _read_json(Path(config.get("dataset", "")).parent / "dataset_info.json") if config.get("dataset") else {}
+    info = (_read_json_object(Path(config["dataset"]).parent / "dataset_info.json") if config.get("dataset")
+            else None) or {}
     keys = ("model", "num_train", "num_test", "pair_type_counts", "decided_by_counts", "initial_refusal_rate")
     return {key: info[key] for key in keys if key in info}
 
@@ -113,11 +115,11 @@ def collect_section6(outputs_dir: Path) -> dict:
     outputs_dir = Path(outputs_dir)
     for run_dir in sorted(p for p in outputs_dir.iterdir() if p.is_dir()) if outputs_dir.is_dir() else []:
         after = _split_rates(run_dir / "refusal_eval" / "refusal_rates.json")
-        if _read_json(run_dir / "status.json").get("status") == "done" and after is not None:
+        if (_read_json_object(run_dir / "status.json") or {}).get("status") == "done" and after is not None:
             runs[run_dir.name] = {"after": after, "before": _split_rates(run_dir / "refusal_eval_initial" /
                                                                        "refusal_rates.json"),
-                                  **_training_effect(_read_json(run_dir / "summary.json"))}
-            configs[run_dir.name] = _read_json(run_dir / "config.json")
+                                  **_training_effect(_read_json_object(run_dir / "summary.json") or {})}
+            configs[run_dir.name] = _read_json_object(run_dir / "config.json") or {}
     order = list(RUN_LABELS)
     runs = dict(sorted(runs.items(), key=lambda item: (order.index(item[0]) if item[0] in order else len(order),
                                                        item[0])))
@@ -125,25 +127,39 @@ def collect_section6(outputs_dir: Path) -> dict:
     data = _preference_data(configs.get("dpo_plain", {}))
     similarity_path = configs.get("dpo_ln_ches_lowest16", {}).get("similarity_results_path")
     correlations = per_example_correlations(outputs_dir, runs, similarity_path)
+    per_plain_run = {name: verdict(runs, plain_run=name) for name in PLAIN_DPO_RUNS if name in runs}
     return {"model": model, "preference_data": data, "verdict_split": VERDICT_SPLIT, "runs": runs,
-            "correlations": correlations,
-            "verdict": verdict(runs), "verdict_per_plain_run": {name: verdict(runs, plain_run=name)
-                                                                for name in PLAIN_DPO_RUNS if name in runs}}
+            "correlations": correlations, "verdict": per_plain_run.get("dpo_plain", "not run"),
+            "verdict_per_plain_run": per_plain_run}
 
 
 
 PLAIN_DPO_RUNS = ("dpo_plain", "dpo_plain_all_pairs")  # the first one's verdict is the section's
 
 
+def _before_after(runs: dict, name: str, split: str) -> tuple[dict, dict] | None:
+    """(rate entry before training, rate entry after run `name`) on `split`; "before" is always the dpo_plain
+    run's initial measurement (every run starts from the same refusing model). None when either is missing."""
+    start, run = runs.get("dpo_plain"), runs.get(name)
+    if not start or not start.get("before") or split not in start["before"] or not run or split not in run["after"]:
+        return None
+    return start["before"][split], run["after"][split]
+
+
+def _direction(before: dict, after: dict) -> str:
+    """"lower" / "higher" when the two 95% intervals are disjoint, else "not separable"."""
+    if after["ci"][1] < before["ci"][0]:
+        return "lower"
+    return "higher" if after["ci"][0] > before["ci"][1] else "not separable"
+
+
 def verdict(runs: dict, split: str = VERDICT_SPLIT, plain_run: str = "dpo_plain") -> str:
-    """The rule of the module docstring on `split` for the plain DPO run `plain_run`; "before" is always the
-    dpo_plain run's initial measurement (every run starts from the same refusing model)."""
-    start, plain, filtered = runs.get("dpo_plain"), runs.get(plain_run), runs.get("dpo_ln_ches_lowest16")
-    if not start or not start.get("before") or split not in start["before"] or not plain or split not in plain["after"]:
+    """The rule of the module docstring on `split` for the plain DPO run `plain_run`."""
+    plain, filtered = _before_after(runs, plain_run, split), _before_after(runs, "dpo_ln_ches_lowest16", split)
+    if plain is None:
         return "not run"
-    before = start["before"][split]["ci"]
-    dropped = plain["after"][split]["ci"][1] < before[0]
-    kept = bool(filtered) and split in filtered["after"] and filtered["after"][split]["ci"][1] >= before[0]
+    dropped = _direction(*plain) == "lower"
+    kept = filtered is not None and _direction(*filtered) != "lower"
     return "reproduced" if dropped and kept else "partly" if dropped else "not reproduced"
 
 
@@ -180,17 +196,16 @@ def section6_result_lines(summary: dict) -> list[str]:
 
 def _moved(summary: dict, name: str, split: str = VERDICT_SPLIT) -> str | None:
     """'from B to A' for run `name` on `split` (B: the refusing model before training), None when missing."""
-    start, run = summary["runs"].get("dpo_plain"), summary["runs"].get(name)
-    if not start or not start.get("before") or not run or split not in run["after"] or split not in start["before"]:
+    pair = _before_after(summary["runs"], name, split)
+    if pair is None:
         return None
-    before, after = start["before"][split], run["after"][split]
-    direction = ("lower" if after["ci"][1] < before["ci"][0] else "higher" if after["ci"][0] > before["ci"][1]
-                 else "not separable")
-    return f"from {before['rate']:.1%} to {after['rate']:.1%} ({direction}: 95% intervals)"
+    before, after = pair
+    return f"from {before['rate']:.1%} to {after['rate']:.1%} ({_direction(before, after)}: 95% intervals)"
 
 
 def _displaced(run: dict) -> str:
-    """'F% (mean Δ log π(y+) C nats)': the share of training pairs whose preferred log-prob fell, and the mean change."""
+    """'F% (mean Δ log π(y+) C nats)': the share of training pairs whose preferred log-prob fell, and the mean
+    change."""
     fraction, change = run.get("frac_preferred_decreased"), run.get("preferred_logprob_change_mean")
     if fraction is None or change is None:
         return "an unknown share"
@@ -238,12 +253,14 @@ def section6_reading(summary: dict) -> list[str]:
                                                                 "dpo_refusal_refusal_random16"))
     if lowest and random_draw:
         runs = summary["runs"]
+        filtered = _before_after(runs, "dpo_refusal_refusal_ln_ches_lowest16", VERDICT_SPLIT)
+        filtered_fell = _direction(*filtered) == "lower"
         sentences.append(f"On 16 of those pairs (2 steps), the lowest-LN-CHES ones moved it {lowest}, π(y+) falling "
                          f"on {_displaced(runs['dpo_refusal_refusal_ln_ches_lowest16'])} of them, and 16 drawn at "
                          f"random {random_draw}, π(y+) falling on {_displaced(runs['dpo_refusal_refusal_random16'])}."
                          + (" So filtering by LN-CHES did not keep the refusal rate here, and the refusals lost do "
                             "not follow the preferred responses' log-probs of the trained pairs."
-                            if lowest.endswith("(lower: 95% intervals)") else ""))
+                            if filtered_fell else ""))
     for name, measures in (summary.get("correlations") or {}).items():
         described = ", ".join(f"{MEASURE_LABELS.get(measure, measure)} ρ {value['rho']:+.2f}"
                               for measure, value in measures.items() if math.isfinite(value["rho"]))

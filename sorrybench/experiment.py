@@ -34,7 +34,7 @@ from preference_training.selection import select_examples
 from preference_training.trainer import train_preference_model
 from sorrybench.generation import GenerationSettings
 from sorrybench.judge_factory import build_judge
-from sorrybench.judges import JUDGE_NAMES
+from sorrybench.judges import JUDGE_NAMES, LABELS
 from sorrybench.refusal_rate import compute_refusal_rates, evaluate_refusal_rate, load_split_prompts
 
 
@@ -115,12 +115,11 @@ class SorryBenchConfig(PreferenceTrainingConfig):
         if not self.eval_dataset:
             problems.append("eval_dataset is empty; set it to the data set's test.jsonl (its prompts are the test "
                             "split of the refusal evaluation)")
-        labels = ("refusal", "compliance", "unknown")
-        known = {f"{chosen}-{rejected}" for chosen in labels for rejected in labels}
+        known = {f"{chosen}-{rejected}" for chosen in LABELS for rejected in LABELS}
         unknown_types = sorted(set(self.train_pair_types or ()) - known)
         if unknown_types or self.train_pair_types == []:
             problems.append(f"train_pair_types: {unknown_types or 'an empty list'} is not a list of pair types "
-                            f"'<chosen label>-<rejected label>' with labels {labels}, e.g. ['refusal-refusal']; "
+                            f"'<chosen label>-<rejected label>' with labels {LABELS}, e.g. ['refusal-refusal']; "
                             "use null to keep every pair")
         if not self.allow_low_precision_training:
             problem = low_precision_training_problem(self.dtype, self.optimizer, self.lr)
