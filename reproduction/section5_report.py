@@ -177,7 +177,8 @@ def section5_reading(summary: dict) -> list[str]:
         rose = sum(row["mean"] > 0 for row in windows)
         sentences.append(f"Here the mean Δ log π(y+) is positive in {rose} of {len(windows)} windows"
                          + (f" and π(y+) fell for at most {max(fell):.0%} of a window's pairs" if fell else "")
-                         + ", so the windows compare sizes of increase, not of decrease.")
+                         + (", so the windows compare sizes of increase, not of decrease" if rose == len(windows)
+                            else "") + ".")
         ches = sorted((row for row in windows if row["measure"] == "ches_scores"), key=lambda row: row["quantile"])
         if len(ches) >= 2:
             sentences.append("CHES windows from quantile 0 to 1: " + ", ".join(f"{row['mean']:+.2f}" for row in ches)

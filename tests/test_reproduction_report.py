@@ -334,7 +334,7 @@ def test_section5_reading_and_evidence_read_the_summary():
                "num_random_subset_runs": 3}
     (text, blank) = section5_reading(summary)
     assert blank == "" and ("Here the mean Δ log π(y+) is positive in 2 of 3 windows and π(y+) fell for at most 75% "
-                            "of a window's pairs") in text
+                            "of a window's pairs. CHES") in text  # not every window rose: no "sizes of increase"
     assert "CHES windows from quantile 0 to 1: +2.00, -0.50 nats." in text
     assert text.endswith("is ches_scores (-0.50), then last_hidden_embedding_inner_prods (+0.25).")
     assert section5_evidence(summary) == ("mean per-pair ρ with Δ log π(y+) (3 random-subset runs): ches_scores "
