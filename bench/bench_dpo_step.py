@@ -20,6 +20,9 @@ Sides, each in its own subprocess so its peak RSS is its own:
                   accepts it but switches it off with a warning; the report records what was in effect), fp32, no
                   gradient checkpointing. TRL 1.16 has no `use_logits_to_keep`: its fused LM head already projects
                   only the completion positions.
+    ours_compiled, trl_precompute_compiled  `ours` and `trl_precompute` with `torch_compile=True` (ours: the
+                  elementwise blocks, `common/compiled_blocks.py`; TRL/transformers: `torch.compile` of the whole
+                  model). Their first step compiles: it is reported on its own and left out of the step medians.
 TRL gets exactly the token ids ours trains on: its trainer is built on the text pairs, then its `train_dataset`
 is replaced by the pre-tokenized `prompt_ids`/`chosen_ids`/`rejected_ids` (its own tokenization truncates
 differently). With `precompute_ref_log_probs`, TRL computed the reference log-probs of its own tokenization in
@@ -51,14 +54,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_common import (  # noqa: E402
-    THREADS_HELP, gib, interleaved, machine_lines, markdown_table, median, run_worker, spread, sync_ches_section,
-    update_results_section, worker_main,
+    THREADS_HELP, gib, interleaved, run_worker, sync_ches_section, update_results_section, worker_main,
 )
+from bench.dpo_step_report import flop_floor_report, report  # noqa: E402
 
-SIDES = ("ours", "trl", "trl_defaults", "trl_precompute")
-# (step time, peak RSS) targets of ours / competitor: issue 7 against TRL as configured by default in fp32,
-# issue 17 against TRL with precomputed reference log-probs
-TARGET_RATIOS = {"trl": (0.4, 0.6), "trl_defaults": (0.4, 0.6), "trl_precompute": (0.45, 0.35)}
+SIDES = ("ours", "trl", "trl_defaults", "trl_precompute", "ours_compiled", "trl_precompute_compiled")
 # Prompts cut from the left so every pair of the draw keeps its response (the setting all earlier rows measured);
 # the paper truncation would drop the pairs whose prompts exceed max_length.
 TRUNCATION = "keep_response"
@@ -95,8 +95,9 @@ class _TimingLogger:
 
 
 def ours_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: int, steps: int,
-                lr: float, beta: float, optimizer: str) -> dict:
-    """Train `steps` steps with our trainer; step times are the gaps between consecutive logged records."""
+                lr: float, beta: float, optimizer: str, torch_compile: bool = False) -> dict:
+    """Train `steps` steps with our trainer; step times are the gaps between consecutive logged records. With
+    `torch_compile` the first step compiles and is marked as the warm-up (`warmup_steps`)."""
     import torch
 
     from common.config import RunContext
@@ -109,7 +110,7 @@ def ours_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length:
             model=model, dataset=dataset, max_input_length=max_length, truncation=TRUNCATION, batch_size=num_pairs,
             epochs=steps,
             eval_every=None, num_eval_samples=0, optimizer=optimizer, lr=lr, kl_coeff=beta, objective="dpo",
-            reference_cache_dir="", outputs_dir=tmp, device="cpu")
+            reference_cache_dir="", outputs_dir=tmp, device="cpu", torch_compile=torch_compile)
         problems = config.validate()
         if problems:
             raise ValueError(f"benchmark config invalid: {problems}")
@@ -130,7 +131,7 @@ def ours_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length:
     return {"step_seconds": step_seconds, "step_cpu_seconds": step_cpu_seconds, "setup_seconds": logger.records[0][0] - started,
             "reference_seconds": ctx.timings["reference_seconds"],
             "first_loss": step_records[0]["loss"], "first_logps_chosen": step_records[0]["logps/chosen"],
-            "first_logps_rejected": step_records[0]["logps/rejected"]}
+            "first_logps_rejected": step_records[0]["logps/rejected"], "warmup_steps": int(torch_compile)}
 
 
 def _model_location(model: str) -> str:
@@ -145,7 +146,8 @@ def trl_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: 
     """Train `steps` steps with TRL's DPOTrainer; time its steps by callback.
 
     `variant`: "copy" (an in-memory reference copy, fp32, no checkpointing), "defaults" (the same with TRL's bf16 and
-    gradient-checkpointing defaults) or "precompute" (precomputed reference log-probs, padding_free requested)."""
+    gradient-checkpointing defaults), "precompute" (precomputed reference log-probs, padding_free requested) or
+    "precompute_compiled" (the same with `torch_compile=True`; its first step compiles: `warmup_steps` 1)."""
     import copy
 
     import datasets
@@ -167,7 +169,8 @@ def trl_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: 
     tokenizer = AutoTokenizer.from_pretrained(location)
     examples, pairs = load_tokenized_pairs(tokenizer, dataset, num_pairs, seed, max_length)
     policy = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
-    reference = None if variant == "precompute" else copy.deepcopy(policy)
+    precompute = variant.startswith("precompute")
+    reference = None if precompute else copy.deepcopy(policy)
     text_rows = [{"prompt": [{"role": "user", "content": e.prompt}],
                   "chosen": [{"role": "assistant", "content": e.chosen}],
                   "rejected": [{"role": "assistant", "content": e.rejected}]} for e in examples]
@@ -176,15 +179,15 @@ def trl_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: 
                    learning_rate=lr, beta=beta, max_length=max_length, seed=seed, dataloader_num_workers=0)
     if variant != "defaults":
         options.update(bf16=False, gradient_checkpointing=False)
-    if variant == "precompute":
-        options.update(precompute_ref_log_probs=True, padding_free=True)
+    if precompute:
+        options.update(precompute_ref_log_probs=True, padding_free=True, torch_compile=variant == "precompute_compiled")
     timer = StepTimer()
     trainer = DPOTrainer(model=policy, ref_model=reference, args=DPOConfig(**options), processing_class=tokenizer,
                          train_dataset=datasets.Dataset.from_list(text_rows), callbacks=[timer])
     shared_ids = datasets.Dataset.from_list(
         [{"prompt_ids": p.prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids} for p in pairs])
     reference_seconds = math.nan
-    if variant == "precompute":  # TRL's __init__ precomputed its own tokenization's: redo it for the shared ids
+    if precompute:  # TRL's __init__ precomputed its own tokenization's: redo it for the shared ids
         started = time.perf_counter()
         shared_ids = trainer._precompute_ref_logps(shared_ids, "train", num_pairs)
         reference_seconds = time.perf_counter() - started
@@ -198,61 +201,15 @@ def trl_worker(model: str, dataset: str, num_pairs: int, seed: int, max_length: 
             "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
                               else trainer.optimizer).__name__,
             "bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.gradient_checkpointing,
-            "padding_free": bool(trainer.padding_free), "reference_seconds": reference_seconds}
-
-
-def flop_floor_report(args) -> str:
-    """The `flop_floor` section: matmul rate of this CPU, FLOPs of one step of ours, and the floor in seconds."""
-    import re
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from bench.bench_common import RESULTS_PATH, set_threads
-    from bench.flop_floor import attended_pairs, matmul_flops_per_second, step_flops
-
-    set_threads(args.threads)
-    location = _model_location(args.model)
-    pairs = load_tokenized_pairs(AutoTokenizer.from_pretrained(location), args.dataset, args.num_pairs, args.seed,
-                                 args.max_length)[1]
-    config = AutoConfig.from_pretrained(location)
-    with torch.device("meta"):
-        net = AutoModelForCausalLM.from_config(config)
-    embeddings = {id(m.weight): m.weight.numel() for m in (net.get_input_embeddings(), net.get_output_embeddings())}
-    # Tied or not, the embedding lookup does no FLOPs and the LM head is its own term of step_flops.
-    body = sum(p.numel() for p in net.parameters()) - sum(embeddings.values())
-    text_config = net.config.get_text_config()
-    fed = sum(len(p.prompt_ids) - 1 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    response = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    attended = sum(attended_pairs(len(p.prompt_ids), (len(p.chosen_ids), len(p.rejected_ids))) for p in pairs)
-    flops = step_flops(body, text_config.vocab_size, text_config.hidden_size, text_config.num_hidden_layers, fed,
-                       response, attended)
-    rate = matmul_flops_per_second()
-    floor = flops / rate
-    lines = ["## 5. FLOP floor of a DPO step on this CPU (`bench/bench_dpo_step.py --flop_floor`)", ""]
-    lines += machine_lines(sys.argv, args.threads)
-    lines += [f"- fp32 matmul rate, {args.threads} thread(s), best of 10 half-second bursts of (2048 x 576) @ "
-              f"(576 x 1536): "
-              f"**{rate / 1e9:.1f} GFLOP/s**",
-              f"- one step of ours on the section-1 setting ({args.num_pairs} pairs, {args.max_length} tokens): "
-              f"{fed} fed tokens, {response} response tokens, {attended} attended (query, key) pairs, "
-              f"{body / 1e6:.1f}M "
-              f"body parameters: {flops / 1e12:.2f} TFLOP (`bench/flop_floor.py`, a lower bound)",
-              f"- floor: **{floor:.1f} s/step** at that rate"]
-    recorded = RESULTS_PATH.read_text(encoding="utf-8") if RESULTS_PATH.exists() else ""
-    section = recorded.split("<!-- bench:dpo_step:begin -->")[-1].split("<!-- bench:dpo_step:end -->")[0]
-    step = re.search(r"^\| ours \| ([0-9.]+) \(.*?\| ([0-9.]+) \(", section, flags=re.MULTILINE)
-    machine = re.search(r"^- machine: ([^,]+, [^,]+),", section, flags=re.MULTILINE)
-    if step and machine:
-        lines.append(f"- ours as recorded in section 1 ({machine.group(1)}): {step.group(2)} CPU s/step = "
-                     f"{float(step.group(2)) / floor:.2f}x this floor; compare like with like only when the machine "
-                     f"line above names the same CPU (rerun `--flop_floor` there)")
-    return "\n".join(lines) + "\n"
+            "padding_free": bool(trainer.padding_free), "reference_seconds": reference_seconds,
+            "torch_compile": trainer.args.torch_compile, "warmup_steps": int(trainer.args.torch_compile)}
 
 
 WORKERS = {"ours": ours_worker, "trl": lambda **kw: trl_worker(variant="copy", **kw),
            "trl_defaults": lambda **kw: trl_worker(variant="defaults", **kw),
-           "trl_precompute": lambda **kw: trl_worker(variant="precompute", **kw)}
+           "trl_precompute": lambda **kw: trl_worker(variant="precompute", **kw),
+           "ours_compiled": lambda **kw: ours_worker(torch_compile=True, **kw),
+           "trl_precompute_compiled": lambda **kw: trl_worker(variant="precompute_compiled", **kw)}
 
 
 def model_bytes(model: str) -> int:
@@ -264,58 +221,6 @@ def model_bytes(model: str) -> int:
     with torch.device("meta"):
         net = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in net.parameters()) * 4
-
-
-def report(args, results: dict[str, list[dict]], counts: dict[str, int], bytes_of_model: int) -> str:
-    """The markdown section: setting, per-side table, ratios vs targets, sanity check of the first-step loss."""
-    steps = {side: [s for r in runs for s in r["step_seconds"]] for side, runs in results.items()}
-    cpu = {side: [s for r in runs for s in r["step_cpu_seconds"]] for side, runs in results.items()}
-    peaks = {side: [r["peak_rss_bytes"] for r in runs] for side, runs in results.items()}
-    rows = []
-    for side, runs in results.items():
-        rows.append([side, spread(steps[side], 1), spread(cpu[side], 1), f"{gib(median(peaks[side]))} ({', '.join(gib(p) for p in peaks[side])})",
-                     f"{median(peaks[side]) / bytes_of_model:.1f}x", gib(median([r['rss_after_imports_bytes'] for r in runs])),
-                     f"{median([r['first_loss'] for r in runs]):.4f}", f"{median([r['first_logps_chosen'] for r in runs]):.2f}"])
-    lines = ["## 1. Dataset-level DPO step: ours vs TRL DPOTrainer (`bench/bench_dpo_step.py`)", ""]
-    lines += machine_lines(sys.argv, args.threads)
-    producers = sorted({" ".join(r["argv"]) for runs in results.values() for r in runs if "argv" in r})
-    lines += [f"- measured by: {', '.join(f'`python {argv}`' for argv in producers)}"] if producers else []
-    lines += [f"- setting: {args.model} fp32 on CPU, {args.num_pairs} UltraFeedback pairs ({args.dataset}, seed "
-              f"{args.seed}) truncated to {args.max_length} tokens, batch {args.num_pairs}, DPO beta {args.beta}, lr "
-              f"{args.lr}; ours optimizer `{args.optimizer}`, TRL its default ({results.get('trl', [{}])[0].get('optimizer', '?')})",
-              f"- tokens per step: {counts['real_tokens']} real (prompt + response, 2x{args.num_pairs} sequences), "
-              f"{counts['padded_tokens']} in TRL's right-padded batch "
-              f"({1 - counts['real_tokens'] / counts['padded_tokens']:.0%} padding), {counts['response_tokens']} "
-              "response tokens (the only positions whose log-probs are needed)",
-              "- repetitions: each side in its own process, side order alternating per round; "
-              + ", ".join(f"{side} {len(runs)} process(es) x {len(runs[0]['step_seconds'])} step(s)"
-                          for side, runs in results.items())
-              + f"; model size (parameters x 4 bytes) {gib(bytes_of_model)} GiB",
-              ""]
-    lines.append(markdown_table(["side", "wall s/step median (min-max, n)", "CPU s/step median (min-max, n)", "peak RSS GiB median (per process)",
-                                 "peak RSS / model size", "RSS after imports GiB", "step-1 loss", "step-1 logps/chosen"],
-                                rows))
-    if "ours" in results:
-        reference_seconds = median([r["reference_seconds"] for r in results["ours"]])
-        lines += ["", f"Ours, one-off per run (not in the step time): reference pass over the {args.num_pairs} pairs "
-                  f"{reference_seconds:.1f} s (median), setup incl. model load {median([r['setup_seconds'] for r in results['ours']]):.1f} s."]
-        if "trl_precompute" in results:
-            runs = results["trl_precompute"]
-            lines.append(f"- trl_precompute, one-off (not in the step time): its reference pass over the shared ids "
-                         f"{median([r['reference_seconds'] for r in runs]):.1f} s (median); padding_free in effect: "
-                         f"{sorted({r['padding_free'] for r in runs})} (requested True; TRL 1.16 turns it off)")
-        for competitor in ("trl", "trl_defaults", "trl_precompute"):
-            if competitor not in results:
-                continue
-            time_ratio = median(steps["ours"]) / median(steps[competitor])
-            cpu_ratio = median(cpu["ours"]) / median(cpu[competitor])
-            memory_ratio = median(peaks["ours"]) / median(peaks[competitor])
-            time_target, memory_target = TARGET_RATIOS[competitor]
-            lines.append(f"- ours / {competitor}: step time **{time_ratio:.2f}x** wall, {cpu_ratio:.2f}x CPU (target <= "
-                         f"{time_target}: {'met' if time_ratio <= time_target else 'MISSED'}), peak RSS "
-                         f"**{memory_ratio:.2f}x** (target <= {memory_target}: "
-                         f"{'met' if memory_ratio <= memory_target else 'MISSED'})")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -362,7 +267,8 @@ def main() -> None:
     common = dict(model=args.model, dataset=args.dataset, num_pairs=args.num_pairs, seed=args.seed,
                   max_length=args.max_length, steps=args.steps, lr=args.lr, beta=args.beta)
     kwargs = {"ours": {**common, "optimizer": args.optimizer}, "trl": common,
-              "trl_defaults": {**common, "steps": args.defaults_steps}, "trl_precompute": common}
+              "trl_defaults": {**common, "steps": args.defaults_steps}, "trl_precompute": common,
+              "ours_compiled": {**common, "optimizer": args.optimizer}, "trl_precompute_compiled": common}
     results: dict[str, list[dict]] = {side: [] for side in args.sides}
     for raw_path in args.from_raw or []:
         for line in Path(raw_path).read_text(encoding="utf-8").splitlines():

@@ -1,21 +1,24 @@
-"""Input embedding and LM head whose backward writes the (V, d) weight gradient straight into `.grad`.
+"""Input embedding and linear layers whose backward writes the weight gradient straight into `.grad`.
 
-Why: in a pair-at-a-time step every backward of a plain `nn.Embedding` / `nn.Linear` LM head allocates fresh dense
-(V, d) gradients that autograd then adds up and accumulates into `.grad`. With SmolLM2 (V = 49152, d = 576, one
-113 MB matrix, tied) that is per pair a zero-fill and an add of the embedding gradient (34 ms + 47 ms in the
-lead's profile), the LM head's dW product into a new buffer (123 ms at 250 response tokens, vs 69 ms for the same
-product accumulated into an existing buffer with `addmm_`: the new buffer's pages are faulted in every time) and
-the accumulation add. The functions here do instead, for input ids i_t, hidden states h_r, logit gradients g_r:
+Why: in a pair-at-a-time step every backward of a plain `nn.Embedding` / `nn.Linear` allocates fresh dense weight
+gradients that autograd then adds up and accumulates into `.grad`. With SmolLM2 (V = 49152, d = 576, one 113 MB
+matrix, tied) that is per pair a zero-fill and an add of the embedding gradient (34 ms + 47 ms in the lead's
+profile), the LM head's dW product into a new buffer (123 ms at 250 response tokens, vs 69 ms for the same product
+accumulated into an existing buffer with `addmm_`: the new buffer's pages are faulted in every time) and the
+accumulation add; the 210 projections of the decoder layers do the same at (1536, 576) and smaller. The functions
+here do instead, for input ids i_t, layer inputs h_r, output gradients g_r:
 
     embedding:  weight.grad[i_t] += dL/de_t            (one index_add_ of T rows; ids == padding_idx skipped)
-    LM head:    weight.grad      += sum_r g_r^T h_r     (one addmm_; or weight.grad = g^T h when it is None)
+    linear:     weight.grad      += sum_r g_r^T h_r     (one addmm_; or weight.grad = g^T h when it is None)
+                bias.grad        += sum_r g_r
 
 Same numbers up to fp32 summation order. Measured on the 8-pair benchmark of `bench/bench_dpo_step.py`
 (SmolLM2-135M, fp32, 1 thread, forward + backward of one step, interleaved, medians): embedding 18.97 -> 18.62 CPU
-s (together with `common.pair_attention`: 18.13 s); LM head on top: 18.21 -> 17.81 s.
+s (together with `common.pair_attention`: 18.13 s); LM head on top: 18.21 -> 17.81 s; every linear layer instead of
+the LM head only: 26.17 -> 25.67 s (a slower day of the shared machine, 4 interleaved passes each, 0.98x).
 
 Only valid where gradients reach `.grad` through plain autograd: not under DDP/FSDP, whose reducers only see
-gradients passing through autograd hooks, and not under autocast (the LM head then keeps its own forward);
+gradients passing through autograd hooks, and not under autocast (the layers then keep their own forward);
 `can_write_grads` checks the first two, the helpers the module types and options.
 """
 
@@ -27,6 +30,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from common.training_settings import is_checkpointing
 
 
 def _add_into_grad(weight: Tensor, compute: callable, accumulate: callable) -> None:
@@ -60,21 +65,24 @@ class _EmbeddingIntoGrad(torch.autograd.Function):
 
 
 class _LinearIntoGrad(torch.autograd.Function):
-    """Forward: h @ weight^T (no bias); backward: dL/dh = g @ weight, and g^T h added into `weight.grad`."""
+    """Forward: h @ weight^T (+ bias); backward: dL/dh = g @ weight, and g^T h (sum of g) added into `weight.grad`
+    (`bias.grad`)."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(hidden)
-        ctx.weight = weight
-        return hidden @ weight.t()
+        ctx.weight, ctx.bias = weight, bias
+        return F.linear(hidden, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:
         (hidden,) = ctx.saved_tensors
-        weight = ctx.weight
+        weight, bias = ctx.weight, ctx.bias
         grads, inputs = grad_output.reshape(-1, grad_output.shape[-1]), hidden.reshape(-1, hidden.shape[-1])
         _add_into_grad(weight, lambda: grads.t() @ inputs, lambda grad: grad.addmm_(grads.t(), inputs))
-        return grad_output @ weight, None
+        if bias is not None:
+            _add_into_grad(bias, lambda: grads.sum(0), lambda grad: grad.add_(grads.sum(0)))
+        return grad_output @ weight, None, None
 
 
 def can_write_grads() -> bool:
@@ -100,27 +108,44 @@ def embed_into_grad(model: torch.nn.Module, input_ids: Tensor) -> Tensor:
     return _EmbeddingIntoGrad.apply(embedding.weight, input_ids, embedding.padding_idx)
 
 
+def _writes_into_grad(module: torch.nn.Module) -> bool:
+    """A plain `nn.Linear` (not a subclass such as a LoRA or quantized layer) with a trainable weight and a bias
+    that is absent or trainable."""
+    if type(module) is not torch.nn.Linear or not module.weight.requires_grad:
+        return False
+    return module.bias is None or module.bias.requires_grad
+
+
 @contextmanager
-def head_into_grad(model: torch.nn.Module) -> Iterator[None]:
-    """Inside the block the (unwrapped) model's LM head computes h @ W^T with `_LinearIntoGrad`, when it is a plain
-    trainable `nn.Linear` without bias and `can_write_grads`; otherwise (and under autocast) nothing changes."""
-    head = model.get_output_embeddings()
-    usable = type(head) is torch.nn.Linear and head.bias is None and head.weight.requires_grad
-    if not (usable and can_write_grads()):
+def linears_into_grad(model: torch.nn.Module) -> Iterator[None]:
+    """Inside the block every plain trainable `nn.Linear` of the (unwrapped) model, the LM head included, computes
+    its output with `_LinearIntoGrad`, when `can_write_grads`; otherwise (and under autocast) nothing changes. With
+    gradient checkpointing on, only the LM head does (the checkpointed layers recompute their forward later).
+
+    Each instance gets its own `forward` attribute for the block, removed (or restored) on exit."""
+    if not can_write_grads():
         yield
         return
-    plain_forward, own_forward = head.forward, head.__dict__.get("forward")
+    patched: list[tuple[torch.nn.Linear, object]] = []
 
-    def forward(hidden: Tensor) -> Tensor:
-        if torch.is_autocast_enabled(hidden.device.type):
-            return plain_forward(hidden)
-        return _LinearIntoGrad.apply(hidden, head.weight)
+    def direct_forward(linear: torch.nn.Linear, plain_forward):
+        def forward(hidden: Tensor) -> Tensor:
+            if torch.is_autocast_enabled(hidden.device.type):
+                return plain_forward(hidden)
+            return _LinearIntoGrad.apply(hidden, linear.weight, linear.bias)
+        return forward
 
-    head.forward = forward
+    # a checkpointed layer recomputes its forward outside this block: only the LM head (never checkpointed) then
+    candidates = [model.get_output_embeddings()] if is_checkpointing(model) else model.modules()
     try:
+        for module in candidates:
+            if _writes_into_grad(module):
+                patched.append((module, module.__dict__.get("forward")))
+                module.forward = direct_forward(module, module.forward)
         yield
     finally:
-        if own_forward is None:
-            del head.forward  # back to the class's forward
-        else:
-            head.forward = own_forward
+        for module, own_forward in patched:
+            if own_forward is None:
+                del module.forward  # back to the class's forward
+            else:
+                module.forward = own_forward

@@ -35,6 +35,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from common.training_settings import is_checkpointing
+
 PAIR_SPLIT_ATTENTION = "ld_pair_split_sdpa"
 
 
@@ -79,9 +81,7 @@ def can_split_attention(model: torch.nn.Module) -> bool:
     """Whether `split_attention_for` applies: the model (already unwrapped) runs SDPA attention and does not
     recompute its forward in the backward pass (gradient checkpointing would recompute it with plain SDPA)."""
     implementation = getattr(model.config, "_attn_implementation", None)
-    checkpointing_name = ("is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
-                          else "is_gradient_checkpointing")  # transformers 5 renamed it
-    return implementation in ("sdpa", PAIR_SPLIT_ATTENTION) and not getattr(model, checkpointing_name, False)
+    return implementation in ("sdpa", PAIR_SPLIT_ATTENTION) and not is_checkpointing(model)
 
 
 @contextmanager

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.direct_grads import can_embed_into_grad, embed_into_grad, head_into_grad
+from common.direct_grads import can_embed_into_grad, embed_into_grad, linears_into_grad
 from common.pair_attention import can_split_attention, split_attention_for
+from common.segment_logps import segment_summed_logps
 from common.preference_data import TokenizedPair
 
 
@@ -191,13 +192,18 @@ def _packed_pair_logps(model: torch.nn.Module, pair: TokenizedPair, keep_logits:
         kwargs["inputs_embeds"] = embed_into_grad(inner, kwargs.pop("input_ids"))
     with ExitStack() as fast_paths:
         if direct_weight_grads:
-            fast_paths.enter_context(head_into_grad(inner))
+            fast_paths.enter_context(linears_into_grad(inner))
         if can_split_attention(inner):  # the mask stays in kwargs: a layer that ignores `pair_split` still uses it
             kwargs["pair_split"] = (first, first + len(pair.chosen_ids))
             fast_paths.enter_context(split_attention_for(inner))
         logits = model(**kwargs).logits[0]
     logits = logits if keep_logits else logits[first:]
     num_chosen = len(pair.chosen_ids)
+    if direct_weight_grads or not torch.is_grad_enabled():  # at most one .backward() follows; the reference and
+        # evaluation passes (no grad) sum in the same order as the training step, so step-0 margins are exactly 0
+        targets = torch.tensor(pair.chosen_ids + pair.rejected_ids, device=device)
+        chosen, rejected = segment_summed_logps(logits, targets, (num_chosen, len(pair.rejected_ids)))
+        return chosen, rejected
     chosen = summed_token_logps(logits[:num_chosen], torch.tensor(pair.chosen_ids, device=device))
     rejected = summed_token_logps(logits[num_chosen:], torch.tensor(pair.rejected_ids, device=device))
     return chosen, rejected
@@ -216,7 +222,8 @@ def pair_logps(model: torch.nn.Module, pair: TokenizedPair, *, share_prompt: boo
         keep_logits: Pass `logits_to_keep`; None = detect from the model's forward signature.
         direct_weight_grads: The caller backpropagates with `.backward()` into `.grad` (a training step): the packed
             forward's input embedding and LM head then add their weight gradient straight into `.grad`
-            (`common.direct_grads`). Leave False when gradients are taken with `torch.autograd.grad`, which would
+            (`common.direct_grads`), and the log-softmax backward reuses one buffer (`common.segment_logps`,
+            differentiable once). Leave False when gradients are taken with `torch.autograd.grad`, which would
             not see those two weights' gradients.
 
     Returns:

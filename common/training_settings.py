@@ -98,6 +98,14 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     model.train()
 
 
+def is_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether the (unwrapped) model recomputes its layers' forward in the backward pass (transformers 5 renamed
+    `is_gradient_checkpointing` to `is_activation_checkpointing`)."""
+    name = ("is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
+            else "is_gradient_checkpointing")
+    return bool(getattr(model, name, False))
+
+
 def disable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Undo `enable_gradient_checkpointing`: no recomputation, evaluation mode (dropout stays at 0)."""
     model.activation_checkpointing_disable()

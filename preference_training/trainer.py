@@ -29,7 +29,8 @@ Files in ctx.run_dir (main process only): `eval_metrics.jsonl` (one line per eva
 `save_every_epochs`). Per-step metrics go to `ctx.logger`: loss, rewards/{chosen,rejected,margins,accuracies},
 logps/{chosen,rejected} (means over the step's batch), lr (the rate of that step's update, after the scheduler),
 grad_norm (with `max_grad_norm`: the norm before clipping), epoch.
-TRL-named settings (scheduler, clipping, bf16/fp16, gradient checkpointing, `ref_model`): `common/training_settings.py`.
+TRL-named settings (scheduler, clipping, bf16/fp16, gradient checkpointing, `ref_model`): `common/training_settings.py`;
+`torch_compile` (the elementwise blocks only): `common/compiled_blocks.py`.
 Step numbering (shared with the persona trainer): a record at step s holds values measured on the weights after
 s optimizer updates, so the first batch's loss is logged at step 0 next to the initial evaluation, and the
 evaluation after the k-th update at step k.
@@ -48,6 +49,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from common.compiled_blocks import compiled_elementwise_blocks
 from common.config import RunContext
 from common.distributed import ProcessGroup
 from common.losses import PreferenceLogps, compute_preference_loss
@@ -272,6 +274,14 @@ def train_preference_model(config: PreferenceTrainingConfig, train_examples: Seq
     group = ProcessGroup(ctx.device)
     precision = MixedPrecision.from_flags(config.bf16, config.fp16, group.device)
     model, tokenizer = _load_model(config, group.device, precision)
+    with compiled_elementwise_blocks(model, enabled=config.torch_compile):  # restored before returning
+        return _train_loaded_model(config, model, tokenizer, train_examples, eval_examples, ctx, group, precision)
+
+
+def _train_loaded_model(config: PreferenceTrainingConfig, model: torch.nn.Module, tokenizer,
+                        train_examples: Sequence[PreferenceExample], eval_examples: Sequence[PreferenceExample],
+                        ctx: RunContext, group: ProcessGroup, precision: MixedPrecision) -> PreferenceTrainingResult:
+    """The body of `train_preference_model` once the policy is loaded."""
     pad_token_id = pad_token_id_of(tokenizer)
     options = LogpsOptions(config.padding_free, config.share_prompt,
                            max(1, config.batch_size // config.gradient_accumulation), pad_token_id,

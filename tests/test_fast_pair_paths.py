@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.direct_grads import _EmbeddingIntoGrad, _LinearIntoGrad, can_embed_into_grad, head_into_grad
+from common.direct_grads import _EmbeddingIntoGrad, _LinearIntoGrad, can_embed_into_grad, linears_into_grad
 from common.models import load_model_and_tokenizer
 from common.pair_attention import can_split_attention, pair_split_attention
 from common.preference_data import TokenizedPair
+from common.segment_logps import segment_summed_logps
 from common.sequence_logprobs import packed_pair_inputs, pair_logps
 
 
@@ -49,7 +50,7 @@ def test_linear_into_grad_by_hand():
     dL/dW = g^T h = [[1, 2], [0, 0], [2, 4]], added to an existing .grad of ones."""
     hidden = torch.tensor([[1.0, 2.0]], requires_grad=True)
     weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
-    logits = _LinearIntoGrad.apply(hidden, weight)
+    logits = _LinearIntoGrad.apply(hidden, weight, None)
     assert logits.tolist() == [[1.0, 2.0, 3.0]]
     weight.grad = torch.ones(3, 2)
     (logits * torch.tensor([1.0, 0.0, 2.0])).sum().backward()
@@ -67,12 +68,49 @@ def test_embedding_into_grad_by_hand():
     assert weight.grad.tolist() == [[7.0, 8.0], [4.0, 6.0], [0.0, 0.0], [0.0, 0.0]]
 
 
-def test_head_into_grad_restores_the_module_forward():
+def test_linear_into_grad_bias_by_hand():
+    """Two rows h = [1, 0], [0, 1], W = I, b = [1, -1]: outputs [2, -1], [1, 0]; L = sum(outputs * [[1, 2], [3, 4]])
+    gives dL/db = column sums [4, 6] added to an existing bias .grad of [1, 1]."""
+    hidden = torch.eye(2)
+    weight, bias = torch.eye(2).requires_grad_(), torch.tensor([1.0, -1.0], requires_grad=True)
+    outputs = _LinearIntoGrad.apply(hidden, weight, bias)
+    assert outputs.tolist() == [[2.0, -1.0], [1.0, 0.0]]
+    bias.grad = torch.ones(2)
+    (outputs * torch.tensor([[1.0, 2.0], [3.0, 4.0]])).sum().backward()
+    assert bias.grad.tolist() == [5.0, 7.0]
+    assert weight.grad.tolist() == [[1.0, 3.0], [2.0, 4.0]]  # g^T h = g^T
+
+
+def test_linears_into_grad_patches_every_plain_linear_and_restores():
+    """tiny-llama: the 7 projections of each layer and the LM head are patched inside the block, nothing after."""
     model, _ = load_model_and_tokenizer("tiny-llama")
-    head = model.get_output_embeddings()
-    with head_into_grad(model):
-        assert "forward" in head.__dict__
-    assert "forward" not in head.__dict__
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    with linears_into_grad(model):
+        assert all("forward" in m.__dict__ for m in linears)
+    assert not any("forward" in m.__dict__ for m in linears)
+    assert len(linears) == 7 * model.config.num_hidden_layers + 1
+
+
+def test_segment_summed_logps_by_hand():
+    """Logits rows [0, 0] (p = [1/2, 1/2]) and [ln 3, 0] (p = [3/4, 1/4]), targets 0 and 1, one segment each:
+    L = [ln 1/2, ln 1/4]. Upstream g = [1, -2]: dL/dz row 0 = 1 * ([1, 0] - [1/2, 1/2]) = [0.5, -0.5], row 1 =
+    -2 * ([0, 1] - [3/4, 1/4]) = [1.5, -1.5]."""
+    logits = torch.tensor([[0.0, 0.0], [torch.log(torch.tensor(3.0)), 0.0]], requires_grad=True)
+    sums = segment_summed_logps(logits, torch.tensor([0, 1]), [1, 1])
+    torch.testing.assert_close(sums, torch.log(torch.tensor([0.5, 0.25])))
+    (sums * torch.tensor([1.0, -2.0])).sum().backward()
+    torch.testing.assert_close(logits.grad, torch.tensor([[0.5, -0.5], [1.5, -1.5]]))
+
+
+def test_segment_summed_logps_refuses_a_second_backward():
+    """The backward reuses its saved buffer, so a retained graph fails loudly instead of giving wrong numbers."""
+    logits = torch.zeros(3, 4, requires_grad=True)
+    sums = segment_summed_logps(logits, torch.tensor([0, 1, 2]), [2, 1])
+    sums.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        sums.sum().backward()
+    with pytest.raises(ValueError, match="segment lengths"):
+        segment_summed_logps(logits, torch.tensor([0, 1, 2]), [2, 2])
 
 
 def _parameter_grads(model: torch.nn.Module) -> torch.Tensor:
