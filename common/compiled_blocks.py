@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.attribute_swap import swapped_attributes
+
 log = logging.getLogger(__name__)
 
 # model types whose modeling module's `apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)` is the rotation above
@@ -83,14 +85,14 @@ class _CompiledOrEager:
         return self.eager(*args, **kwargs)
 
 
-_KERNELS: dict[str, _CompiledOrEager] = {}
+_KERNELS: dict[Callable, _CompiledOrEager] = {}
 
 
 def _kernel(eager: Callable) -> _CompiledOrEager:
     """One compiled wrapper per function per process (so graphs and the failure flag are shared)."""
-    if eager.__name__ not in _KERNELS:
-        _KERNELS[eager.__name__] = _CompiledOrEager(eager)
-    return _KERNELS[eager.__name__]
+    if eager not in _KERNELS:
+        _KERNELS[eager] = _CompiledOrEager(eager)
+    return _KERNELS[eager]
 
 
 def _is_llama_rms_norm(module: torch.nn.Module) -> bool:
@@ -103,14 +105,15 @@ def _is_swiglu_mlp(module: torch.nn.Module) -> bool:
     return parts and type(getattr(module, "act_fn", None)).__name__ in ("SiLU", "SiLUActivation")
 
 
-def _norm_forward(module: torch.nn.Module) -> Callable[[Tensor], Tensor]:
-    kernel = _kernel(rms_norm)
-    return lambda hidden: kernel(hidden, module.weight, module.variance_epsilon)
-
-
-def _mlp_forward(module: torch.nn.Module) -> Callable[[Tensor], Tensor]:
-    kernel = _kernel(swiglu)
-    return lambda hidden: module.down_proj(kernel(module.gate_proj(hidden), module.up_proj(hidden)))
+def _compiled_forward(module: torch.nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """The compiled forward of a Llama-form RMSNorm or SwiGLU MLP; None for any other module."""
+    if _is_llama_rms_norm(module):
+        norm = _kernel(rms_norm)
+        return lambda hidden: norm(hidden, module.weight, module.variance_epsilon)
+    if _is_swiglu_mlp(module):
+        gate = _kernel(swiglu)
+        return lambda hidden: module.down_proj(gate(module.gate_proj(hidden), module.up_proj(hidden)))
+    return None
 
 
 def _rotary_module(model: torch.nn.Module):
@@ -128,28 +131,14 @@ def _rotary_module(model: torch.nn.Module):
 def compiled_elementwise_blocks(model: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
     """Inside the block the (unwrapped) model's RMSNorms, SwiGLU MLPs and rotary embedding run compiled (see the
     module docstring); yields how many modules (plus the rotary function) were switched. Everything is restored
-    on exit. `enabled=False` changes nothing."""
+    on exit (`common.attribute_swap`). `enabled=False` changes nothing."""
     if not enabled:
         yield 0
         return
-    patched: list[tuple[torch.nn.Module, object]] = []
+    replacements = [(module, "forward", forward) for module in model.modules()
+                    if (forward := _compiled_forward(module)) is not None]
     rotary_module = _rotary_module(model)
-    plain_rotary = rotary_module.apply_rotary_pos_emb if rotary_module is not None else None
-    try:
-        for module in model.modules():
-            forward = (_norm_forward(module) if _is_llama_rms_norm(module)
-                       else _mlp_forward(module) if _is_swiglu_mlp(module) else None)
-            if forward is not None:
-                patched.append((module, module.__dict__.get("forward")))
-                module.forward = forward
-        if rotary_module is not None:
-            rotary_module.apply_rotary_pos_emb = _kernel(rotary)
-        yield len(patched) + (rotary_module is not None)
-    finally:
-        for module, own_forward in patched:
-            if own_forward is None:
-                del module.forward
-            else:
-                module.forward = own_forward
-        if rotary_module is not None:
-            rotary_module.apply_rotary_pos_emb = plain_rotary
+    if rotary_module is not None:
+        replacements.append((rotary_module, "apply_rotary_pos_emb", _kernel(rotary)))
+    with swapped_attributes(replacements) as switched:
+        yield switched

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.attribute_swap import swapped_attributes
 from common.training_settings import is_checkpointing
 
 
@@ -116,36 +117,30 @@ def _writes_into_grad(module: torch.nn.Module) -> bool:
     return module.bias is None or module.bias.requires_grad
 
 
+def _direct_forward(linear: torch.nn.Linear):
+    """`linear`'s forward through `_LinearIntoGrad`, or its current forward under autocast."""
+    plain_forward = linear.forward
+
+    def forward(hidden: Tensor) -> Tensor:
+        if torch.is_autocast_enabled(hidden.device.type):
+            return plain_forward(hidden)
+        return _LinearIntoGrad.apply(hidden, linear.weight, linear.bias)
+
+    return forward
+
+
 @contextmanager
 def linears_into_grad(model: torch.nn.Module) -> Iterator[None]:
     """Inside the block every plain trainable `nn.Linear` of the (unwrapped) model, the LM head included, computes
     its output with `_LinearIntoGrad`, when `can_write_grads`; otherwise (and under autocast) nothing changes. With
     gradient checkpointing on, only the LM head does (the checkpointed layers recompute their forward later).
 
-    Each instance gets its own `forward` attribute for the block, removed (or restored) on exit."""
+    Each instance gets its own `forward` attribute for the block (`common.attribute_swap`), removed on exit."""
     if not can_write_grads():
         yield
         return
-    patched: list[tuple[torch.nn.Linear, object]] = []
-
-    def direct_forward(linear: torch.nn.Linear, plain_forward):
-        def forward(hidden: Tensor) -> Tensor:
-            if torch.is_autocast_enabled(hidden.device.type):
-                return plain_forward(hidden)
-            return _LinearIntoGrad.apply(hidden, linear.weight, linear.bias)
-        return forward
-
     # a checkpointed layer recomputes its forward outside this block: only the LM head (never checkpointed) then
     candidates = [model.get_output_embeddings()] if is_checkpointing(model) else model.modules()
-    try:
-        for module in candidates:
-            if _writes_into_grad(module):
-                patched.append((module, module.__dict__.get("forward")))
-                module.forward = direct_forward(module, module.forward)
+    with swapped_attributes((module, "forward", _direct_forward(module)) for module in candidates
+                            if _writes_into_grad(module)):
         yield
-    finally:
-        for module, own_forward in patched:
-            if own_forward is None:
-                del module.forward  # back to the class's forward
-            else:
-                module.forward = own_forward

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.attribute_swap import swapped_attributes
 from common.direct_grads import _EmbeddingIntoGrad, _LinearIntoGrad, can_embed_into_grad, linears_into_grad
 from common.models import load_model_and_tokenizer
 from common.pair_attention import can_split_attention, pair_split_attention
@@ -160,3 +161,21 @@ def test_default_packed_path_serves_torch_autograd_grad():
     expected = _parameter_grads(model)
     got = torch.cat([g.flatten() for g in through_autograd])
     assert ((got - expected).abs().max() / expected.abs().max()).item() < 2e-6
+
+
+def test_swapped_attributes_restores_own_and_inherited_attributes_after_an_error():
+    """An instance attribute gets its old value back, an inherited one (the class's method) is deleted again, in
+    reverse order, also when the block raises; the yielded count is the number of attributes set."""
+
+    class Owner:
+        def forward(self) -> str:
+            return "class"
+
+    owner = Owner()
+    owner.scale = 1.0
+    with pytest.raises(RuntimeError, match="inside"):
+        with swapped_attributes([(owner, "forward", lambda: "swapped"), (owner, "scale", 2.0)]) as count:
+            assert (count, owner.forward(), owner.scale) == (2, "swapped", 2.0)
+            raise RuntimeError("inside")
+    assert owner.forward() == "class" and "forward" not in vars(owner)
+    assert owner.scale == 1.0
