@@ -80,9 +80,11 @@ def select_similarity_rows(config: PreferenceTrainingConfig,
         raise ValueError(f"similarity_results_path {config.similarity_results_path}: none of its scored rows can be "
                          "selected (every score is NaN or outside the training-pair filter)")
     k = config.preference_num_samples or len(valid)
-    if allowed_rows is not None and k > len(valid):
+    if k > len(valid):
         raise ValueError(f"similarity_results_path {config.similarity_results_path}: preference_num_samples={k} but "
-                         f"only {len(valid)} scored rows pass the training-pair filter; lower preference_num_samples")
+                         f"only {len(valid)} scored rows"
+                         + (" pass the training-pair filter" if allowed_rows is not None else "")
+                         + "; lower preference_num_samples")
     if config.quantile is None:
         positions = select_lowest_k(scores, k)
     else:

@@ -176,3 +176,12 @@ def test_keep_restricts_the_pool_before_the_similarity_and_random_selection(tmp_
     assert [example.source_index for example in unfiltered.train] == [0, 2, 4, 6]
     with pytest.raises(ValueError, match="data.jsonl: no pair is of row 9"):
         select_examples(config(tmp_path, dataset, path), keep=lambda example: False, keep_what="of row 9")
+
+
+def test_more_pairs_asked_than_scored_names_the_field(tmp_path):
+    """The reference file scores 5 rows (0, 2, 3, 4, 6): asking for 9 fails with the field and the count, with or
+    without a training-pair filter."""
+    path = write_reference_file(tmp_path / "results_samples.pt")
+    dataset = write_dataset(tmp_path / "data.jsonl", 8)
+    with pytest.raises(ValueError, match=r"preference_num_samples=9 but only 5 scored rows; lower"):
+        select_similarity_rows(config(tmp_path, dataset, path, preference_num_samples=9))
